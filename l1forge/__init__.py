@@ -1,0 +1,6 @@
+"""l1forge: Level-1 trigger and monitoring with quantized networks, bit-exact firmware and co-design.
+
+Importing this package is cheap: no TensorFlow, torch or simulator is loaded until used.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""l1forge.models: quantized networks, the qnet IR and its bit-exact emulator."""

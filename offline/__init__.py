@@ -1,0 +1,1 @@
+"""l1forge.offline: the detector/network co-design optimizer."""

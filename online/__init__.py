@@ -1,0 +1,1 @@
+"""l1forge.online: the streaming trigger daemon, storage, monitoring and continual learning."""
