@@ -1,0 +1,198 @@
+"""The bit-exact, vectorized emulator of a qnet IR.
+
+Every tensor is held as integer values in float64 (or float32 for a matrix product whose sums
+provably stay below 2**24), which is exact because every intermediate is checked, when the
+emulator is built, to stay below 2**53 in magnitude. Layers whose bounds do not allow that run
+in int64 instead. Batches are cut into cache-sized chunks that run on a thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
+from l1forge.models.qnet import Layer, QNet
+
+from l1forge.errors import DataFormatError
+
+FLOAT32_EXACT = 2**24
+Step = Callable[[np.ndarray], np.ndarray]
+
+
+def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+    w_fmt, b_fmt = lay.array_formats["weight"], lay.array_formats["bias"]
+    w = lay.arrays["weight"].astype(np.int64)
+    frac = max(src.frac_bits + w_fmt.frac_bits, b_fmt.frac_bits)
+    w_scaled = w * (1 << (frac - src.frac_bits - w_fmt.frac_bits))
+    bias = lay.arrays["bias"].astype(np.int64) * (1 << (frac - b_fmt.frac_bits))
+    xmax = max(abs(src.min_int), abs(src.max_int))
+    bound = int(np.abs(w_scaled).sum(axis=0).max()) * xmax + int(np.abs(bias).max())
+    if bound >= 2**62:
+        raise DataFormatError(f"layer {lay.name!r}: accumulator needs more than 62 bits")
+    rounding, overflow = lay.rounding, lay.overflow
+    if bound < FLOAT32_EXACT:
+        w32, b64 = w_scaled.astype(np.float32), bias.astype(np.float64)
+
+        def step(x: np.ndarray) -> np.ndarray:
+            acc = (x.astype(np.float32) @ w32).astype(np.float64) + b64
+            return requantize(acc, frac, dst, rounding, overflow)
+
+    elif bound < FLOAT64_EXACT:
+        w64, b64 = w_scaled.astype(np.float64), bias.astype(np.float64)
+
+        def step(x: np.ndarray) -> np.ndarray:
+            return requantize(x @ w64 + b64, frac, dst, rounding, overflow)
+
+    else:
+
+        def step(x: np.ndarray) -> np.ndarray:
+            acc = x.astype(np.int64) @ w_scaled + bias
+            return _requantize_int(acc, frac, dst, rounding, overflow, lay.name)
+
+    return step
+
+
+def _requantize_int(
+    acc: np.ndarray, frac: int, dst: Fixed, rounding: str, overflow: str, name: str
+) -> np.ndarray:
+    """Re-quantize int64 accumulators that may exceed 2**53 by dropping exact low bits first."""
+    shift = frac - dst.frac_bits
+    if shift <= 0 or rounding != "TRN":
+        raise DataFormatError(
+            f"layer {name!r}: accumulator exceeds 2**53; only truncation to a coarser format is "
+            "supported at this width"
+        )
+    return requantize((acc >> shift).astype(np.float64), 0, dst, "TRN", overflow)
+
+
+def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+    o_fmt = lay.array_formats["offset"]
+    shift = lay.arrays["shift"].astype(np.int64)
+    base = max(src.frac_bits, o_fmt.frac_bits)
+    frac = base + max(int(shift.max()), 0)
+    x_mult = float(1 << (base - src.frac_bits))
+    offset = lay.arrays["offset"].astype(np.float64) * float(1 << (base - o_fmt.frac_bits))
+    mult = np.array([2.0 ** (frac - base - int(s)) for s in shift])
+    if np.any(mult < 1):
+        raise DataFormatError(f"layer {lay.name!r}: shift values leave no common binary point")
+    bound = (max(abs(src.min_int), abs(src.max_int)) * x_mult + np.abs(offset).max()) * mult.max()
+    if bound >= FLOAT64_EXACT:
+        raise DataFormatError(f"layer {lay.name!r}: scaled inputs exceed 53 bits")
+
+    def step(x: np.ndarray) -> np.ndarray:
+        return requantize((x * x_mult - offset) * mult, frac, dst, lay.rounding, lay.overflow)
+
+    return step
+
+
+def _sum_squares_step(lay: Layer, src: Fixed, dst: Fixed, size: int) -> Step:
+    m = max(abs(src.min_int), abs(src.max_int))
+    if size * m * m >= FLOAT64_EXACT:
+        raise DataFormatError(f"layer {lay.name!r}: sum of squares exceeds 53 bits")
+    frac = 2 * src.frac_bits
+
+    def step(x: np.ndarray) -> np.ndarray:
+        return requantize((x * x).sum(axis=1, keepdims=True), frac, dst, lay.rounding, lay.overflow)
+
+    return step
+
+
+class Emulator:
+    """Runs a qnet IR on batches of integer inputs, bit for bit as the firmware does."""
+
+    def __init__(self, net: QNet, chunk_size: int = 8192, threads: int | None = None):
+        if len(net.inputs) != 1:
+            raise DataFormatError("the emulator runs networks with a single input tensor")
+        self.net = net
+        self.input_spec = net.input_specs[0]
+        self.output_specs = net.output_specs
+        self.chunk_size = chunk_size
+        self.threads = threads or min(2, os.cpu_count() or 1)
+        self._steps = [self._compile(lay) for lay in net.layers]
+        # Tensors still needed after each layer: the outputs and the inputs of later layers.
+        self._keep = []
+        for i in range(len(net.layers)):
+            later = {lay.input for lay in net.layers[i + 1 :]}
+            self._keep.append(later | set(net.outputs))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _compile(self, lay: Layer) -> Step:
+        src = self.net.tensors[lay.input]
+        dst = self.net.tensors[lay.output].fixed
+        if lay.op == "dense":
+            return _dense_step(lay, src.fixed, dst)
+        if lay.op == "scale":
+            return _scale_step(lay, src.fixed, dst)
+        if lay.op == "sum_squares":
+            return _sum_squares_step(lay, src.fixed, dst, src.size)
+        frac, rounding, overflow = src.fixed.frac_bits, lay.rounding, lay.overflow
+        if lay.op == "relu":
+            return lambda x: requantize(np.maximum(x, 0.0), frac, dst, rounding, overflow)
+        if lay.op == "quantize":
+            return lambda x: requantize(x, frac, dst, rounding, overflow)
+        raise DataFormatError(f"layer {lay.name!r}: the emulator has no op {lay.op!r}")
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        n = self.input_spec.size
+        if x.ndim != 2 or x.shape[1] != n:
+            raise DataFormatError(f"emulator input must have shape (N, {n}), got {x.shape}")
+        if not np.issubdtype(x.dtype, np.integer):
+            raise DataFormatError(f"emulator input must be integers, got {x.dtype}")
+        if not self.input_spec.fixed.contains(x):
+            f = self.input_spec.fixed
+            raise DataFormatError(
+                f"emulator input outside {f.hls_type()} (integers {f.min_int}..{f.max_int})"
+            )
+        return x
+
+    def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        vals = {self.net.inputs[0]: x.astype(np.float64)}
+        for i, (lay, step) in enumerate(zip(self.net.layers, self._steps, strict=True)):
+            vals[lay.output] = step(vals[lay.input])
+            vals = {k: v for k, v in vals.items() if k in self._keep[i]}
+        return vals
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Integer values (int64) of every output tensor for a batch of integer inputs."""
+        x = self.check_input(x)
+        starts = range(0, max(len(x), 1), self.chunk_size)
+        chunks = [x[s : s + self.chunk_size] for s in starts]
+        if self.threads > 1 and len(chunks) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="qnet-emu")
+            parts = list(self._pool.map(self._run_chunk, chunks))
+        else:
+            parts = [self._run_chunk(c) for c in chunks]
+        return {
+            name: np.concatenate([p[name] for p in parts]).astype(np.int64)
+            for name in self.net.outputs
+        }
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Output integers (int64, shape (N, total output size)) for integer inputs."""
+        outs = self.run_all(x)
+        return np.concatenate([outs[n] for n in self.net.outputs], axis=1)
+
+    def run_float(self, x: np.ndarray) -> np.ndarray:
+        """Output real values (exact in float64) for integer inputs."""
+        outs = self.run_all(x)
+        return np.concatenate(
+            [self.net.tensors[n].fixed.to_float(outs[n]) for n in self.net.outputs], axis=1
+        )
+
+    def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tensor's integers for a (small) batch: for debugging and layer-wise checks."""
+        x = self.check_input(x)
+        vals = {self.net.inputs[0]: x.astype(np.float64)}
+        for lay, step in zip(self.net.layers, self._steps, strict=True):
+            vals[lay.output] = step(vals[lay.input])
+        return {k: v.astype(np.int64) for k, v in vals.items()}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

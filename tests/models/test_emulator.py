@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from l1forge.models.build import NetBuilder, random_mlp
+from l1forge.models.emulator import Emulator
+from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
+from numpy.testing import assert_array_equal
+
+from l1forge.errors import DataFormatError
+
+from .reference import ref_run
+
+
+def corners(fmt: Fixed, n_in: int) -> np.ndarray:
+    """Zero, extremes, ±1 and alternating patterns of the input format."""
+    lo, hi = fmt.min_int, fmt.max_int
+    rows = [np.full(n_in, v) for v in (0, lo, hi, 1, -1 if fmt.signed else 1)]
+    alt = np.where(np.arange(n_in) % 2 == 0, lo, hi)
+    rows += [alt, alt[::-1]]
+    return np.array(rows, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(weight_bits=8, weight_int_bits=1, act_fixed=Fixed(False, 8, 4)),
+        dict(weight_bits=4, weight_int_bits=0, act_fixed=Fixed(False, 6, 3)),
+        dict(weight_bits=12, weight_int_bits=3, act_fixed=Fixed(False, 10, 6), score=True),
+    ],
+    ids=["w8", "w4", "w12-score"],
+)
+def test_emulator_matches_integer_reference(kw):
+    net = random_mlp(57, (16, 8), 3, seed=11, **kw)
+    fmt = net.input_specs[0].fixed
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.integers(fmt.min_int, fmt.max_int + 1, (1500, 57)), corners(fmt, 57)])
+    emu = Emulator(net, chunk_size=256)
+    assert_array_equal(emu.run(x), ref_run(net, x))
+
+
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+@pytest.mark.parametrize("overflow", OVERFLOW_MODES)
+def test_every_mode_in_a_network(rounding, overflow):
+    rng = np.random.default_rng(2)
+    w_fmt = Fixed(True, 6, 1)
+    b = NetBuilder("modes", 6, Fixed(True, 10, 10))
+    b.scale("s", rng.integers(-50, 50, 6), Fixed(True, 10, 10), np.array([0, 1, 2, 3, 1, 0]))
+    b.quantize("q", Fixed(True, 9, 6), rounding, overflow)
+    b.dense("d", rng.integers(-32, 32, (6, 5)), w_fmt, rng.integers(-32, 32, 5), w_fmt)
+    b.relu("r", Fixed(False, 5, 3), rounding, overflow)
+    b.dense(
+        "d2",
+        rng.integers(-32, 32, (5, 3)),
+        w_fmt,
+        rng.integers(-32, 32, 3),
+        w_fmt,
+        out=Fixed(True, 7, 3),
+        rounding=rounding,
+        overflow=overflow,
+    )
+    b.sum_squares("ss", Fixed(False, 8, 6), rounding, overflow)
+    net = b.build()
+    x = np.concatenate([rng.integers(-512, 512, (2000, 6)), corners(Fixed(True, 10, 10), 6)])
+    assert_array_equal(Emulator(net, chunk_size=300).run(x), ref_run(net, x))
+
+
+def test_wide_accumulators_use_exact_paths():
+    # 20-bit inputs times 16-bit weights over 64 inputs: past float32's and near float64's limits
+    rng = np.random.default_rng(9)
+    wf = Fixed(True, 16, 4)
+    b = NetBuilder("wide", 64, Fixed(True, 20, 20))
+    b.dense("d", rng.integers(wf.min_int, wf.max_int + 1, (64, 4)), wf, np.zeros(4, int), wf)
+    b.quantize("q", Fixed(True, 16, 12), "RND_CONV", "SAT")
+    net = b.build()
+    x = np.concatenate([rng.integers(-(2**19), 2**19, (500, 64)), corners(Fixed(True, 20, 20), 64)])
+    assert_array_equal(Emulator(net).run(x), ref_run(net, x))
+
+
+def test_chunking_and_threads_do_not_change_results():
+    net = random_mlp(57, (32, 16), 3, score=True, seed=4)
+    x = np.random.default_rng(0).integers(-8192, 8192, (20000, 57))
+    a = Emulator(net, chunk_size=1000, threads=2).run(x)
+    b = Emulator(net, chunk_size=50000, threads=1).run(x)
+    assert_array_equal(a, b)
+
+
+def test_input_validation():
+    emu = Emulator(random_mlp(8, (4,), 2))
+    with pytest.raises(DataFormatError, match="shape"):
+        emu.run(np.zeros((3, 7), dtype=np.int64))
+    with pytest.raises(DataFormatError, match="integers"):
+        emu.run(np.zeros((3, 8)))
+    with pytest.raises(DataFormatError, match="outside"):
+        emu.run(np.full((3, 8), 2**20, dtype=np.int64))
+    out = emu.run_float(np.ones((3, 8), dtype=np.int64))
+    assert out.shape == (3, 2) and out.dtype == np.float64
