@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from l1forge.models.build import dense_range, scale_range, sum_squares_range
 from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
 from l1forge.models.qnet import Layer, QNet
 
@@ -30,6 +31,7 @@ def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
     bias = lay.arrays["bias"].astype(np.int64) * (1 << (frac - b_fmt.frac_bits))
     xmax = max(abs(src.min_int), abs(src.max_int))
     bound = int(np.abs(w_scaled).sum(axis=0).max()) * xmax + int(np.abs(bias).max())
+    lo, hi, _ = dense_range(src, lay.arrays["weight"], w_fmt, lay.arrays["bias"], b_fmt)
     if bound >= 2**62:
         raise DataFormatError(f"layer {lay.name!r}: accumulator needs more than 62 bits")
     rounding, overflow = lay.rounding, lay.overflow
@@ -37,14 +39,17 @@ def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
         w32, b64 = w_scaled.astype(np.float32), bias.astype(np.float64)
 
         def step(x: np.ndarray) -> np.ndarray:
-            acc = (x.astype(np.float32) @ w32).astype(np.float64) + b64
-            return requantize(acc, frac, dst, rounding, overflow)
+            acc = (x.astype(np.float32) @ w32).astype(np.float64)
+            acc += b64
+            return requantize(acc, frac, dst, rounding, overflow, bounds=bounds)
 
     elif bound < FLOAT64_EXACT:
         w64, b64 = w_scaled.astype(np.float64), bias.astype(np.float64)
 
         def step(x: np.ndarray) -> np.ndarray:
-            return requantize(x @ w64 + b64, frac, dst, rounding, overflow)
+            acc = x @ w64
+            acc += b64
+            return requantize(acc, frac, dst, rounding, overflow, bounds=bounds)
 
     else:
 
@@ -52,6 +57,7 @@ def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
             acc = x.astype(np.int64) @ w_scaled + bias
             return _requantize_int(acc, frac, dst, rounding, overflow, lay.name)
 
+    bounds = (lo, hi)
     return step
 
 
@@ -80,22 +86,27 @@ def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
         raise DataFormatError(f"layer {lay.name!r}: shift values leave no common binary point")
     bound = (max(abs(src.min_int), abs(src.max_int)) * x_mult + np.abs(offset).max()) * mult.max()
     if bound >= FLOAT64_EXACT:
-        raise DataFormatError(f"layer {lay.name!r}: scaled inputs exceed 53 bits")
+        raise DataFormatError(f"layer {lay.name!r}: scaled inputs exceed 52 bits")
+    bounds = scale_range(src, lay.arrays["offset"], o_fmt, shift)[:2]
 
     def step(x: np.ndarray) -> np.ndarray:
-        return requantize((x * x_mult - offset) * mult, frac, dst, lay.rounding, lay.overflow)
+        y = x * x_mult
+        y -= offset
+        y *= mult
+        return requantize(y, frac, dst, lay.rounding, lay.overflow, bounds=bounds)
 
     return step
 
 
 def _sum_squares_step(lay: Layer, src: Fixed, dst: Fixed, size: int) -> Step:
-    m = max(abs(src.min_int), abs(src.max_int))
-    if size * m * m >= FLOAT64_EXACT:
-        raise DataFormatError(f"layer {lay.name!r}: sum of squares exceeds 53 bits")
+    bounds = sum_squares_range(src, size)[:2]
+    if bounds[1] >= FLOAT64_EXACT:
+        raise DataFormatError(f"layer {lay.name!r}: sum of squares exceeds 52 bits")
     frac = 2 * src.frac_bits
 
     def step(x: np.ndarray) -> np.ndarray:
-        return requantize((x * x).sum(axis=1, keepdims=True), frac, dst, lay.rounding, lay.overflow)
+        acc = np.einsum("ij,ij->i", x, x)[:, None]
+        return requantize(acc, frac, dst, lay.rounding, lay.overflow, bounds=bounds)
 
     return step
 
@@ -129,27 +140,35 @@ class Emulator:
         if lay.op == "sum_squares":
             return _sum_squares_step(lay, src.fixed, dst, src.size)
         frac, rounding, overflow = src.fixed.frac_bits, lay.rounding, lay.overflow
+        bounds = (src.fixed.min_int, src.fixed.max_int)
+        relu_bounds = (max(bounds[0], 0), max(bounds[1], 0))
         if lay.op == "relu":
-            return lambda x: requantize(np.maximum(x, 0.0), frac, dst, rounding, overflow)
+            return lambda x: requantize(
+                np.maximum(x, 0.0), frac, dst, rounding, overflow, bounds=relu_bounds
+            )
         if lay.op == "quantize":
-            return lambda x: requantize(x, frac, dst, rounding, overflow)
+            return lambda x: requantize(x, frac, dst, rounding, overflow, bounds=bounds)
         raise DataFormatError(f"layer {lay.name!r}: the emulator has no op {lay.op!r}")
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
+        """The batch as an integer array (N, n_in); its value range is checked per chunk."""
         x = np.asarray(x)
         n = self.input_spec.size
         if x.ndim != 2 or x.shape[1] != n:
             raise DataFormatError(f"emulator input must have shape (N, {n}), got {x.shape}")
         if not np.issubdtype(x.dtype, np.integer):
             raise DataFormatError(f"emulator input must be integers, got {x.dtype}")
-        if not self.input_spec.fixed.contains(x):
-            f = self.input_spec.fixed
+        return x
+
+    def _check_range(self, x: np.ndarray) -> None:
+        f = self.input_spec.fixed
+        if not f.contains(x):
             raise DataFormatError(
                 f"emulator input outside {f.hls_type()} (integers {f.min_int}..{f.max_int})"
             )
-        return x
 
     def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_range(x)
         vals = {self.net.inputs[0]: x.astype(np.float64)}
         for i, (lay, step) in enumerate(zip(self.net.layers, self._steps, strict=True)):
             vals[lay.output] = step(vals[lay.input])
@@ -187,6 +206,7 @@ class Emulator:
     def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every tensor's integers for a (small) batch: for debugging and layer-wise checks."""
         x = self.check_input(x)
+        self._check_range(x)
         vals = {self.net.inputs[0]: x.astype(np.float64)}
         for lay, step in zip(self.net.layers, self._steps, strict=True):
             vals[lay.output] = step(vals[lay.input])

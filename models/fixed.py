@@ -18,8 +18,9 @@ from l1forge.errors import DataFormatError
 ROUNDING_MODES = ("TRN", "TRN_ZERO", "RND", "RND_ZERO", "RND_MIN_INF", "RND_INF", "RND_CONV")
 OVERFLOW_MODES = ("WRAP", "SAT", "SAT_ZERO", "SAT_SYM")
 
-# Integers up to this magnitude are exact in float64; the emulator relies on it.
-FLOAT64_EXACT = 2**53
+# Integers below this magnitude stay exact in float64 through every re-quantization step
+# (rounding adds one half before the floor); the emulator relies on it.
+FLOAT64_EXACT = 2**52
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,6 @@ class Fixed:
             width += 1
 
 
-def _round_shift(q: np.ndarray, shift: int, rounding: str) -> np.ndarray:
-    """Divide integer-valued float64 ``q`` by 2**shift (shift > 0) and round by ``rounding``."""
-    return _round_real(q * 2.0**-shift, rounding)  # the scale by a power of two is exact
-
-
 def _overflow(q: np.ndarray, fmt: Fixed, overflow: str) -> np.ndarray:
     lo, hi = float(fmt.min_int), float(fmt.max_int)
     if overflow == "WRAP":
@@ -109,19 +105,58 @@ def _overflow(q: np.ndarray, fmt: Fixed, overflow: str) -> np.ndarray:
 
 
 def requantize(
-    q: np.ndarray, src_frac_bits: int, dst: Fixed, rounding: str = "TRN", overflow: str = "WRAP"
+    q: np.ndarray,
+    src_frac_bits: int,
+    dst: Fixed,
+    rounding: str = "TRN",
+    overflow: str = "WRAP",
+    *,
+    bounds: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Re-express integers with ``src_frac_bits`` in format ``dst``, as ap_fixed assignment does.
 
-    Works on integer-valued float64 arrays (all magnitudes below 2**53) and returns float64.
+    Works on integer-valued float64 arrays (all magnitudes below 2**52) and returns float64.
+    ``bounds``, if given, are proven limits (lo, hi) on ``q``: overflow handling is skipped when
+    the result cannot leave ``dst``. The input is never modified; it may be returned as it is.
     """
     q = np.asarray(q, dtype=np.float64)
     shift = src_frac_bits - dst.frac_bits
     if shift > 0:
-        q = _round_shift(q, shift, rounding)
+        y = np.multiply(q, 2.0**-shift)  # exact: a power-of-two scale
+        if rounding == "TRN":
+            np.floor(y, out=y)
+        elif rounding == "RND_CONV":
+            np.rint(y, out=y)
+        elif rounding == "RND":
+            y += 0.5  # exact: y has at most 52 significant bits above its lowest set bit
+            np.floor(y, out=y)
+        else:
+            y = _round_real(y, rounding)
     elif shift < 0:
-        q = q * float(1 << -shift)
-    return _overflow(q, dst, overflow)
+        y = np.multiply(q, float(1 << -shift))
+    else:
+        y = q
+    if bounds is not None:
+        lo, hi = bounds[0] * 2.0**-shift - 1.0, bounds[1] * 2.0**-shift + 1.0
+        if lo >= dst.min_int and hi <= dst.max_int:
+            return y
+    if y is q:
+        y = q.copy()
+    return _overflow_inplace(y, dst, overflow)
+
+
+def _overflow_inplace(y: np.ndarray, fmt: Fixed, overflow: str) -> np.ndarray:
+    lo, hi = float(fmt.min_int), float(fmt.max_int)
+    if overflow == "WRAP":
+        y -= lo
+        np.mod(y, float(1 << fmt.width), out=y)
+        y += lo
+        return y
+    if overflow == "SAT":
+        return np.clip(y, lo, hi, out=y)
+    if overflow == "SAT_SYM":
+        return np.clip(y, -hi if fmt.signed else lo, hi, out=y)
+    return _overflow(y, fmt, overflow)
 
 
 def quantize_real(
