@@ -1,0 +1,116 @@
+"""One firmware build folder from one qnet IR: Verilog, wrappers, packing spec, manifest.
+
+Layout of ``DIR``: ``rtl/`` (every Verilog source, compile order in the manifest),
+``packing.json``, ``manifest.json``, ``logs/`` (tool logs), ``alkaid/`` (alkaid's own project:
+model dumps, constraints, its C++ emulator sources) and ``hls/`` when an hls4ml project was
+written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from l1forge.firmware import packing, verilog, wrappers
+from l1forge.models.qnet import QNet
+
+from l1forge import __version__
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    latency_cycles: int | None = 2
+    clock_mhz: float = 40.0
+    beat_bits: int = packing.DEFAULT_BEAT_BITS
+    hls: bool = True
+    lint: bool = True
+    n_check: int = 20000
+
+
+def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -> dict[str, Any]:
+    """Write the firmware folder for ``net`` and return its manifest."""
+    out = Path(out_dir).resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    name = verilog._identifier(net.name)
+    rtl = verilog.write_verilog(
+        net, out, opts.latency_cycles, opts.clock_mhz, opts.beat_bits, opts.n_check, name
+    )
+    spec = packing.packing_from_qnet(net, opts.beat_bits)
+    spec.save(out / "packing.json")
+    (out / "rtl" / f"{name}_trigger.v").write_text(
+        wrappers.trigger_wrapper(name, spec, rtl.latency_cycles)
+    )
+    (out / "rtl" / f"{name}_axis.v").write_text(
+        wrappers.axis_wrapper(name, spec, rtl.latency_cycles)
+    )
+    sources = [*rtl.sources, f"rtl/{name}_trigger.v", f"rtl/{name}_axis.v"]
+    if opts.lint:
+        paths = [out / s for s in sources]
+        for top in (f"{name}_trigger", f"{name}_axis"):
+            wrappers.lint_verilator(paths, top, out / "logs" / f"verilator_lint_{top}.log")
+            wrappers.compile_icarus(paths, top, out / "logs" / f"iverilog_{top}.log")
+        log.info("Verilator -Wall lint and Icarus -g2005 compile clean")
+    manifest = {
+        "format": "l1forge-firmware",
+        "version": 1,
+        "l1forge": __version__,
+        "network": net.name,
+        "name": name,
+        "modules": {
+            "core": rtl.top,
+            "trigger": f"{name}_trigger",
+            "axis": f"{name}_axis",
+        },
+        "sources": sources,
+        "latency_cycles": rtl.latency_cycles,
+        "clock_mhz": rtl.clock_mhz,
+        "latency_ns": rtl.latency_cycles * 1000.0 / rtl.clock_mhz,
+        "initiation_interval": 1,
+        "axis_initiation_interval": max(spec.beats_per_input, spec.beats_per_output),
+        "axis_fifo_depth": wrappers.fifo_depth(rtl.latency_cycles),
+        "packing": "packing.json",
+        "alkaid": {
+            "stage_delay_ns": list(rtl.stage_delay_ns),
+            "cost": rtl.alkaid_cost,
+            "reg_bits": rtl.reg_bits,
+            "interpreter_vectors_checked": rtl.vectors_checked,
+        },
+        "lint": {"verilator_wall": opts.lint, "icarus_g2005": opts.lint},
+        "hls": _write_hls(net, out) if opts.hls else {"written": False, "reason": "--no-hls"},
+        "provenance": net.provenance,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _write_hls(net: QNet, out: Path) -> dict[str, Any]:
+    """Call the models part's hls4ml writer when it exists; otherwise say so in the manifest."""
+    try:
+        hls = importlib.import_module("l1forge.models.hls")
+    except ModuleNotFoundError as exc:
+        if exc.name != "l1forge.models.hls":
+            raise
+        log.warning("l1forge.models.hls is not available: no hls4ml project written")
+        return {"written": False, "reason": "l1forge.models.hls not available in this build"}
+    writer = getattr(hls, "write_hls_project", None)
+    if writer is None:
+        return {"written": False, "reason": "l1forge.models.hls has no write_hls_project"}
+    path = writer(net, out / "hls")
+    return {"written": True, "path": str(Path(path).relative_to(out)) if path else "hls"}
+
+
+def load_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a firmware folder written by ``build``."""
+    from l1forge.errors import DataFormatError
+
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise DataFormatError(f"{path} not found: run `l1forge firmware build` first")
+    return json.loads(path.read_text())
