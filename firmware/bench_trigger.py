@@ -67,7 +67,9 @@ async def trigger_stream(dut) -> None:
         await fall  # the rising edge in between captured the inputs
         if in_reset:
             resets_seen += 1
-            queue.extend(p for p in pipe if p is not None)  # dropped in flight: send again
+            # pipe[-1] left the pipeline (and was checked) before this edge; the rest is
+            # dropped by the reset and sent again.
+            queue.extend(p for p in pipe[:-1] if p is not None)
             pipe = [None] * latency
         else:
             pipe = [current, *pipe[:-1]]

@@ -1,0 +1,148 @@
+"""Latency and resources of a firmware folder: yosys ``synth_xilinx`` beside alkaid's estimate.
+
+Resources come from yosys on the trigger wrapper (core plus valid pipeline), flattened, for the
+UltraScale+ family (``-family xcup``: LUT1-6, FDRE/FDSE, CARRY8, DSP48E2, RAMB18/36). By default
+DSP inference is off (``-nodsp``), as in the CMS AXOL1TL encoder, so every product lands in LUTs;
+``allow_dsp=True`` lets yosys use DSP48E2 blocks. The anchors are the published figures the
+design is compared with, as quoted in the project's issue 4.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from l1forge.firmware.build import load_manifest
+
+from l1forge.errors import MissingToolError
+
+log = logging.getLogger(__name__)
+
+# Xilinx Virtex UltraScale+ VU9P (xcvu9p) capacity, from the UltraScale+ product table (DS890).
+VU9P = {"lut": 1_182_240, "ff": 2_364_480, "dsp": 6_840, "bram36": 2_160}
+ANCHORS = [
+    {
+        "name": "ADC2021 challenge FPGA autoencoders",
+        "latency_ns_below": 80,
+        "vu9p_fraction_below": 0.03,
+        "source": "FPGA autoencoders of the 2021 anomaly-detection challenge, as quoted in issue 4",
+    },
+    {
+        "name": "CMS AXOL1TL Level-1 anomaly-detection encoder",
+        "latency_ns": 50,
+        "cycles_at_40mhz": 2,
+        "dsp": 0,
+        "source": "CMS AXOL1TL in the Level-1 Global Trigger, as quoted in issue 4",
+    },
+]
+TARGET = {"latency_ns_max": 50.0, "dsp": 0}
+
+_CELL = re.compile(r"^\s+(\S+)\s+(\d+)\s*$")
+
+
+def parse_stat(text: str) -> dict[str, int]:
+    """Cell counts from the last ``stat`` block of a yosys log."""
+    block = text[text.rfind("Number of cells:") :]
+    cells: dict[str, int] = {}
+    for line in block.splitlines()[1:]:
+        m = _CELL.match(line)
+        if m:
+            cells[m.group(1)] = int(m.group(2))
+        elif cells and line.strip() == "":
+            break
+    return cells
+
+
+def summarize(cells: dict[str, int]) -> dict[str, int]:
+    def total(pattern: str) -> int:
+        return sum(v for k, v in cells.items() if re.fullmatch(pattern, k))
+
+    return {
+        "lut": total(r"LUT[1-6]"),
+        "ff": total(r"FD[RSCP]E(_1)?"),
+        "carry": total(r"CARRY[48]"),
+        "dsp": total(r"DSP48E[12]?|DSP48E2"),
+        "bram": total(r"RAMB(18|36)E[12]"),
+        "lutram": total(r"RAM(32|64|128|256)[XM].*"),
+        "srl": total(r"SRL(16E|C32E)"),
+        "muxf": total(r"MUXF[78]"),
+    }
+
+
+def run_yosys(
+    fw: Path, top: str, sources: list[str], allow_dsp: bool, timeout: float
+) -> tuple[dict[str, int], float, Path]:
+    if shutil.which("yosys") is None:
+        raise MissingToolError("yosys not found on PATH: apt-get install yosys (run `make setup`)")
+    logs = fw / "logs"
+    logs.mkdir(exist_ok=True)
+    script = logs / f"yosys_{top}.ys"
+    opts = "" if allow_dsp else " -nodsp"
+    script.write_text(
+        "read_verilog " + " ".join(str(fw / s) for s in sources) + "\n"
+        f"synth_xilinx -family xcup -top {top} -flatten{opts}\n"
+        "stat\n"
+    )
+    log_path = logs / f"yosys_{top}.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as fh:
+        subprocess.run(
+            ["yosys", "-q", "-l", str(log_path), "-s", str(script)],
+            cwd=fw,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            check=True,
+            timeout=timeout,
+        )
+    seconds = time.perf_counter() - t0
+    return parse_stat(log_path.read_text()), seconds, log_path
+
+
+def report(fw_dir: str | Path, allow_dsp: bool = False, timeout: float = 3600) -> dict[str, Any]:
+    """Synthesize the trigger wrapper with yosys and write ``report.json`` into the folder."""
+    fw = Path(fw_dir).resolve()
+    man = load_manifest(fw)
+    top = man["modules"]["trigger"]
+    sources = [s for s in man["sources"] if not s.endswith(f"{man['modules']['axis']}.v")]
+    log.info("yosys synth_xilinx on %s (can take minutes)", top)
+    cells, seconds, log_path = run_yosys(fw, top, sources, allow_dsp, timeout)
+    res = summarize(cells)
+    latency_ns = man["latency_cycles"] * 1000.0 / man["clock_mhz"]
+    out = {
+        "network": man["network"],
+        "top": top,
+        "latency_cycles": man["latency_cycles"],
+        "clock_mhz": man["clock_mhz"],
+        "latency_ns": latency_ns,
+        "initiation_interval": man["initiation_interval"],
+        "resources": res,
+        "cells": cells,
+        "vu9p_fraction": {
+            "lut": res["lut"] / VU9P["lut"],
+            "ff": res["ff"] / VU9P["ff"],
+            "dsp": res["dsp"] / VU9P["dsp"],
+        },
+        "alkaid_estimate": man["alkaid"],
+        "yosys": {
+            "command": f"synth_xilinx -family xcup -top {top} -flatten"
+            + ("" if allow_dsp else " -nodsp"),
+            "dsp_allowed": allow_dsp,
+            "seconds": seconds,
+            "log": str(log_path.relative_to(fw)),
+        },
+        "anchors": ANCHORS,
+        "target": TARGET
+        | {
+            "latency_met": latency_ns <= TARGET["latency_ns_max"],
+            "dsp_met": res["dsp"] == TARGET["dsp"],
+            "within_challenge_envelope": latency_ns < 80 and res["lut"] / VU9P["lut"] < 0.03,
+        },
+    }
+    (fw / "report.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
