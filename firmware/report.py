@@ -1,7 +1,8 @@
 """Latency and resources of a firmware folder: yosys ``synth_xilinx`` beside alkaid's estimate.
 
-Resources come from yosys on the trigger wrapper (core plus valid pipeline), flattened, for the
-UltraScale+ family (``-family xcup``: LUT1-6, FDRE/FDSE, CARRY8, DSP48E2, RAMB18/36). By default
+Resources come from yosys on the trigger wrapper (core plus valid pipeline), flattened and
+out of context, for the UltraScale+ family (``-family xcup``; yosys 0.23 maps adders to
+CARRY4). By default
 DSP inference is off (``-nodsp``), as in the CMS AXOL1TL encoder, so every product lands in LUTs;
 ``allow_dsp=True`` lets yosys use DSP48E2 blocks. The anchors are the published figures the
 design is compared with, as quoted in the project's issue 4.
@@ -64,14 +65,14 @@ def summarize(cells: dict[str, int]) -> dict[str, int]:
         return sum(v for k, v in cells.items() if re.fullmatch(pattern, k))
 
     return {
-        "lut": total(r"LUT[1-6]"),
+        "lut": total(r"LUT[1-6]|INV"),  # yosys INV cells are LUT1s on the device
         "ff": total(r"FD[RSCP]E(_1)?"),
         "carry": total(r"CARRY[48]"),
         "dsp": total(r"DSP48E[12]?|DSP48E2"),
         "bram": total(r"RAMB(18|36)E[12]"),
         "lutram": total(r"RAM(32|64|128|256)[XM].*"),
         "srl": total(r"SRL(16E|C32E)"),
-        "muxf": total(r"MUXF[78]"),
+        "muxf": total(r"MUXF[789]"),
     }
 
 
@@ -86,7 +87,7 @@ def run_yosys(
     opts = "" if allow_dsp else " -nodsp"
     script.write_text(
         "read_verilog " + " ".join(str(fw / s) for s in sources) + "\n"
-        f"synth_xilinx -family xcup -top {top} -flatten{opts}\n"
+        f"synth_xilinx -family xcup -top {top} -flatten -noiopad{opts}\n"
         "stat\n"
     )
     log_path = logs / f"yosys_{top}.log"
@@ -130,7 +131,7 @@ def report(fw_dir: str | Path, allow_dsp: bool = False, timeout: float = 3600) -
         },
         "alkaid_estimate": man["alkaid"],
         "yosys": {
-            "command": f"synth_xilinx -family xcup -top {top} -flatten"
+            "command": f"synth_xilinx -family xcup -top {top} -flatten -noiopad"
             + ("" if allow_dsp else " -nodsp"),
             "dsp_allowed": allow_dsp,
             "seconds": seconds,
