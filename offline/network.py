@@ -1,9 +1,10 @@
 """The co-design trigger network: a quantized MLP in torch that exports to the qnet IR.
 
-Cells (ADC counts) -> scale by 2**-input_shift -> dense -> ReLU (re-quantized, TRN/SAT) ->
-dense -> (energy / energy_scale, photon-vs-π0 logit). Weights and biases are quantized with
-ap_fixed RND_CONV/SAT; each dense layer's fractional bits are learnable (HGQ style). The
-forward pass in float64 equals the qnet emulator bit for bit on the exported IR.
+Cells (ADC counts of B bits) -> scale by 2**-(B - input_scale_bits), i.e. energy as a fraction
+of the ADC full scale times 2**input_scale_bits whatever B is -> dense -> ReLU (re-quantized,
+TRN/SAT) -> dense -> (energy / energy_scale, photon-vs-π0 logit). Weights and biases are
+quantized with ap_fixed RND_CONV/SAT; each dense layer's fractional bits are learnable
+(HGQ style). The forward pass in float64 equals the qnet emulator bit for bit on the exported IR.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class NetConfig:
     """Network shape and fixed-point choices; bits are ap_fixed widths."""
 
     hidden: int = 16
-    input_shift: int = 6
+    input_scale_bits: int = 6
     weight_int_bits: int = 2
     weight_frac_bits: float = 6.0
     bias_int_bits: int = 6
@@ -40,8 +41,10 @@ class NetConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.hidden <= 256:
             raise ConfigError(f"network.hidden: must be in [1, 256], got {self.hidden}")
-        if not 0 <= self.input_shift <= 20:
-            raise ConfigError(f"network.input_shift: must be in [0, 20], got {self.input_shift}")
+        if not 0 <= self.input_scale_bits <= 20:
+            raise ConfigError(
+                f"network.input_scale_bits: must be in [0, 20], got {self.input_scale_bits}"
+            )
         if not self.min_frac_bits <= self.weight_frac_bits <= self.max_frac_bits:
             raise ConfigError("network.weight_frac_bits: outside [min_frac_bits, max_frac_bits]")
         if not 2 <= self.act_width <= 24 or not 0 <= self.act_int_bits <= self.act_width:
@@ -86,11 +89,16 @@ class QuantMLP(nn.Module):
             )
         return out
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        """(N, 2) real outputs for integer-valued float64 counts (N, n_in)."""
+    def forward(self, counts: torch.Tensor, input_bits: torch.Tensor | int) -> torch.Tensor:
+        """(N, 2) real outputs for float64 ADC counts (N, n_in) of ``input_bits`` bits.
+
+        With an integer ``input_bits`` and integer counts the result is bit-exact; a real
+        tensor ``input_bits`` (training) lets gradients reach the readout bit width.
+        """
         (wf0, bf0), (wf1, bf1) = self.layer_formats()
         fb = self.frac_bits if self.cfg.learn_bits else None
-        x = counts * 2.0**-self.cfg.input_shift
+        shift = torch.as_tensor(input_bits, dtype=torch.float64) - self.cfg.input_scale_bits
+        x = counts * torch.exp2(-shift)
         w0 = quantize_ste(self.w0, wf0, "RND_CONV", "SAT", None if fb is None else fb[0])
         b0 = quantize_ste(self.b0, bf0, "RND_CONV", "SAT", None if fb is None else fb[0])
         acc = x @ w0 + b0
@@ -118,7 +126,7 @@ class QuantMLP(nn.Module):
             "x_scaled",
             np.zeros(self.n_in, dtype=np.int64),
             Fixed(True, 2, 2),
-            np.full(self.n_in, self.cfg.input_shift, dtype=np.int64),
+            np.full(self.n_in, input_bits - self.cfg.input_scale_bits, dtype=np.int64),
         )
         ints = lambda p, f: quantize_int(p, f, "RND_CONV", "SAT").numpy().astype(np.int64)  # noqa: E731
         b.dense("dense0", ints(self.w0, wf0), wf0, ints(self.b0, bf0), bf0)

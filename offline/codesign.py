@@ -1,0 +1,257 @@
+"""The joint optimizer: detector θ, network weights and bit widths trained together in torch.
+
+One :class:`FitState` carries the loop's mutable state (step, trajectory); the differentiable
+calorimeter model supplies cells for each batch; the final design is rounded to a buildable
+geometry, its network exported as a qnet IR, and both re-evaluated on the stochastic reference
+simulator with fresh events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from l1forge.models.qnet import save as save_qnet
+from l1forge.models.torch_quant import ste_round
+from l1forge.offline.config import StudyConfig
+from l1forge.offline.detector import DetectorParams, detector_cost_eur, geometry_theta
+from l1forge.offline.evaluate import evaluate_network
+from l1forge.offline.network import QuantMLP
+from l1forge.sim import calo, calo_torch
+from tqdm import tqdm
+
+from l1forge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitState:
+    """Everything that changes during a run (and is checkpointed)."""
+
+    step: int = 0
+    events: int = 0
+    trajectory: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Batch:
+    e_gev: torch.Tensor
+    is_pi0: torch.Tensor
+    cells: torch.Tensor
+
+
+class Study:
+    """The models, optimizers and random streams of one co-design run."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        torch.manual_seed(cfg.train.seed)
+        self.det = DetectorParams(cfg.detector)
+        self.ro = self.det.readout
+        n_in = self.ro.n_segments * self.ro.n_cells**2
+        self.net = QuantMLP(n_in, cfg.network, seed=cfg.train.seed)
+        self.opt_net = torch.optim.Adam(self.net.parameters(), lr=cfg.train.lr_net)
+        self.opt_det = torch.optim.Adam(self.det.parameters(), lr=cfg.train.lr_theta)
+        self.rng = np.random.default_rng(cfg.train.seed)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.state = FitState()
+
+    def sample(self, theta: dict[str, torch.Tensor], n: int) -> Batch:
+        """A batch of half photons, half π0 through the differentiable detector model."""
+        u = self.cfg.utility
+        e = self.rng.uniform(u.e_min_gev, u.e_max_gev, n)
+        is_pi0 = np.arange(n) % 2 == 1
+        ux, uy = self.rng.random((2, n)) - 0.5
+        k = np.flatnonzero(is_pi0)
+        e1, e2, dx, dy = calo.pi0_photons(e[k], u.distance_mm, self.rng)
+        single = np.flatnonzero(~is_pi0)
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)  # noqa: E731
+        cell = theta["cell_mm"]
+        e_sh = t(np.concatenate([e[single], e1, e2]))
+        x = torch.cat([t(ux[single]) * cell, t(ux[k]) * cell + t(dx * e2 / e[k]),
+                       t(ux[k]) * cell - t(dx * e1 / e[k])])  # fmt: skip
+        y = torch.cat([t(uy[single]) * cell, t(uy[k]) * cell + t(dy * e2 / e[k]),
+                       t(uy[k]) * cell - t(dy * e1 / e[k])])  # fmt: skip
+        ev = torch.as_tensor(np.concatenate([single, k, k]))
+        cells = calo_torch.event_cells(theta, self.ro, e_sh, x, y, ev, n, self.gen)
+        return Batch(t(e), torch.as_tensor(is_pi0), cells)
+
+    def losses(self, theta: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """Training objective: energy regression + γ/π0 separation + budget penalties."""
+        c, tr = self.cfg.cost, self.cfg.train
+        bits = theta["readout_bits"]
+        lsb = self.ro.full_scale_gev * torch.exp2(-bits)
+        counts = torch.minimum(ste_round(batch.cells / lsb), torch.exp2(bits) - 1)
+        out = self.net(counts.flatten(1), bits)
+        photon = ~batch.is_pi0
+        e_pred = out[:, 0] * self.cfg.network.energy_scale_gev
+        loss_e = (((e_pred - batch.e_gev) / batch.e_gev)[photon] ** 2).mean()
+        loss_c = torch.nn.functional.binary_cross_entropy_with_logits(
+            out[:, 1], photon.to(torch.float64)
+        )
+        cost = detector_cost_eur(theta, self.ro, c)
+        ebops = self.net.ebops(bits)
+        pen = c.penalty * (
+            torch.relu(cost / c.detector_budget_eur - 1) ** 2
+            + torch.relu(ebops / c.ebops_budget - 1) ** 2
+        )
+        total = tr.w_energy * loss_e + tr.w_class * loss_c + pen
+        return {"loss": total, "loss_energy": loss_e, "loss_class": loss_c,
+                "cost_eur": cost, "ebops": ebops, "penalty": pen}  # fmt: skip
+
+    def train_step(self) -> dict[str, float]:
+        tr = self.cfg.train
+        theta = self.det.theta()
+        batch = self.sample(theta, tr.batch)
+        terms = self.losses(theta, batch)
+        self.opt_net.zero_grad()
+        self.opt_det.zero_grad()
+        terms["loss"].backward()
+        self.opt_net.step()
+        if self.state.step >= tr.warmup_steps:
+            self.opt_det.step()
+        self.state.step += 1
+        self.state.events += tr.batch
+        rec = {k: float(v.detach()) for k, v in terms.items()}
+        rec.update(self.det.values())
+        rec.update({f"frac_bits_{i}": float(v) for i, v in enumerate(self.net.frac_bits.detach())})
+        rec["step"] = self.state.step
+        return rec
+
+    # -- checkpoints: arrays in .npz, everything else in JSON (no pickle) --
+    def save_checkpoint(self, out: Path) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"state": dataclasses.asdict(self.state)}
+        for prefix, mod in (("det", self.det), ("net", self.net)):
+            for k, v in mod.state_dict().items():
+                arrays[f"{prefix}/{k}"] = v.detach().numpy()
+        for prefix, opt in (("opt_net", self.opt_net), ("opt_det", self.opt_det)):
+            sd = opt.state_dict()
+            for idx, st in sd["state"].items():
+                for k, v in st.items():
+                    arrays[f"{prefix}/{idx}/{k}"] = torch.as_tensor(v).numpy()
+            meta[prefix] = sd["param_groups"]
+        arrays["gen_state"] = self.gen.get_state().numpy()
+        meta["rng_state"] = self.rng.bit_generator.state
+        tmp = out / "checkpoint.tmp.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        tmp.replace(out / "checkpoint.npz")
+        (out / "checkpoint.json").write_text(json.dumps(meta))
+
+    def load_checkpoint(self, out: Path) -> None:
+        meta = json.loads((out / "checkpoint.json").read_text())
+        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        for prefix, mod in (("det", self.det), ("net", self.net)):
+            mod.load_state_dict(
+                {k: torch.as_tensor(arrays[f"{prefix}/{k}"]) for k in mod.state_dict()}
+            )
+        for prefix, opt in (("opt_net", self.opt_net), ("opt_det", self.opt_det)):
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, v in arrays.items():
+                parts = key.split("/")
+                if parts[0] == prefix:
+                    state.setdefault(int(parts[1]), {})[parts[2]] = torch.as_tensor(v)
+            opt.load_state_dict({"state": state, "param_groups": meta[prefix]})
+        self.gen.set_state(torch.as_tensor(arrays["gen_state"]))
+        self.rng.bit_generator.state = meta["rng_state"]
+        self.state = FitState(**meta["state"])
+
+
+def run(cfg: StudyConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train, checkpoint, export and re-evaluate; returns (and writes) the JSON summary."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").write_text("")
+        (out / ".write_test").unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there ({exc})") from exc
+    torch.set_num_threads(1)
+    study = Study(cfg)
+    if resume and (out / "checkpoint.npz").is_file():
+        study.load_checkpoint(out)
+        log.info("resumed from step %d", study.state.step)
+    tr = cfg.train
+    t0 = time.perf_counter()
+    start = study.state.step
+    with tqdm(total=tr.steps, initial=start, desc="codesign", unit="step") as bar:
+        while study.state.step < tr.steps:
+            rec = study.train_step()
+            if rec["step"] % tr.log_every == 0 or rec["step"] == tr.steps:
+                study.state.trajectory.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", cost=f"{rec['cost_eur']:.0f}")
+            if rec["step"] % tr.checkpoint_every == 0:
+                study.save_checkpoint(out)
+            bar.update(1)
+    train_s = time.perf_counter() - t0
+    study.save_checkpoint(out)
+    return finish(study, out, (study.state.step - start) * tr.batch, train_s)
+
+
+def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str, Any]:
+    """Round to a buildable design, export it, re-evaluate it on fresh reference events."""
+    cfg = study.cfg
+    geom = study.det.to_geometry()
+    qnet = study.net.export(geom.readout_bits)
+    save_qnet(qnet, out / "net.json")
+    (out / "design.yaml").write_text(yaml.safe_dump(dataclasses.asdict(geom), sort_keys=False))
+    ev = evaluate_network(
+        geom, qnet, cfg.utility, cfg.train.eval_events, seed=10_000 + cfg.train.seed
+    )
+    with torch.no_grad():
+        cost = float(detector_cost_eur(geometry_theta(geom), study.ro, cfg.cost))
+        ebops = float(study.net.ebops(geom.readout_bits))
+    (out / "trajectory.json").write_text(json.dumps(study.state.trajectory, indent=1))
+    summary = {
+        "method": "joint",
+        "design": dataclasses.asdict(geom),
+        "theta_continuous": study.det.values(),
+        "evaluation": ev.to_json(),
+        "cost_eur": cost,
+        "ebops": ebops,
+        "within_budget": cost <= cfg.cost.detector_budget_eur and ebops <= cfg.cost.ebops_budget,
+        "train_events": study.state.events,
+        "train_events_per_s": new_events / train_s if train_s > 0 else None,
+        "steps": study.state.step,
+        "config": cfg.to_json(),
+        "files": ["net.json", "net.npz", "design.yaml", "trajectory.json", "trajectories.png"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_trajectories(study.state.trajectory, out / "trajectories.png")
+    return summary
+
+
+def plot_trajectories(traj: list[dict[str, float]], path: Path) -> None:
+    """One panel per parameter and loss term against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not traj:
+        return
+    keys = [k for k in traj[0] if k != "step"]
+    cols = 4
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    steps = [r["step"] for r in traj]
+    for ax, k in zip(axes.flat, keys, strict=False):
+        ax.plot(steps, [r[k] for r in traj])
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
