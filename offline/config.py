@@ -121,8 +121,10 @@ class TrainConfig:
         for k in ("steps", "batch", "log_every", "checkpoint_every", "eval_events"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise ConfigError(f"train.{k}: must be a positive integer")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError("train.warmup_steps: must be in [0, steps]")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(
+                "train.warmup_steps: must be a non-negative integer (>= steps: θ fixed)"
+            )
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,12 @@ def _bound(key: str, v: Any) -> tuple[float, float]:
     return float(v[0]), float(v[1])
 
 
+def _real(key: str, v: Any) -> float:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise ConfigError(f"{key}: expected a number, got {v!r}")
+    return float(v)
+
+
 def _section(name: str, cls: type, raw: Any) -> Any:
     if raw is None:
         return cls()
@@ -174,12 +182,9 @@ def _section(name: str, cls: type, raw: Any) -> Any:
                             f"detector.{k}.{p}: unknown; known {list(DEFAULT_BOUNDS)}"
                         )
                 merged = dict(getattr(base, k))
-                merged.update(
-                    {
-                        p: tuple(map(float, v)) if k == "bounds" else float(v)
-                        for p, v in kw[k].items()
-                    }
-                )
+                for p, v in kw[k].items():
+                    where = f"detector.{k}.{p}"
+                    merged[p] = _bound(where, v) if k == "bounds" else _real(where, v)
                 kw[k] = merged
     try:
         return cls(**kw)
