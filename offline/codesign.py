@@ -33,13 +33,16 @@ from l1forge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+TERMS = ("loss", "loss_energy", "loss_class", "cost_eur", "ebops", "penalty")
+
+
 @dataclass
 class FitState:
     """Everything that changes during a run (and is checkpointed)."""
 
     step: int = 0
     events: int = 0
-    trajectory: list[dict[str, float]] = field(default_factory=list)
+    trajectory: list[dict[str, float | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -108,20 +111,50 @@ class Study:
         return {"loss": total, "loss_energy": loss_e, "loss_class": loss_c,
                 "cost_eur": cost, "ebops": ebops, "penalty": pen}  # fmt: skip
 
-    def train_step(self) -> dict[str, float]:
+    def classical_losses(
+        self, theta: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        """Factorized stage 1: relative resolution of the calibrated sum of cells + cost penalty."""
+        c = self.cfg.cost
+        bits = theta["readout_bits"]
+        lsb = self.ro.full_scale_gev * torch.exp2(-bits)
+        counts = torch.minimum(ste_round(batch.cells / lsb), torch.exp2(bits) - 1)
+        photon = ~batch.is_pi0
+        rel = (counts.flatten(1).sum(1) * lsb / batch.e_gev)[photon]
+        resolution = rel.std() / rel.mean()  # a calibration constant removes the mean
+        cost = detector_cost_eur(theta, self.ro, c)
+        pen = c.penalty * torch.relu(cost / c.detector_budget_eur - 1) ** 2
+        return {"loss": resolution + pen, "loss_energy": resolution**2, "cost_eur": cost,
+                "penalty": pen}  # fmt: skip
+
+    def phase(self) -> str:
+        """What this step trains: 'theta' (factorized stage 1), 'net', or 'both'."""
         tr = self.cfg.train
+        if tr.method == "reference":
+            return "net"
+        if tr.method == "factorized":
+            return "theta" if self.state.step < tr.factorized_fraction * tr.steps else "net"
+        return "both" if self.state.step >= tr.warmup_steps else "net"
+
+    def train_step(self) -> dict[str, float | None]:
+        tr = self.cfg.train
+        phase = self.phase()
         theta = self.det.theta()
         batch = self.sample(theta, tr.batch)
-        terms = self.losses(theta, batch)
+        if phase == "theta":
+            terms = self.classical_losses(theta, batch)
+        else:
+            terms = self.losses(theta, batch)
         self.opt_net.zero_grad()
         self.opt_det.zero_grad()
         terms["loss"].backward()
-        self.opt_net.step()
-        if self.state.step >= tr.warmup_steps:
+        if phase in ("net", "both"):
+            self.opt_net.step()
+        if phase in ("theta", "both"):
             self.opt_det.step()
         self.state.step += 1
         self.state.events += tr.batch
-        rec = {k: float(v.detach()) for k, v in terms.items()}
+        rec = {k: float(terms[k].detach()) if k in terms else None for k in TERMS}
         rec.update(self.det.values())
         rec.update({f"frac_bits_{i}": float(v) for i, v in enumerate(self.net.frac_bits.detach())})
         rec["step"] = self.state.step
@@ -214,7 +247,7 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
         ebops = float(study.net.ebops(geom.readout_bits))
     (out / "trajectory.json").write_text(json.dumps(study.state.trajectory, indent=1))
     summary = {
-        "method": "joint",
+        "method": cfg.train.method,
         "design": dataclasses.asdict(geom),
         "theta_continuous": study.det.values(),
         "evaluation": ev.to_json(),
@@ -247,7 +280,7 @@ def plot_trajectories(traj: list[dict[str, float]], path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
     steps = [r["step"] for r in traj]
     for ax, k in zip(axes.flat, keys, strict=False):
-        ax.plot(steps, [r[k] for r in traj])
+        ax.plot(steps, [np.nan if r[k] is None else r[k] for r in traj])
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     for ax in list(axes.flat)[len(keys) :]:

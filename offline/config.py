@@ -13,6 +13,8 @@ from l1forge.sim.materials import ABSORBERS, ACTIVE
 
 from l1forge.errors import ConfigError
 
+METHODS = ("joint", "factorized", "reference")
+
 # continuous detector parameters: name -> (lower bound, upper bound)
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "n_layers": (4.0, 40.0),
@@ -103,7 +105,12 @@ class CostConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimization schedule: warm-up trains the network alone before θ moves."""
+    """Optimization schedule: warm-up trains the network alone before θ moves.
+
+    ``method``: ``joint`` (θ, weights and bits together), ``factorized`` (first θ alone for the
+    best resolution of a sum-of-cells reconstruction, then the network on that fixed θ; the
+    same number of simulated events in all) or ``reference`` (θ fixed at ``detector.init``).
+    """
 
     steps: int = 200
     batch: int = 256
@@ -116,8 +123,14 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     eval_events: int = 2000
+    method: str = "joint"
+    factorized_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"train.method: {self.method!r} is not one of {METHODS}")
+        if not 0 < self.factorized_fraction < 1:
+            raise ConfigError("train.factorized_fraction: must be in (0, 1)")
         for k in ("steps", "batch", "log_every", "checkpoint_every", "eval_events"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise ConfigError(f"train.{k}: must be a positive integer")

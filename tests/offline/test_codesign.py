@@ -97,3 +97,19 @@ def test_unwritable_output_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="--out"):
         codesign.run(from_dict(TINY), blocker / "sub")
+
+
+@pytest.mark.parametrize("method", ["factorized", "reference"])
+def test_baseline_methods_move_theta_only_when_they_should(method):
+    doc = {**TINY, "train": {**TINY["train"], "method": method, "steps": 8}}
+    study = codesign.Study(from_dict(doc))
+    thetas, w0 = [], []
+    for _ in range(8):
+        study.train_step()
+        thetas.append(study.det.values()["cell_mm"])
+        w0.append(study.net.w0.detach().clone())
+    if method == "reference":
+        assert len(set(thetas)) == 1
+    else:  # stage 1 (4 steps): θ moves, the network waits; stage 2: the reverse
+        assert len(set(thetas[:4])) == 4 and len(set(thetas[3:])) == 1
+        assert torch.equal(w0[0], w0[3]) and not torch.equal(w0[4], w0[7])

@@ -53,7 +53,7 @@ def _trained_net(input_bits: int, seed: int) -> QuantMLP:
     for _ in range(20):
         x = torch.randint(0, 2**input_bits, (64, 18), generator=gen).double()
         target = x.sum(1, keepdim=True) / 2**input_bits
-        loss = ((net(x)[:, :1] - target) ** 2).mean() + 1e-4 * net.ebops(input_bits)
+        loss = ((net(x, input_bits)[:, :1] - target) ** 2).mean() + 1e-4 * net.ebops(input_bits)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,7 +79,7 @@ def test_torch_net_equals_emulator_on_exported_ir(tmp_path, input_bits, seed, bo
         ]
     )
     with torch.no_grad():
-        out = net(torch.tensor(x, dtype=torch.float64)).numpy()
+        out = net(torch.tensor(x, dtype=torch.float64), input_bits).numpy()
     torch_ints = out * 2.0 ** net.output_frac_bits()
     assert_array_equal(torch_ints, np.round(torch_ints))  # exact integers
     emu = Emulator(ir).run(x)
