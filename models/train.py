@@ -1,0 +1,156 @@
+"""Training on sim datasets: the VAE anomaly detector (background only) and the classifier.
+
+Every run: fixed seeds, per-epoch weight checkpoints, the deployed network exported to the qnet
+IR (``encoder.qnet.json``), evaluation on scores computed by the IR emulator (the integers the
+hardware produces), plots and one JSON summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from l1forge.models.config import Config, config_to_dict
+
+from l1forge.errors import DataFormatError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Hardware-integer network inputs grouped by process name."""
+
+    by_process: dict[str, np.ndarray]
+
+
+def read_inputs(path: str | Path, hw_bits: int, max_events: int | None = None) -> Inputs:
+    """The 57 hardware integers of every event in a sim dataset, saturated to the input word."""
+    from l1forge.sim.dataset import read_events
+
+    ev = read_events(path)
+    x = np.asarray(ev.objects_hw).reshape(len(ev.objects_hw), -1).astype(np.int64)
+    lo, hi = -(1 << (hw_bits - 1)), (1 << (hw_bits - 1)) - 1
+    n_sat = int(np.count_nonzero((x < lo) | (x > hi)))
+    if n_sat:
+        log.warning("%s: %d input values saturated to the %d-bit word", path, n_sat, hw_bits)
+    x = np.clip(x, lo, hi)
+    labels = np.asarray(ev.label)
+    out = {}
+    for i, name in enumerate(ev.processes):
+        sel = x[labels == i][:max_events]
+        if len(sel):
+            out[str(name)] = sel
+    if not out:
+        raise DataFormatError(f"{path}: no events")
+    return Inputs(out)
+
+
+def _split(x: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.random.default_rng(seed).permutation(len(x))
+    n_val = int(len(x) * frac)
+    return x[idx[n_val:]], x[idx[:n_val]]
+
+
+def _callbacks(out_dir: Path):
+    import tensorflow as tf
+
+    ckpt = out_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    return [
+        tf.keras.callbacks.ModelCheckpoint(
+            str(ckpt / "epoch{epoch:03d}.weights.h5"), save_weights_only=True
+        ),
+        tf.keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
+    ]
+
+
+def train(
+    cfg: Config,
+    background: Inputs,
+    signals: Inputs,
+    out_dir: str | Path,
+    rate_hz: float = 1000.0,
+) -> dict[str, Any]:
+    """Train ``cfg.network.kind``, export the IR, evaluate on the emulator; return the summary."""
+    import tensorflow as tf
+    from l1forge.models import evaluate, networks, qnet
+    from l1forge.models.emulator import Emulator
+    from l1forge.models.export import export_qnet
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net_cfg, tr = cfg.network, cfg.training
+    tf.keras.utils.set_random_seed(tr.seed)
+    bg_all = np.concatenate(list(background.by_process.values()))
+    bg_train, bg_test = _split(bg_all, 0.5, tr.seed)
+    bg_fit, bg_val = _split(bg_train, tr.validation_fraction, tr.seed + 1)
+    scaling = networks.fit_input_scaling(bg_fit)
+    opt = tf.keras.optimizers.Adam(tr.learning_rate)
+    fit_kw = dict(
+        epochs=tr.epochs, batch_size=tr.batch_size, verbose=2, callbacks=_callbacks(out_dir)
+    )
+    recon_model = None
+    if net_cfg.kind == "ad":
+        m = networks.vae_models(net_cfg, scaling, tr.beta_kl)
+        m.vae.compile(optimizer=opt)
+        val = (bg_val.astype(np.float32),) if len(bg_val) else None
+        m.vae.fit(bg_fit.astype(np.float32), validation_data=val, **fit_kw)
+        trained, recon_model = m.hardware, m.recon_score
+    else:
+        sig_all = np.concatenate(list(signals.by_process.values()))
+        sig_train, _ = _split(sig_all, 0.5, tr.seed)
+        x = np.concatenate([bg_train, sig_train]).astype(np.float32)
+        y = np.concatenate([np.zeros(len(bg_train)), np.ones(len(sig_train))]).astype(np.float32)
+        w = np.where(y == 1, len(bg_train) / max(len(sig_train), 1), 1.0)
+        perm = np.random.default_rng(tr.seed).permutation(len(x))  # validation_split takes the tail
+        x, y, w = x[perm], y[perm], w[perm]
+        trained = networks.hardware_model(net_cfg, scaling)
+        trained.compile(optimizer=opt, loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+        trained.fit(
+            x, y, sample_weight=w, validation_split=tr.validation_fraction, shuffle=True, **fit_kw
+        )
+    deploy = networks.deploy_model(net_cfg, scaling, trained)
+    ir = export_qnet(deploy, name=f"l1forge_{net_cfg.kind}", config=config_to_dict(cfg))
+    ir_path = qnet.save(ir, out_dir / "encoder.qnet.json")
+    emu = Emulator(ir)
+    out_fixed = ir.output_specs[0].fixed
+    bg_int = emu.run(bg_test)[:, 0]
+    sig_test = {
+        k: (_split(v, 0.5, tr.seed)[1] if net_cfg.kind == "classifier" else v)
+        for k, v in signals.by_process.items()
+    }
+    sig_int = {k: emu.run(v)[:, 0] for k, v in sig_test.items()}
+    summary: dict[str, Any] = {
+        "kind": net_cfg.kind,
+        "qnet": str(ir_path),
+        "config": config_to_dict(cfg),
+        "n_background_train": len(bg_fit),
+        "n_background_test": len(bg_test),
+        "output_format": out_fixed.hls_type(),
+        "score": evaluate.evaluate_scores(
+            bg_int.astype(float),
+            {k: v.astype(float) for k, v in sig_int.items()},
+            out_dir,
+            rate_hz,
+            score_name="score_ir",
+        ),
+    }
+    if recon_model is not None:
+
+        def recon(x: np.ndarray) -> np.ndarray:
+            return recon_model.predict(x.astype(np.float32), batch_size=8192, verbose=0)[:, 0]
+
+        summary["recon_mse"] = evaluate.evaluate_scores(
+            recon(bg_test),
+            {k: recon(v) for k, v in sig_test.items()},
+            out_dir,
+            rate_hz,
+            score_name="recon_mse",
+        )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
