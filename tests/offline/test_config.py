@@ -49,3 +49,12 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_config(bad)
+
+
+def test_packaged_example_study_is_valid():
+    from pathlib import Path
+
+    import l1forge.offline
+
+    cfg = load_config(Path(l1forge.offline.__file__).parent / "study.yaml")
+    assert cfg.train.method == "joint" and cfg.detector.n_cells == 5
