@@ -1,0 +1,76 @@
+"""Events/s of the qnet emulator vs hls4ml's compiled C simulation and QKeras predict.
+
+The default encoder (57 -> 32 -> 16 -> 3, 8-bit weights, score = sum(mu**2)) with weights from
+a few training steps; every compared output must be equal. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _rate(fn, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+    y = fn(x)  # warm-up (and the result to compare)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - t0)
+    return len(x) / best, y
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    import tensorflow as tf
+    from l1forge.models import hls, networks
+    from l1forge.models.config import NetConfig
+    from l1forge.models.emulator import Emulator
+    from l1forge.models.export import export_qnet
+    from l1forge.models.vectors import bitexact_vectors
+
+    cfg = NetConfig()
+    rng = np.random.default_rng(0)
+    x_fit = np.rint(rng.normal(0, 200, (4096, cfg.n_inputs)))
+    scaling = networks.fit_input_scaling(x_fit)
+    tf.keras.utils.set_random_seed(0)
+    m = networks.vae_models(cfg, scaling, beta_kl=0.5)
+    m.vae.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+    m.vae.fit(x_fit.astype(np.float32), epochs=1, batch_size=256, verbose=0)
+    deploy = networks.deploy_model(cfg, scaling, m.hardware)
+    net = export_qnet(deploy, name="default_encoder")
+    emu = Emulator(net)
+    x_big = bitexact_vectors(net, 2_000_000, seed=1)
+    x_cmp = x_big[:200_000]
+    with tempfile.TemporaryDirectory() as tmp:
+        hm = hls.compile_csim(hls.convert(deploy, tmp, project_name="bench_encoder"))
+        print("measuring hls4ml predict", file=sys.stderr)
+        hls_rate, y_hls = _rate(lambda v: hls.predict(hm, v), x_cmp, 1)
+    print("measuring QKeras predict", file=sys.stderr)
+    qk_rate, y_qk = _rate(lambda v: networks.exact_predict(deploy, v, 16384), x_cmp, 1)
+    print("measuring emulator", file=sys.stderr)
+    emu_rate, _ = _rate(emu.run_float, x_big, 3)
+    y_emu = emu.run_float(x_cmp)
+    bit_exact = bool(np.array_equal(y_emu, y_hls) and np.array_equal(y_emu, y_qk))
+    result = {
+        "network": "57-32-16-3 VAE encoder + sum(mu^2), 8-bit weights, 14-bit inputs",
+        "emulator_events_per_s": emu_rate,
+        "hls4ml_events_per_s": hls_rate,
+        "qkeras_events_per_s": qk_rate,
+        "speedup_vs_hls4ml": emu_rate / hls_rate,
+        "speedup_vs_qkeras": emu_rate / qk_rate,
+        "n_emulator_events": len(x_big),
+        "n_compared": len(x_cmp),
+        "bit_exact": bit_exact,
+    }
+    print(json.dumps(result))
+    return 0 if bit_exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
