@@ -1,4 +1,4 @@
-"""l1forge: Level-1 trigger and monitoring with quantized networks, bit-exact firmware and co-design.
+"""l1forge: Level-1 triggering and monitoring with quantized networks, firmware and co-design.
 
 Importing this package is cheap: no TensorFlow, torch or simulator is loaded until used.
 """

@@ -1,4 +1,4 @@
-"""The `l1forge` command: one sub-command group per part, each registered by that part's `cli` module.
+"""The `l1forge` command: one sub-command group per part, registered by that part's `cli` module.
 
 Part modules import their heavy dependencies inside the handlers, so `l1forge --help` stays fast.
 """

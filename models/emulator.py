@@ -2,8 +2,11 @@
 
 Every tensor is held as integer values in float64 (or float32 for a matrix product whose sums
 provably stay below 2**24), which is exact because every intermediate is checked, when the
-emulator is built, to stay below 2**53 in magnitude. Layers whose bounds do not allow that run
-in int64 instead. Batches are cut into cache-sized chunks that run on a thread pool.
+emulator is built, to stay below 2**52 in magnitude. Layers whose bounds do not allow that run
+in int64 instead. A chain of element-wise layers (scale, quantize, relu) that starts from a
+tensor of at most 16 bits is replaced by a per-feature lookup table computed with the very same
+layer code over every possible input value. Batches are cut into cache-sized chunks that run
+on a thread pool (with the BLAS library held to one thread each, so the two do not compete).
 """
 
 from __future__ import annotations
@@ -11,16 +14,49 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from l1forge.models.build import dense_range, scale_range, sum_squares_range
 from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
 from l1forge.models.qnet import Layer, QNet
+from threadpoolctl import threadpool_limits
 
 from l1forge.errors import DataFormatError
 
 FLOAT32_EXACT = 2**24
+ELEMENTWISE_OPS = ("scale", "quantize", "relu")
+LUT_MAX_INPUT_BITS = 16
 Step = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class _PlanStep:
+    """One step of the fused execution plan: ``fn`` maps tensor ``src`` to tensor ``dst``."""
+
+    src: str
+    dst: str
+    fn: Step
+    takes_int: bool  # a lookup table indexes with the integers themselves
+
+
+def _lookup_step(src: Fixed, size: int, fns: list[Step]) -> Step:
+    """A per-feature table of ``fns`` applied in turn to every value of ``src``."""
+    values = np.arange(src.min_int, src.max_int + 1, dtype=np.float64)
+    table = np.repeat(values[:, None], size, axis=1)
+    for fn in fns:
+        table = fn(table)
+    flat = np.ascontiguousarray(table, dtype=np.float64).ravel()
+    column = np.arange(size, dtype=np.intp)
+    base = src.min_int
+
+    def step(x: np.ndarray) -> np.ndarray:
+        idx = (x - base).astype(np.intp, copy=False) if x.dtype != np.intp else x - base
+        idx *= size
+        idx += column
+        return flat.take(idx)
+
+    return step
 
 
 def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
@@ -114,7 +150,7 @@ def _sum_squares_step(lay: Layer, src: Fixed, dst: Fixed, size: int) -> Step:
 class Emulator:
     """Runs a qnet IR on batches of integer inputs, bit for bit as the firmware does."""
 
-    def __init__(self, net: QNet, chunk_size: int = 8192, threads: int | None = None):
+    def __init__(self, net: QNet, chunk_size: int = 4096, threads: int | None = None):
         if len(net.inputs) != 1:
             raise DataFormatError("the emulator runs networks with a single input tensor")
         self.net = net
@@ -123,12 +159,42 @@ class Emulator:
         self.chunk_size = chunk_size
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._steps = [self._compile(lay) for lay in net.layers]
-        # Tensors still needed after each layer: the outputs and the inputs of later layers.
+        self._plan = self._fuse()
+        # Tensors still needed after each plan step: the outputs and later steps' inputs.
         self._keep = []
-        for i in range(len(net.layers)):
-            later = {lay.input for lay in net.layers[i + 1 :]}
+        for i in range(len(self._plan)):
+            later = {st.src for st in self._plan[i + 1 :]}
             self._keep.append(later | set(net.outputs))
         self._pool: ThreadPoolExecutor | None = None
+
+    def _fuse(self) -> list[_PlanStep]:
+        """The layers as plan steps, element-wise chains from narrow tensors as lookup tables."""
+        layers, net = self.net.layers, self.net
+        readers: dict[str, int] = {}
+        for lay in layers:
+            readers[lay.input] = readers.get(lay.input, 0) + 1
+        plan, i = [], 0
+        while i < len(layers):
+            lay = layers[i]
+            src = net.tensors[lay.input]
+            if lay.op in ELEMENTWISE_OPS and src.fixed.width <= LUT_MAX_INPUT_BITS:
+                j = i
+                while (
+                    j + 1 < len(layers)
+                    and layers[j + 1].op in ELEMENTWISE_OPS
+                    and layers[j + 1].input == layers[j].output
+                    and readers.get(layers[j].output, 0) == 1
+                    and layers[j].output not in net.outputs
+                ):
+                    j += 1
+                fns = self._steps[i : j + 1]
+                step = _lookup_step(src.fixed, src.size, fns)
+                plan.append(_PlanStep(lay.input, layers[j].output, step, takes_int=True))
+                i = j + 1
+            else:
+                plan.append(_PlanStep(lay.input, lay.output, self._steps[i], takes_int=False))
+                i += 1
+        return plan
 
     def _compile(self, lay: Layer) -> Step:
         src = self.net.tensors[lay.input]
@@ -169,10 +235,13 @@ class Emulator:
 
     def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
         self._check_range(x)
-        vals = {self.net.inputs[0]: x.astype(np.float64)}
-        for i, (lay, step) in enumerate(zip(self.net.layers, self._steps, strict=True)):
-            vals[lay.output] = step(vals[lay.input])
+        name = self.net.inputs[0]
+        vals = {name: x if self._plan[0].takes_int else x.astype(np.float64)}
+        for i, st in enumerate(self._plan):
+            vals[st.dst] = st.fn(vals[st.src])
             vals = {k: v for k, v in vals.items() if k in self._keep[i]}
+        if name in vals:  # a network whose output is its input
+            vals[name] = vals[name].astype(np.float64)
         return vals
 
     def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -183,7 +252,8 @@ class Emulator:
         if self.threads > 1 and len(chunks) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="qnet-emu")
-            parts = list(self._pool.map(self._run_chunk, chunks))
+            with threadpool_limits(1, user_api="blas"):
+                parts = list(self._pool.map(self._run_chunk, chunks))
         else:
             parts = [self._run_chunk(c) for c in chunks]
         return {

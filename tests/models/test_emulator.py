@@ -93,3 +93,19 @@ def test_input_validation():
         emu.run(np.full((3, 8), 2**20, dtype=np.int64))
     out = emu.run_float(np.ones((3, 8), dtype=np.int64))
     assert out.shape == (3, 2) and out.dtype == np.float64
+
+
+def test_lookup_tables_equal_the_layer_by_layer_path():
+    # random_mlp's input quantizer reads a 16-bit word: it runs as a lookup table
+    net = random_mlp(57, (16,), 3, score=True, seed=8)
+    emu = Emulator(net, threads=1)
+    assert emu._plan[0].takes_int and emu._plan[0].dst == "x_q"
+    fmt = net.input_specs[0].fixed
+    x = np.concatenate(
+        [
+            np.random.default_rng(1).integers(fmt.min_int, fmt.max_int + 1, (5000, 57)),
+            corners(fmt, 57),
+        ]
+    )
+    traced = emu.trace(x)  # layer by layer, no tables
+    assert_array_equal(emu.run(x), np.concatenate([traced[n] for n in net.outputs], axis=1))
