@@ -31,6 +31,21 @@ def _mean_std(xs: list[float]) -> dict[str, float]:
             "n": len(xs), "values": [float(x) for x in xs]}  # fmt: skip
 
 
+# (inputs, hidden, weight fractional bits, input bits) of the networks synthesized by yosys
+LUT_CASES = [(18, 4, 3.0, 6), (18, 8, 5.0, 8), (50, 4, 4.0, 10), (18, 12, 6.0, 8),
+             (50, 8, 3.0, 8), (32, 6, 5.0, 10), (50, 16, 4.0, 8), (32, 10, 6.0, 6)]  # fmt: skip
+
+
+def _lut_calibration(n: int):
+    from l1forge.offline.lut_model import calibrate
+    from l1forge.offline.network import NetConfig, QuantMLP
+
+    nets = [QuantMLP(i, NetConfig(hidden=h, weight_frac_bits=f), seed=k).export(b)
+            for k, (i, h, f, b) in enumerate(LUT_CASES[:n])]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        return calibrate(nets, tmp)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=3)
@@ -38,6 +53,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--eval-events", type=int, default=2000)
     ap.add_argument("--bo-trials", type=int, default=8)
+    ap.add_argument("--lut-nets", type=int, default=6, help="networks synthesized (0: skip)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     torch.set_num_threads(1)
@@ -94,6 +110,11 @@ def main() -> None:
         "optimizer_speed_vs_reference_sim": float(np.mean(rates)) / ref_rate,
         "settings": vars(args),
     }
+    if args.lut_nets > 0:
+        lut = _lut_calibration(args.lut_nets)
+        out["lut_model_rel_error"] = lut.rel_error_loo
+        out["lut_model"] = {"k_mul": lut.k_mul, "k_add": lut.k_add, "points": lut.points,
+                            "error": "leave-one-out mean relative error"}  # fmt: skip
     if len(ratios) == args.seeds:
         out["events_ratio_bo_to_joint"] = _mean_std(ratios)
     else:
