@@ -24,6 +24,7 @@ from l1forge.models.torch_quant import ste_round
 from l1forge.offline.config import StudyConfig
 from l1forge.offline.detector import DetectorParams, detector_cost_eur, geometry_theta
 from l1forge.offline.evaluate import evaluate_network
+from l1forge.offline.lut_model import DEFAULT_LUT_MODEL
 from l1forge.offline.network import QuantMLP
 from l1forge.sim import calo, calo_torch
 from tqdm import tqdm
@@ -253,6 +254,7 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
         "evaluation": ev.to_json(),
         "cost_eur": cost,
         "ebops": ebops,
+        "lut_estimate": DEFAULT_LUT_MODEL.predict(qnet),
         "within_budget": cost <= cfg.cost.detector_budget_eur and ebops <= cfg.cost.ebops_budget,
         "train_events": study.state.events,
         "train_events_per_s": new_events / train_s if train_s > 0 else None,

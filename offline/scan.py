@@ -27,6 +27,7 @@ def run_point(config: dict[str, Any], out_dir: str) -> dict[str, Any]:
         "utility": s["evaluation"]["utility"],
         "cost_eur": s["cost_eur"],
         "ebops": s["ebops"],
+        "lut_estimate": s["lut_estimate"],
         "within_budget": s["within_budget"],
         "design": s["design"],
         "out": out_dir,
@@ -96,7 +97,7 @@ def _plot(points: list[dict[str, Any]], front: list[int], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, label in ((axes[0], "cost_eur", "detector cost [EUR]"),
-                           (axes[1], "ebops", "EBOPs")):  # fmt: skip
+                           (axes[1], "lut_estimate", "LUTs (calibrated model)")):  # fmt: skip
         ax.scatter([p[key] for p in points], [p["utility"] for p in points], c="0.6", label="all")
         ax.scatter([points[i][key] for i in front], [points[i]["utility"] for i in front],
                    c="C3", label="Pareto front")  # fmt: skip
