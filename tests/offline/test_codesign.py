@@ -125,3 +125,13 @@ def test_joint_beats_factorized_on_fresh_reference_events(tmp_path, seed):
         cfg = from_dict({"train": {**train, "method": method}})
         util[method] = codesign.run(cfg, tmp_path / method)["evaluation"]["utility"]
     assert util["joint"] > util["factorized"] + 0.1, util
+
+
+def test_exported_design_is_accepted_by_firmware_build(tmp_path):
+    out = tmp_path / "run"
+    codesign.run(from_dict(TINY), out)
+    fw = tmp_path / "fw"
+    args = ["firmware", "build", str(out / "net.json"), "--out", str(fw), "--no-hls", "--no-lint"]
+    assert main(args) == 0
+    manifest = json.loads((fw / "manifest.json").read_text())
+    assert manifest["network"] == load(out / "net.json").name
