@@ -58,7 +58,6 @@ class Study:
 
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
-        torch.manual_seed(cfg.train.seed)
         self.det = DetectorParams(cfg.detector)
         self.ro = self.det.readout
         n_in = self.ro.n_segments * self.ro.n_cells**2
