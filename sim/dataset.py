@@ -94,6 +94,19 @@ def concat_events(sets: list[EventSet]) -> EventSet:
     )
 
 
+def check_writable(path: str | Path) -> Path:
+    """Fail early, before any generation, if ``path`` cannot be written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(path.name + ".probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise L1ForgeError(f"cannot write event file {path}: {exc.strerror or exc}") from exc
+    return path
+
+
 def write_events(path: str | Path, events: EventSet, chunk_events: int = 4096) -> Path:
     """Write ``events`` to an HDF5 file (gzip-compressed, chunked), provenance as JSON."""
     path = Path(path)

@@ -10,7 +10,6 @@ random azimuthal rotation and a random z-reflection.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import logging
 import math
@@ -378,7 +377,6 @@ def generate_events(
         "failed_pythia_events": sum(r.failures for r in results),
         "detector_response": asdict(response),
         "versions": _versions(),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return EventSet(
         objects_phys=objects,
