@@ -3,7 +3,7 @@
 Each shard is an independent Pythia instance with its own seed derived from the user's seed,
 the process name and the shard index, so a dataset depends on (seed, n, shard size) only and
 not on how many workers ran it. Pile-up is overlaid from a premixed library of minimum-bias
-events generated once per shard (as experiments premix pile-up), each overlay drawn with a
+events generated once per dataset (as experiments premix pile-up), each overlay drawn with a
 random azimuthal rotation and a random z-reflection.
 """
 
@@ -60,6 +60,7 @@ class ShardSpec:
     seed: int
     pileup_mean: float
     response: DetectorResponse
+    pileup: PileupLibrary | None = None
 
 
 @dataclass(frozen=True)
@@ -176,14 +177,18 @@ def _next_event(pythia, max_failures: int, state: dict[str, int]) -> None:
 class PileupLibrary:
     """A pool of minimum-bias events to overlay; overlays rotate in phi and flip in z."""
 
-    def __init__(self, seed: int, n_events: int, response: DetectorResponse):
-        mb = get_process("minbias")
-        pythia = _make_pythia(mb.settings, seed)
+    def __init__(self, events: tuple[np.ndarray, ...]):
+        self.events = events
+
+    @classmethod
+    def generate(cls, seed: int, n_events: int, response: DetectorResponse) -> PileupLibrary:
+        pythia = _make_pythia(get_process("minbias").settings, seed)
         state = {"failures": 0}
-        self.events = []
+        events = []
         for _ in range(n_events):
             _next_event(pythia, n_events, state)
-            self.events.append(_final_particles(pythia, response.particle_pt_min))
+            events.append(_final_particles(pythia, response.particle_pt_min))
+        return cls(tuple(events))
 
     def overlay(self, k: int, rng: np.random.Generator) -> np.ndarray:
         if k == 0:
@@ -229,11 +234,9 @@ def generate_shard(spec: ShardSpec, progress: bool = False) -> ShardResult:
     from tqdm import tqdm
 
     ss = _seed_sequence(spec.seed, spec.process.name, spec.index)
-    ss_hard, ss_pu, ss_rng = ss.spawn(3)
+    ss_hard, ss_rng = ss.spawn(2)
     rng = np.random.default_rng(ss_rng)
-    library = None
-    if spec.pileup_mean > 0:
-        library = PileupLibrary(_pythia_seed(ss_pu), PILEUP_LIBRARY_EVENTS, spec.response)
+    library = spec.pileup if spec.pileup_mean > 0 else None
     bins = spec.process.pthat_bins or ((-1.0, -1.0),)
     per_bin = [spec.n // len(bins) + (1 if i < spec.n % len(bins) else 0) for i in range(len(bins))]
     bin_seqs = ss_hard.spawn(len(bins))
@@ -345,7 +348,14 @@ def generate_events(
     proc = get_process(process, load_processes(catalogue) if catalogue else None)
     response = response or DetectorResponse()
     sizes = [min(shard_events, n - i) for i in range(0, n, shard_events)]
-    specs = [ShardSpec(proc, k, i, seed, float(pileup_mean), response) for i, k in enumerate(sizes)]
+    pileup = None
+    if pileup_mean > 0:
+        pu_seed = _pythia_seed(_seed_sequence(seed, "pileup-library", 0))
+        pileup = PileupLibrary.generate(pu_seed, PILEUP_LIBRARY_EVENTS, response)
+    specs = [
+        ShardSpec(proc, k, i, seed, float(pileup_mean), response, pileup)
+        for i, k in enumerate(sizes)
+    ]
     results = _run_shards(specs, n_workers, scheduler, progress)
     objects = np.concatenate([r.objects_phys for r in results])
     bin_index = np.concatenate([r.bin_index for r in results])
@@ -370,7 +380,7 @@ def generate_events(
         "pythia_seeds": [list(r.pythia_seeds) for r in results],
         "pileup": {
             "mean": pileup_mean,
-            "method": "premixed minbias library per shard",
+            "method": "premixed minbias library, one per dataset",
             "library_events": PILEUP_LIBRARY_EVENTS,
         },
         "sigma_pb_per_bin": sigma_bins,
