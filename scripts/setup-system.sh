@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages l1forge needs (HDL simulator, synthesis), only those missing.
+# Installs the Debian packages l1forge needs (HDL simulator, synthesis, a headless browser for
+# the dashboard test), only those missing.
 set -euo pipefail
-declare -A need=([iverilog]=iverilog [yosys]=yosys)
+declare -A need=([iverilog]=iverilog [yosys]=yosys [chromium]=chromium)
 missing=()
 for cmd in "${!need[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
