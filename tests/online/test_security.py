@@ -1,0 +1,99 @@
+"""CURVE on real sockets: authorized clients are served, others get nothing and are logged."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import zmq
+from l1forge.online import security
+from l1forge.online.security import SecurityError
+
+TIMEOUT_MS = 1500
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> security.CurveKeys:
+    return security.generate_keys(tmp_path_factory.mktemp("keys") / "k")
+
+
+@pytest.fixture(scope="module")
+def stranger_keys(tmp_path_factory) -> security.CurveKeys:
+    """A valid key folder whose client key is NOT in the server's authorized folder."""
+    return security.generate_keys(tmp_path_factory.mktemp("keys") / "other")
+
+
+@pytest.fixture
+def echo_server(keys):
+    """A CURVE REP server on tcp (all interfaces) answering each request with b"ok:" + it."""
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.linger = 0
+    endpoint = security.bind_server(rep, "tcp://0.0.0.0:0", keys)
+    port = endpoint.rsplit(":", 1)[1]
+    yield ctx, rep, f"tcp://127.0.0.1:{port}"
+    rep.close(linger=0)
+    security.stop_authenticator(ctx)
+    ctx.term()
+
+
+def _ask(ctx: zmq.Context, rep: zmq.Socket, endpoint: str, client_keys) -> bytes | None:
+    """Send one request from a new REQ client; serve it if it arrives; the reply or None."""
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    try:
+        security.connect_client(req, endpoint, client_keys)
+        req.send(b"ping")
+        if rep.poll(TIMEOUT_MS):
+            rep.send(b"ok:" + rep.recv())
+            if req.poll(TIMEOUT_MS):
+                return req.recv()
+        return None
+    finally:
+        req.close(linger=0)
+
+
+def test_authorized_client_is_served(echo_server, keys):
+    ctx, rep, endpoint = echo_server
+    assert _ask(ctx, rep, endpoint, keys) == b"ok:ping"
+
+
+def test_unknown_key_is_refused_and_logged(echo_server, keys, stranger_keys, caplog):
+    ctx, rep, endpoint = echo_server
+    # The stranger knows the server's public key (else the handshake fails before ZAP).
+    forged = dataclasses.replace(stranger_keys, server_public=keys.server_public)
+    with caplog.at_level(logging.WARNING, logger=security.AUTH_LOGGER):
+        assert _ask(ctx, rep, endpoint, forged) is None
+    assert security.refused_count(ctx) >= 1
+    denied = [r for r in caplog.records if r.name == security.AUTH_LOGGER]
+    assert denied and "DENIED" in denied[0].getMessage()
+    assert stranger_keys.client_public.decode() in denied[0].getMessage()
+
+
+def test_client_without_keys_gets_no_reply(echo_server):
+    ctx, rep, endpoint = echo_server
+    assert _ask(ctx, rep, endpoint, None) is None
+
+
+def test_non_loopback_bind_without_keys_is_refused():
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    try:
+        with pytest.raises(SecurityError, match="curve_keys"):
+            security.bind_server(sock, "tcp://0.0.0.0:0", None)
+        with pytest.raises(SecurityError, match="without CURVE keys"):
+            security.check_bind("tcp://10.1.2.3:5555", None)
+        security.check_bind("tcp://127.0.0.1:5555", None)
+        security.check_bind("ipc:///tmp/x", None)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_keys_folder_checks(tmp_path, keys):
+    with pytest.raises(SecurityError, match="already holds"):
+        security.generate_keys(keys.folder)
+    with pytest.raises(SecurityError, match=r"server\.key not found"):
+        security.load_keys(tmp_path)
+    assert (keys.authorized_dir / "client.key").is_file()
