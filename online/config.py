@@ -388,7 +388,11 @@ def _network(raw: Any, base: Path) -> NetworkConfig:
     d = NetworkConfig()
     host = _str(m.get("host", d.host), "network.host")
     keys = m.get("curve_keys")
-    keys = None if keys is None else _path(keys, "network.curve_keys", base, True, is_dir=True)
+    keys = (
+        None
+        if keys is None
+        else _path(keys, "network.curve_keys", base, must_exist=True, is_dir=True)
+    )
     if keys is None and not is_loopback(host):
         raise ConfigError(
             f"network.curve_keys: required when network.host is not loopback (got {host!r}); "
