@@ -11,9 +11,14 @@ import pytest
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    # `make setup` installs every simulator; under CI an `rtl` test that skips means set-up broke.
-    if os.environ.get("CI") and report.skipped and item.get_closest_marker("rtl"):
-        report.outcome = "failed"
-        report.longrepr = (
-            f"rtl test skipped under CI (set-up did not install a simulator): {report.longrepr}"
-        )
+    # `make setup` installs every simulator and Chromium; under CI an `rtl` or `browser` test
+    # that skips means set-up broke.
+    if not (os.environ.get("CI") and report.skipped):
+        return
+    for marker, tool in (("rtl", "a simulator"), ("browser", "chromium")):
+        if item.get_closest_marker(marker):
+            report.outcome = "failed"
+            report.longrepr = (
+                f"{marker} test skipped under CI (set-up did not install {tool}): {report.longrepr}"
+            )
+            return
