@@ -7,6 +7,12 @@ without copying). Events (kind 1): ``[header, event uint64 (N,), objects_hw int1
 (N,), accepted_index uint32 (A,), objects_hw int16|int32 (A, 19, 3)]``. Treat the list as
 opaque: pass every frame of ``encode_*`` to ``decode_*``.
 
+Header (112 bytes, little endian, struct ``<4sHBBQQQIBBH3IId32sQII``): magic ``L1FW``, version
+u16, kind u8, flags u8 (0), run u64, first_seq u64, lumisection u64, count u32 (events N),
+objects dtype code u8 (1 int16, 2 int32), ndim u8 (3), n_models u16, objects shape 3 x u32,
+n_accepted u32, latency_s f64, worker 32 bytes, payload bytes u64, CRC-32 of the payload frames
+(zlib, chained in order) u32, CRC-32 of the header's preceding 108 bytes u32.
+
 Decoding checks magic, version, kind, sizes, dtypes, shapes, the CRC-32 of the header and of the
 payload, finite scores and the hardware ranges before building any array, and raises
 ``WireError`` with a short machine ``reason`` (one of ``REASONS``) for per-reason counters.
@@ -353,15 +359,16 @@ def _payload(frames: Sequence[Any], sizes: list[int], h: _Header) -> list[memory
         raise WireError("truncated", f"{len(frames)} frames, expected {len(sizes) + 1}")
     if len(frames) - 1 > len(sizes):
         raise WireError("size", f"{len(frames)} frames, expected {len(sizes) + 1}")
-    if sum(sizes) != h.payload_bytes:
-        raise WireError("size", f"header declares {h.payload_bytes} payload bytes")
     views = [_buffer(fr) for fr in frames[1:]]
-    crc = 0
     for v, size in zip(views, sizes, strict=True):
         if len(v) < size:
             raise WireError("truncated", f"payload frame of {len(v)} bytes, expected {size}")
         if len(v) > size:
             raise WireError("size", f"payload frame of {len(v)} bytes, expected {size}")
+    if sum(sizes) != h.payload_bytes:
+        raise WireError("size", f"header declares {h.payload_bytes} payload bytes")
+    crc = 0
+    for v in views:
         crc = zlib.crc32(v, crc)
     if crc != h.payload_crc:
         raise WireError("checksum", "payload CRC-32 mismatch")
@@ -372,9 +379,10 @@ def _objects(view: memoryview, h: _Header) -> np.ndarray:
     obj = np.frombuffer(view, dtype=h.dtype).reshape(h.shape)
     if obj.size:
         flat = obj.reshape(-1, N_FEATURES)
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
-        if (lo < _HW_LO).any() or (hi > _HW_HI).any():
-            raise WireError("range", "objects outside the hardware ranges (pT, eta, phi)")
+        for j, name in enumerate(("pT", "eta", "phi")):  # per column: faster than axis=0
+            col = flat[:, j]
+            if col.min() < _HW_LO[j] or col.max() > _HW_HI[j]:
+                raise WireError("range", f"{name} outside its hardware range")
     return obj
 
 
