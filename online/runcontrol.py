@@ -196,6 +196,13 @@ class RunControl:
         return self._pipeline
 
     @property
+    def elapsed_s(self) -> float:
+        """Seconds since the current run started (0 unless running)."""
+        if self._state != RunState.RUNNING:
+            return 0.0
+        return time.monotonic() - self._started_at
+
+    @property
     def last_summary(self) -> dict[str, Any] | None:
         """The summary of the last stopped run."""
         return self._summary
@@ -212,7 +219,7 @@ class RunControl:
             "error": self._error or None,
         }
         if self._state == RunState.RUNNING and pipeline is not None:
-            doc["seconds"] = round(time.monotonic() - self._started_at, 3)
+            doc["seconds"] = round(self.elapsed_s, 3)
             doc["pipeline"] = pipeline.status()
         if self._summary is not None:
             doc["summary"] = self._summary
