@@ -286,12 +286,18 @@ class Page:
         return reply["result"].get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 20.0, poll_s: float = 0.1) -> Any:
-        """Evaluate ``expression`` until it is truthy; return that value."""
+        """Evaluate ``expression`` until it is truthy in JavaScript; return its JSON value.
+
+        Truthiness is JavaScript's: a found element counts, though it comes back as ``{}``.
+        """
+        probe = (
+            f"(async () => {{ const v = await ({expression}); return {{ok: !!v, value: v}}; }})()"
+        )
         deadline = time.monotonic() + timeout_s
         while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
+            reply = self.evaluate(probe)
+            if reply["ok"]:
+                return reply.get("value")
             if time.monotonic() > deadline:
                 raise BrowserError(f"timed out after {timeout_s} s waiting for {expression!r}")
             time.sleep(poll_s)

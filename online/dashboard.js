@@ -209,7 +209,7 @@ function linePlot(root, W, H, series, opts) {
 }
 
 // One 1D histogram as steps, with the reference scaled to the same integral, dashed on top.
-function histPlot(root, W, H, edges, values, reference, xLabel) {
+function histPlot(root, W, H, edges, values, reference, xLabel, logY) {
   clear(root);
   let e = edges.slice(), v = values.slice(), r = reference ? reference.slice() : null;
   // Views may include under/overflow bins (len(values) == len(edges) + 1): drop them for drawing.
@@ -223,8 +223,13 @@ function histPlot(root, W, H, edges, values, reference, xLabel) {
   if (r && nr > 0 && nv > 0) r = r.map((x) => x * nv / nr);
   const finiteEdges = e.filter(isNum);
   const x0 = finiteEdges[0], x1 = finiteEdges[finiteEdges.length - 1];
-  const ymax = Math.max(...v, ...(r || [0]), 1) * 1.15;
-  const f = frame(root, { W, H, margin: { l: 44, r: 8, t: 6, b: 34 }, x0, x1, y0: 0, y1: ymax,
+  const all = v.concat(r || []);
+  const pos = all.filter((x) => x > 0);
+  const yLog = Boolean(logY && pos.length);
+  const y0 = yLog ? Math.pow(10, Math.floor(Math.log10(Math.min(...pos) * 0.8))) : 0;
+  const y1 = yLog ? Math.pow(10, Math.ceil(Math.log10(Math.max(...pos) * 2)))
+                  : Math.max(...all, 1) * 1.15;
+  const f = frame(root, { W, H, margin: { l: 44, r: 14, t: 6, b: 34 }, x0, x1, y0, y1, yLog,
                           xLabel, yTickCount: 3 });
   const steps = (vals) => {
     let d = `M${f.fx(e[0]).toFixed(1)},${f.fy(0).toFixed(1)}`;
@@ -256,7 +261,7 @@ function mapPlot(root, W, H, edges, values, reference, xLabel) {
     const total = sum(flat), rtotal = sum(reference.flat());
     if (total > 0 && rtotal > 0) ref = reference.map((row) => row.map((x) => x * total / rtotal));
   }
-  const f = frame(root, { W, H, margin: { l: 44, r: 8, t: 6, b: 34 }, x0, x1, y0, y1, xLabel,
+  const f = frame(root, { W, H, margin: { l: 44, r: 14, t: 6, b: 34 }, x0, x1, y0, y1, xLabel,
                           yTickCount: 3 });
   const vmax = Math.max(...flat, 1);
   for (let i = 0; i < nx; i++) {
@@ -287,6 +292,9 @@ function renderHeader(s) {
   const badge = document.getElementById("run-state");
   badge.textContent = st;
   badge.className = `badge state state-${st.replace(/[^a-z_-]/g, "")}`;
+  const err = document.getElementById("run-error");
+  err.textContent = s.error ? String(s.error) : "";
+  err.classList.toggle("hidden", !s.error);
   const ls = first(s, ["lumisection", "current_lumisection"]);
   if (isNum(ls)) document.getElementById("ls-number").textContent = String(ls);
 }
@@ -456,13 +464,17 @@ function renderHistograms(d) {
     title.appendChild(el("span", { class: "stat" }, `${fmtInt(entries)} entries`));
     box.appendChild(title);
     const plot = svg("svg", { class: "plot", viewBox: "0 0 320 170", preserveAspectRatio: "xMidYMid meet" });
+    const is2d = Array.isArray(values[0]);
+    if (is2d && h.reference) title.lastChild.textContent += " \u00b7 ratio to ref.";
     box.appendChild(plot);
     grid.appendChild(box);
     const label = h.xlabel || h.label || name.split("/").pop();
-    if (Array.isArray(values[0])) {
+    if (is2d) {
       mapPlot(plot, 320, 170, h.edges || [], values, h.reference, label);
     } else {
-      histPlot(plot, 320, 170, h.edges || [], values, h.reference, label);
+      // Falling spectra (pT, MET, latency) read better on a log scale.
+      const logY = h.log_y ?? /(^|\/)(pt|latency)$/.test(name);
+      histPlot(plot, 320, 170, h.edges || [], values, h.reference, label, logY);
     }
   }
 }
@@ -496,10 +508,26 @@ function setConnection(ok, text) {
   document.getElementById("conn-text").textContent = text;
 }
 
+// Run control nests the pipeline's counters ("pipeline" while running, "summary" once stopped):
+// one flat view, the run-control keys (state, run, error) taking precedence.
+function flatten(raw) {
+  if (!raw || typeof raw !== "object") return {};
+  const out = {};
+  for (const part of [raw.summary, raw.pipeline]) {
+    if (part && typeof part === "object") Object.assign(out, part);
+  }
+  for (const [k, v] of Object.entries(raw)) {
+    if (k !== "pipeline" && k !== "summary" && v !== null && v !== undefined) out[k] = v;
+  }
+  return out;
+}
+
 async function poll() {
   try {
-    const [s, d] = await Promise.all([getJson("api/status"), getJson("api/dqm")]);
+    const [raw, d] = await Promise.all([getJson("api/status"), getJson("api/dqm")]);
+    const s = flatten(raw);
     state.status = s;
+    state.rawStatus = raw;
     state.dqm = d;
     state.updates += 1;
     if (d) state.dqmUpdates += 1;
