@@ -1,0 +1,617 @@
+"""Continual learning of the anomaly detector on the prescaled zero-bias stream.
+
+The learner scores every zero-bias event with the active network (the emulator: the very
+integers the trigger computes) and tests windows for drift (``online.drift``). On drift it
+(1) recalibrates the menu thresholds of its model to hold the target rates and sends them
+(``on_menu``), then, once enough events of the new conditions are in, (2) fine-tunes the VAE
+with quantization-aware training on them mixed with a replay buffer of older events (reservoir
+sampling, so the network does not forget), exports the qnet IR, verifies it bit for bit against
+QKeras, checks rate and signal efficiency on held-out data, registers the version with its
+provenance and, if it passes, activates it (``on_model``) with thresholds calibrated for it.
+Fine-tuning runs in the caller's thread; the monitoring tap drops what arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import math
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from l1forge.models.emulator import Emulator
+from l1forge.models.qnet import QNet
+from l1forge.online.drift import DriftConfig, DriftDetector, DriftReport, expected_fraction
+from l1forge.online.registry import ModelRegistry, ModelVersion
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+
+log = logging.getLogger(__name__)
+
+
+class VerificationError(L1ForgeError, RuntimeError):
+    """An exported IR does not reproduce its QKeras model bit for bit: it must not be deployed."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Windows, fine-tuning and acceptance settings of the continual learner."""
+
+    check_events: int = 5000  # zero-bias events per drift-test window
+    adapt_events: int = 15000  # events of the new conditions collected before fine-tuning
+    holdout_fraction: float = 0.2  # of those, kept out of training for the acceptance checks
+    replay_capacity: int = 20000  # reservoir of older events
+    replay_fraction: float = 0.5  # share of replayed events in the fine-tuning set
+    epochs: int = 4
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    beta_kl: float | None = None  # None: the parent's training value (0.5 when unknown)
+    seed: int = 0
+    max_rate_error: float = 0.10  # relative, or 3 Poisson sigma when that is larger
+    max_tpr_loss: float = 0.10  # relative loss of held-out signal efficiency vs the parent
+    verify_vectors: int = 20000  # random vectors besides the corners for the bit-exact check
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
+
+    def __post_init__(self) -> None:
+        if self.check_events < self.drift.min_events:
+            raise ConfigError("learner.check_events must be >= drift.min_events")
+        if not 0.0 < self.holdout_fraction < 0.9 or not 0.0 <= self.replay_fraction < 1.0:
+            raise ConfigError("learner.holdout_fraction in (0, 0.9), replay_fraction in [0, 1)")
+        if self.adapt_events < self.check_events:
+            raise ConfigError("learner.adapt_events must be >= learner.check_events")
+
+
+class ReplayBuffer:
+    """A uniform sample of every event offered so far (reservoir sampling, Vitter's algorithm R)."""
+
+    def __init__(self, capacity: int, n_features: int, seed: int = 0):
+        if capacity < 1:
+            raise ConfigError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.data = np.zeros((capacity, n_features), dtype=np.int64)
+        self.seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def add(self, x: np.ndarray) -> None:
+        """Offer rows of ``x``; each of the ``seen`` events is kept with equal probability."""
+        x = np.asarray(x, dtype=np.int64)
+        free = max(0, self.capacity - self.seen)
+        head = x[:free]
+        self.data[self.seen : self.seen + len(head)] = head
+        self.seen += len(head)
+        for row in x[free:]:
+            self.seen += 1
+            j = int(self._rng.integers(0, self.seen))
+            if j < self.capacity:
+                self.data[j] = row
+
+    def sample(self, n: int) -> np.ndarray:
+        """``n`` distinct stored events (all of them when fewer are stored)."""
+        k = len(self)
+        idx = self._rng.choice(k, size=min(n, k), replace=False)
+        return self.data[:k][idx]
+
+
+@dataclass(frozen=True)
+class AdaptationResult:
+    """What one adaptation did: the registered version and whether it went live."""
+
+    version: str
+    accepted: bool
+    reasons: tuple[str, ...]
+    metrics: dict[str, Any]
+    menu: Any  # the menu sent after the adaptation (for the accepted or the kept model)
+
+
+class State(enum.Enum):
+    MONITORING = "monitoring"
+    COLLECTING = "collecting"  # drift seen: gathering events of the new conditions
+
+
+def _flat_inputs(objects_hw: np.ndarray) -> np.ndarray:
+    x = np.asarray(objects_hw)
+    return x.reshape(len(x), -1).astype(np.int64, copy=False)
+
+
+def score(net: QNet, x: np.ndarray, emulator: Emulator | None = None) -> np.ndarray:
+    """Real-valued first output (the anomaly score) of ``net`` for hardware inputs."""
+    emu = emulator or Emulator(net)
+    return emu.run_float(_flat_inputs(x))[:, 0]
+
+
+def rate_seeds(menu: Any, model: str) -> list[Any]:
+    """The seeds of ``model`` that have a target rate (the ones calibration sets)."""
+    return [s for s in menu.seeds if s.model == model and s.target_rate_hz is not None]
+
+
+def seed_fractions(menu: Any, model: str) -> dict[str, tuple[float, float]]:
+    """Seed name -> (threshold, expected zero-bias pass fraction) for the drift detector."""
+    return {
+        s.name: (
+            float(s.threshold),
+            expected_fraction(s.target_rate_hz, menu.input_rate_hz, s.prescale),
+        )
+        for s in rate_seeds(menu, model)
+    }
+
+
+def rate_agreement(n_pass: int, expected: float, rel_tol: float) -> bool:
+    """|observed - expected| within ``rel_tol`` of expected, or 3 Poisson sigma if larger."""
+    return abs(n_pass - expected) <= max(rel_tol * expected, 3.0 * math.sqrt(max(expected, 1.0)))
+
+
+# ---- fine-tuning (TensorFlow, imported lazily) ----------------------------------------------
+
+
+def net_config_of(version: ModelVersion) -> Any:
+    """The NetConfig a version was trained with (stored in its provenance)."""
+    from l1forge.models.config import make_config
+
+    raw = version.provenance.get("net_config")
+    if raw is None:
+        raise ConfigError(
+            f"model {version.name} has no net_config in its provenance: register it with "
+            "`import_training_run` (or pass net_config) so it can be fine-tuned"
+        )
+    return make_config({"network": raw}).network
+
+
+def _scaling_of(net: QNet) -> Any:
+    from l1forge.models.networks import InputScaling
+
+    lay = net.layer("scale")
+    return InputScaling(offset=lay.arrays["offset"].copy(), shift=lay.arrays["shift"].copy())
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """A fine-tuned network: its float64 deploy model, exported IR and saved weights."""
+
+    deploy: Any
+    net: QNet
+    weights: Path
+
+
+def fine_tune(
+    net_cfg: Any,
+    parent_net: QNet,
+    parent_weights: Path,
+    x_train: np.ndarray,
+    cfg: LearnerConfig,
+    out_weights: Path,
+    beta_kl: float = 0.5,
+) -> FineTuned:
+    """QAT of the VAE from the parent's weights on ``x_train``; export its encoder to the IR."""
+    import tensorflow as tf
+    from l1forge.models import networks
+    from l1forge.models.config import Config, TrainConfig, config_to_dict
+    from l1forge.models.export import export_qnet
+
+    if net_cfg.kind != "ad":
+        raise ConfigError("continual fine-tuning is implemented for the VAE anomaly detector only")
+    scaling = _scaling_of(parent_net)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    m = networks.vae_models(net_cfg, scaling, beta_kl)
+    m.vae.load_weights(str(parent_weights))
+    m.vae.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+    m.vae.fit(
+        np.asarray(x_train, np.float32),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        verbose=0,
+    )
+    m.vae.save_weights(str(out_weights))
+    deploy = networks.deploy_model(net_cfg, scaling, m.hardware)
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        beta_kl=beta_kl,
+        seed=cfg.seed,
+    )
+    config = config_to_dict(Config(network=net_cfg, training=train_cfg))
+    net = export_qnet(deploy, name=parent_net.name, config=config)
+    return FineTuned(deploy, net, out_weights)
+
+
+def verify_bitexact(deploy: Any, net: QNet, n_random: int, seed: int = 0) -> int:
+    """QKeras exact predict == emulator on the corners plus ``n_random`` vectors; returns count."""
+    from l1forge.models.networks import exact_predict
+    from l1forge.models.vectors import bitexact_vectors
+
+    x = bitexact_vectors(net, n_random, seed=seed)
+    y_keras = exact_predict(deploy, x)
+    y_emu = Emulator(net).run_float(x)
+    if y_keras.shape != y_emu.shape or not np.array_equal(y_keras, y_emu):
+        bad = int(np.count_nonzero(np.any(y_keras != y_emu, axis=1)))
+        raise VerificationError(
+            f"exported IR {net.name!r} differs from its QKeras model on {bad} of {len(x)} "
+            "vectors: not deployed (report this network's config as an exporter bug)"
+        )
+    return len(x)
+
+
+# ---- the learner ----------------------------------------------------------------------------
+
+
+class Learner:
+    """Watches zero-bias events, recalibrates and fine-tunes the active network on drift.
+
+    ``menu`` follows ``online.menu.Menu`` (seeds with model, threshold, prescale,
+    target_rate_hz; ``calibrate``; ``to_json``). ``reference_inputs`` are zero-bias events of
+    the conditions the active model and menu were made for: the drift reference, and the first
+    content of the replay buffer. ``signal_holdout`` (process -> hardware inputs) is simulated
+    signal for the efficiency check; without it only the rate is checked.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        menu: Any,
+        reference_inputs: np.ndarray,
+        *,
+        model: str = "ad",
+        config: LearnerConfig = LearnerConfig(),
+        signal_holdout: Mapping[str, np.ndarray] | None = None,
+        transform_signal: Callable[[np.ndarray], np.ndarray] | None = None,
+        on_menu: Callable[[Any], None] | None = None,
+        on_model: Callable[[str, Path], None] | None = None,
+    ):
+        version = registry.active
+        if version is None:
+            raise ConfigError(f"{registry.folder}: no active model; promote a version first")
+        if not rate_seeds(menu, model):
+            raise ConfigError(f"menu has no seed of model {model!r} with a target_rate_hz")
+        self.registry = registry
+        self.model = model
+        self.config = config
+        self.signal_holdout = {k: _flat_inputs(v) for k, v in (signal_holdout or {}).items()}
+        self.transform_signal = transform_signal
+        self.on_menu = on_menu
+        self.on_model = on_model
+        self.version = version
+        self.net = version.load_net()
+        self.emulator = Emulator(self.net)
+        x_ref = _flat_inputs(reference_inputs)
+        self.replay = ReplayBuffer(config.replay_capacity, x_ref.shape[1], config.seed)
+        self.replay.add(x_ref)
+        self.menu = menu
+        self.detector = self._detector(x_ref)
+        self.state = State.MONITORING
+        self._window: list[np.ndarray] = []
+        self._new: list[np.ndarray] = []
+        self._lumi: list[tuple[int, int]] = []  # (run, lumisection) of the new-conditions data
+        self._drift_report: DriftReport | None = None
+        self.reports: list[DriftReport] = []
+        self.adaptations: list[AdaptationResult] = []
+        self.n_seen = 0
+        self._lock = threading.Lock()
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _detector(self, x_ref: np.ndarray) -> DriftDetector:
+        ref = score(self.net, x_ref, self.emulator)
+        return DriftDetector(seed_fractions(self.menu, self.model), ref, x_ref, self.config.drift)
+
+    def _calibrate(self, scores: np.ndarray) -> Any:
+        return self.menu.calibrate({self.model: np.asarray(scores, np.float64)})
+
+    def _send_menu(self, menu: Any) -> None:
+        self.menu = menu
+        if self.on_menu is not None:
+            self.on_menu(menu)
+
+    @staticmethod
+    def _count(parts: list[np.ndarray]) -> int:
+        return sum(len(p) for p in parts)
+
+    # ---- stream ------------------------------------------------------------------------------
+    def observe(
+        self, objects_hw: np.ndarray, *, run: int = 0, lumisection: int = 0
+    ) -> AdaptationResult | None:
+        """Feed zero-bias events (N, 19, 3) or (N, 57); returns an adaptation when one ran."""
+        x = _flat_inputs(objects_hw)
+        if x.ndim != 2 or x.shape[1] != self.net.input_specs[0].size:
+            raise DataFormatError(
+                f"zero-bias events of shape {x.shape}: the network takes "
+                f"{self.net.input_specs[0].size} inputs per event"
+            )
+        with self._lock:
+            self.n_seen += len(x)
+            if self.state is State.COLLECTING:
+                self._new.append(x)
+                self._lumi.append((run, lumisection))
+                if self._count(self._new) >= self.config.adapt_events:
+                    return self._adapt()
+                return None
+            self._window.append(x)
+            self._lumi.append((run, lumisection))
+            if self._count(self._window) >= self.config.check_events:
+                self._check_window()
+                if self.state is State.COLLECTING and (
+                    self._count(self._new) >= self.config.adapt_events
+                ):
+                    return self._adapt()
+            return None
+
+    def _check_window(self) -> None:
+        x = np.concatenate(self._window)
+        self._window = []
+        report = self.detector.check(score(self.net, x, self.emulator), x)
+        self.reports.append(report)
+        if not report.drifted:
+            self.replay.add(x)  # clean events become the older data the learner replays
+            self._lumi = []
+            return
+        log.warning("drift on the zero-bias stream: %s", "; ".join(report.reasons))
+        self._drift_report = report
+        self.state = State.COLLECTING
+        self._new = [x]
+        # (1) hold the rates now, with the running network, on the drifted window
+        self._send_menu(self._calibrate(score(self.net, x, self.emulator)))
+
+    def force_adaptation(self) -> None:
+        """Treat the events from now on as new conditions (an operator's request)."""
+        with self._lock:
+            self.state = State.COLLECTING
+            self._new = list(self._window)
+            self._window = []
+
+    # ---- adaptation --------------------------------------------------------------------------
+    def _split_new(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x_new = np.concatenate(self._new)
+        rng = np.random.default_rng(self.config.seed + len(self.adaptations) + 1)
+        perm = rng.permutation(len(x_new))
+        n_hold = int(len(x_new) * self.config.holdout_fraction)
+        return x_new, x_new[perm[n_hold:]], x_new[perm[:n_hold]]
+
+    def _signal_tpr(self, net: QNet, menu: Any) -> dict[str, dict[str, float]]:
+        """Signal efficiency per rate seed and process at the thresholds of ``menu``."""
+        emu = Emulator(net)
+        out: dict[str, dict[str, float]] = {}
+        for name, x in self.signal_holdout.items():
+            xs = self.transform_signal(x) if self.transform_signal else x
+            s = score(net, xs, emu)
+            out[name] = {
+                seed.name: float(np.mean(s > seed.threshold))
+                for seed in rate_seeds(menu, self.model)
+            }
+        return out
+
+    def _rate_errors(self, menu: Any, s_hold: np.ndarray) -> dict[str, dict[str, float]]:
+        out = {}
+        for seed in rate_seeds(menu, self.model):
+            f = expected_fraction(seed.target_rate_hz, menu.input_rate_hz, seed.prescale)
+            n_pass = int(np.count_nonzero(s_hold > seed.threshold))
+            exp = f * len(s_hold)
+            out[seed.name] = {
+                "n_pass": n_pass,
+                "expected": exp,
+                "rel_error": n_pass / exp - 1.0,
+                "ok": rate_agreement(n_pass, exp, self.config.max_rate_error),
+            }
+        return out
+
+    def _adapt(self) -> AdaptationResult:
+        cfg = self.config
+        x_new, x_fit, x_hold = self._split_new()
+        n_replay = int(len(x_fit) * cfg.replay_fraction / (1.0 - cfg.replay_fraction))
+        x_replay = self.replay.sample(n_replay)
+        x_train = np.concatenate([x_fit, x_replay])
+        log.info(
+            "fine-tuning %s on %d new + %d replayed events (%d held out)",
+            self.version.name,
+            len(x_fit),
+            len(x_replay),
+            len(x_hold),
+        )
+        net_cfg = net_config_of(self.version)
+        if self.version.weights_path is None:
+            raise ConfigError(f"model {self.version.name} has no Keras weights to fine-tune from")
+        beta_kl = cfg.beta_kl
+        if beta_kl is None:
+            beta_kl = float(self.version.provenance.get("training", {}).get("beta_kl", 0.5))
+        with tempfile.TemporaryDirectory() as tmp:
+            tuned = fine_tune(
+                net_cfg,
+                self.net,
+                self.version.weights_path,
+                x_train,
+                cfg,
+                Path(tmp) / "keras.weights.h5",
+                beta_kl,
+            )
+            n_vectors = verify_bitexact(tuned.deploy, tuned.net, cfg.verify_vectors, cfg.seed)
+            metrics, reasons = self._acceptance(tuned.net, x_fit, x_hold)
+            accepted = not reasons
+            final_menu = self._calibrate(score(tuned.net, x_new))
+            runs = sorted({r for r, _ in self._lumi})
+            lumis = [ls for _, ls in self._lumi]
+            provenance = {
+                "kind": "fine_tune",
+                "model": self.model,
+                "net_config": dataclasses.asdict(net_cfg),
+                "data": {
+                    "new_events": len(x_new),
+                    "train_new_events": len(x_fit),
+                    "train_replay_events": len(x_replay),
+                    "holdout_events": len(x_hold),
+                    "replay_seen": self.replay.seen,
+                    "runs": runs,
+                    "lumisections": [min(lumis), max(lumis)] if lumis else None,
+                },
+                "seeds": {"training": cfg.seed, "split": cfg.seed + len(self.adaptations) + 1},
+                "training": {
+                    "epochs": cfg.epochs,
+                    "batch_size": cfg.batch_size,
+                    "learning_rate": cfg.learning_rate,
+                    "beta_kl": beta_kl,
+                    "replay_fraction": cfg.replay_fraction,
+                },
+                "drift": self._drift_report.to_json() if self._drift_report else None,
+                "verification": {"bitexact_vectors": n_vectors, "equal": True},
+                "metrics": metrics,
+                "accepted": accepted,
+                "rejected_because": list(reasons),
+            }
+            version = self.registry.register(
+                tuned.net,
+                provenance,
+                parent=self.version.name,
+                weights=tuned.weights,
+                menu=final_menu.to_json(),
+                activate=accepted,
+            )
+        self.registry.verify(version.name)
+        if accepted:
+            self._activate(version)
+            self._send_menu(final_menu)
+        else:
+            log.warning("model %s rejected: %s", version.name, "; ".join(reasons))
+            self._send_menu(self._calibrate(score(self.net, x_new, self.emulator)))
+        self.detector = self._detector(x_new)
+        self.replay.add(x_new)
+        self.state, self._new, self._lumi, self._drift_report = State.MONITORING, [], [], None
+        result = AdaptationResult(version.name, accepted, tuple(reasons), metrics, self.menu)
+        self.adaptations.append(result)
+        return result
+
+    def _acceptance(
+        self, candidate: QNet, x_fit: np.ndarray, x_hold: np.ndarray
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Held-out rate of the candidate, and its signal efficiency against the parent's
+        (both recalibrated on the same new events)."""
+        cfg = self.config
+        cand_menu = self._calibrate(score(candidate, x_fit))
+        parent_menu = self._calibrate(score(self.net, x_fit, self.emulator))
+        rates = self._rate_errors(cand_menu, score(candidate, x_hold))
+        reasons = [
+            f"seed {k}: held-out rate off by {v['rel_error']:+.1%}"
+            for k, v in rates.items()
+            if not v["ok"]
+        ]
+        metrics: dict[str, Any] = {"holdout_rate": rates}
+        if self.signal_holdout:
+            tpr_c = self._signal_tpr(candidate, cand_menu)
+            tpr_p = self._signal_tpr(self.net, parent_menu)
+            metrics["signal_tpr"] = tpr_c
+            metrics["parent_signal_tpr"] = tpr_p
+            for seed in rate_seeds(cand_menu, self.model):
+                c = float(np.mean([v[seed.name] for v in tpr_c.values()]))
+                p = float(np.mean([v[seed.name] for v in tpr_p.values()]))
+                if c < (1.0 - cfg.max_tpr_loss) * p:
+                    reasons.append(f"seed {seed.name}: signal efficiency {c:.3f} < parent {p:.3f}")
+        return metrics, reasons
+
+    def _activate(self, version: ModelVersion) -> None:
+        self.version = version
+        self.net = version.load_net()
+        self.emulator.close()
+        self.emulator = Emulator(self.net)
+        if self.on_model is not None:
+            self.on_model(self.model, version.qnet_path)
+        log.info("model %s activated", version.name)
+
+
+# ---- registry bootstrap ---------------------------------------------------------------------
+
+
+def import_training_run(
+    registry: ModelRegistry, run_dir: str | Path, *, activate: bool = True, menu: Any = None
+) -> ModelVersion:
+    """Register the output of ``l1forge train ad`` (IR, last checkpoint, config) as a version."""
+    from l1forge.models import qnet
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    ckpts = sorted((run_dir / "checkpoints").glob("epoch*.weights.h5"))
+    if not summary_path.is_file() or not ckpts:
+        raise ConfigError(
+            f"{run_dir}: not a finished `l1forge train ad` folder (summary.json and "
+            "checkpoints/epoch*.weights.h5 are needed)"
+        )
+    summary = json.loads(summary_path.read_text())
+    net = qnet.load(run_dir / "encoder.qnet.json")
+    provenance = {
+        "kind": "training_run",
+        "model": summary.get("kind", "ad"),
+        "net_config": summary["config"]["network"],
+        "training": summary["config"]["training"],
+        "source": str(run_dir.resolve()),
+        "checkpoint": ckpts[-1].name,
+        "metrics": {"score": summary.get("score")},
+    }
+    return registry.register(
+        net,
+        provenance,
+        weights=ckpts[-1],
+        menu=menu.to_json() if menu is not None else None,
+        activate=activate,
+    )
+
+
+# ---- the monitoring tap ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sub_socket(endpoint: str, topic: bytes, context: Any = None) -> Iterator[Any]:
+    import zmq
+
+    ctx = context or zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, topic)
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close(linger=0)
+
+
+def run_subscriber(
+    learner: Learner,
+    endpoint: str,
+    stop: threading.Event,
+    *,
+    topic: bytes = b"zb",
+    poll_ms: int = 200,
+    context: Any = None,
+) -> dict[str, int]:
+    """Feed the learner from the daemon's monitoring tap until ``stop`` is set; return counters.
+
+    Messages are ``[topic, *online.wire.encode_results(ResultBatch)]``; the zero-bias events
+    are the batch's ``objects_hw``. A malformed message is counted and logged, never fatal.
+    """
+    from l1forge.online.wire import WireError, decode_results
+
+    counts = {"messages": 0, "events": 0, "rejected": 0, "adaptations": 0}
+    with _sub_socket(endpoint, topic, context) as sock:
+        while not stop.is_set():
+            if not sock.poll(poll_ms):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            try:
+                batch = decode_results(frames[1:])
+            except WireError as exc:
+                counts["rejected"] += 1
+                log.warning("monitoring message rejected (%s): %s", exc.reason, exc)
+                continue
+            counts["messages"] += 1
+            if len(batch.objects_hw) == 0:
+                continue
+            counts["events"] += len(batch.objects_hw)
+            res = learner.observe(batch.objects_hw, run=batch.run, lumisection=batch.lumisection)
+            if res is not None:
+                counts["adaptations"] += 1
+    return counts

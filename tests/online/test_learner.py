@@ -1,0 +1,263 @@
+"""Continual learner: replay buffer, recalibration on drift, a QAT fine-tune cycle whose IR is
+bit-exact and swapped into a running emulator backend, rejection, and the monitoring tap.
+
+A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` is the starting
+version; events are synthetic zero-bias-like hardware events (see test_drift), the drift is a
+30 % calorimeter energy scale from ``l1forge.sim.faults``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from l1forge.models.emulator import Emulator
+from l1forge.online.drift import DriftConfig
+from l1forge.online.learner import (
+    Learner,
+    LearnerConfig,
+    ReplayBuffer,
+    import_training_run,
+    rate_agreement,
+    run_subscriber,
+    score,
+)
+from l1forge.online.menu import Menu, Seed
+from l1forge.online.registry import ModelRegistry
+from l1forge.sim.faults import EnergyScale, inject
+from numpy.testing import assert_array_equal
+from scipy import stats
+
+from .test_drift import zero_bias_like
+
+DRIFT = EnergyScale(0.30)
+CFG = LearnerConfig(
+    check_events=2000,
+    adapt_events=4000,
+    replay_capacity=4000,
+    epochs=1,
+    batch_size=256,
+    learning_rate=3e-3,
+    verify_vectors=1500,
+    max_tpr_loss=1.0,  # any efficiency is accepted here; rejection is tested separately
+    drift=DriftConfig(min_events=1000),
+)
+
+
+def test_replay_buffer_is_a_uniform_sample():
+    """Every offered event is kept with probability capacity / seen (chi2 over deciles, p > 1e-3;
+    seeded, so deterministic)."""
+    buf = ReplayBuffer(1000, 1, seed=5)
+    for start in range(0, 10000, 700):
+        buf.add(np.arange(start, min(start + 700, 10000))[:, None])
+    assert len(buf) == 1000 and buf.seen == 10000
+    values = buf.data[:, 0]
+    assert len(np.unique(values)) == 1000
+    counts = np.bincount(values // 1000, minlength=10)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    assert len(np.unique(buf.sample(300))) == 300
+
+
+def _signal(n: int, seed: int) -> np.ndarray:
+    """Anomalous events: the zero-bias shape with every pT four times higher."""
+    ev = zero_bias_like(n, seed).copy()
+    ev[..., 0] = np.minimum(ev[..., 0] * 4, 4095)
+    return ev
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished `l1forge train ad` folder of a tiny VAE (one epoch)."""
+    from l1forge.models.config import make_config
+    from l1forge.models.train import Inputs, train
+
+    out = tmp_path_factory.mktemp("train_ad")
+    raw = {
+        "network": {"kind": "ad", "hidden": [8], "latent": 2, "decoder": [8]},
+        "training": {
+            "epochs": 2,
+            "batch_size": 64,
+            "learning_rate": 0.01,
+            "seed": 1,
+            "beta_kl": 0.01,
+        },
+    }
+    bg = zero_bias_like(6000, seed=10).reshape(6000, -1)
+    sig = _signal(500, seed=11).reshape(500, -1)
+    train(make_config(raw), Inputs({"minbias": bg}), Inputs({"sig": sig}), out, rate_hz=4e5)
+    return out
+
+
+def _menu() -> Menu:
+    return Menu(
+        (
+            Seed("AD_Loose", "ad", target_rate_hz=2e6),  # 5 % of zero bias
+            Seed("AD_Tight", "ad", target_rate_hz=4e5),  # 1 %
+            Seed("ZeroBias", "", prescale=1000),
+        )
+    )
+
+
+def _learner(tmp_path, trained_run, cfg, **kw):
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = import_training_run(reg, trained_run)
+    ref = zero_bias_like(4000, seed=20)
+    menu = _menu().calibrate({"ad": score(v1.load_net(), ref)})
+    learner = Learner(
+        reg,
+        menu,
+        ref,
+        config=cfg,
+        signal_holdout={"sig": _signal(600, seed=21)},
+        transform_signal=lambda x: inject(DRIFT, x.reshape(len(x), 19, 3)),
+        **kw,
+    )
+    return reg, v1, learner
+
+
+def _rates_ok(menu: Menu, net, events: np.ndarray) -> dict[str, float]:
+    s = score(net, events)
+    out = {}
+    for seed in menu.seeds:
+        if seed.model == "ad":
+            f = seed.target_rate_hz / menu.input_rate_hz
+            n_pass = int(np.count_nonzero(s > seed.threshold))
+            assert rate_agreement(n_pass, f * len(s), 0.10), (seed.name, n_pass, f * len(s))
+            out[seed.name] = n_pass / (f * len(s)) - 1
+    return out
+
+
+def test_drift_recalibrates_then_fine_tunes_bitexact_and_swaps(tmp_path, trained_run):
+    from l1forge.online.backends import EmulatorBackend
+
+    backend = EmulatorBackend(trained_run / "encoder.qnet.json")
+    menus, models = [], []
+
+    def on_model(name, path):
+        models.append((name, path))
+        backend.swap(path)
+
+    reg, v1, learner = _learner(tmp_path, trained_run, CFG, on_menu=menus.append, on_model=on_model)
+    assert reg.active_name == "v0001" and v1.weights_path is not None
+    # clean conditions: no drift, no menu change
+    assert learner.observe(zero_bias_like(2000, seed=30), run=1, lumisection=1) is None
+    assert not learner.reports[-1].drifted and menus == []
+    # drifted conditions: the first window is flagged and the menu recalibrated at once
+    drifted = [inject(DRIFT, zero_bias_like(1000, seed=40 + i)) for i in range(4)]
+    assert learner.observe(drifted[0], run=1, lumisection=2) is None
+    assert learner.observe(drifted[1], run=1, lumisection=3) is None
+    assert learner.reports[-1].drifted and len(menus) == 1
+    fresh = inject(DRIFT, zero_bias_like(12000, seed=99))
+    # the old thresholds on drifted events give a wrong rate; the recalibrated ones hold it
+    old_s = score(v1.load_net(), fresh)
+    assert np.mean(old_s > learner.detector.seeds["AD_Loose"][0]) > 0.05 * 1.3
+    _rates_ok(menus[0], v1.load_net(), fresh)
+    # two more windows complete the 4000 new events: fine-tune, verify, register, swap
+    assert learner.observe(drifted[2], run=1, lumisection=4) is None
+    result = learner.observe(drifted[3], run=1, lumisection=5)
+    assert result is not None and result.accepted, result.reasons
+    v2 = reg.get(result.version)
+    assert reg.active_name == v2.name == "v0002" and v2.parent == "v0001"
+    prov = v2.provenance
+    assert prov["data"]["train_new_events"] + prov["data"]["holdout_events"] == 4000
+    assert prov["data"]["train_replay_events"] > 0 and prov["data"]["lumisections"] == [2, 5]
+    assert prov["verification"]["equal"] and prov["verification"]["bitexact_vectors"] >= 1500
+    assert prov["drift"]["drifted"] and "signal_tpr" in prov["metrics"]
+    # the stored Keras weights rebuild exactly the stored IR (corners + random vectors)
+    _check_weights_match_ir(v2)
+    # the backend runs the new version; the menu sent last was calibrated for it
+    assert models == [("ad", v2.qnet_path)]
+    x = fresh.reshape(len(fresh), -1)[:3000]
+    new_net = v2.load_net()
+    assert_array_equal(backend.infer(x), Emulator(new_net).run(x))
+    assert menus[-1].to_json() == v2.menu()
+    _rates_ok(menus[-1], new_net, fresh)
+    # rollback returns to v0001 in one call
+    assert reg.rollback().name == "v0001"
+    backend.close()
+
+
+def _check_weights_match_ir(version) -> None:
+    from l1forge.models import networks
+    from l1forge.models.vectors import bitexact_vectors
+    from l1forge.online.learner import _scaling_of, net_config_of
+
+    net = version.load_net()
+    cfg = net_config_of(version)
+    m = networks.vae_models(cfg, _scaling_of(net), 0.01)
+    m.vae.load_weights(str(version.weights_path))
+    deploy = networks.deploy_model(cfg, _scaling_of(net), m.hardware)
+    x = bitexact_vectors(net, 2000, seed=3)
+    assert_array_equal(networks.exact_predict(deploy, x), Emulator(net).run_float(x))
+
+
+def test_a_candidate_worse_than_its_parent_is_kept_but_not_activated(tmp_path, trained_run):
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, max_tpr_loss=-1.0)  # demands twice the parent's efficiency
+    models, menus = [], []
+    reg, v1, learner = _learner(
+        tmp_path, trained_run, cfg, on_menu=menus.append, on_model=lambda *a: models.append(a)
+    )
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=60 + i)))
+    assert result is not None and not result.accepted
+    assert "signal efficiency" in result.reasons[0]
+    assert reg.names() == ["v0001", "v0002"] and reg.active_name == "v0001"
+    assert reg.get("v0002").provenance["accepted"] is False
+    assert models == [] and learner.version.name == "v0001"
+    _rates_ok(menus[-1], v1.load_net(), inject(DRIFT, zero_bias_like(12000, seed=98)))
+
+
+def test_learner_reads_the_zero_bias_tap(tmp_path, trained_run):
+    """Zero-bias ResultBatches published on a PUB socket reach the learner; bad frames are
+    counted, not fatal."""
+    import zmq
+    from l1forge.online.wire import ResultBatch, encode_results
+
+    _, _, learner = _learner(tmp_path, trained_run, CFG)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    out: dict = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_subscriber(learner, f"tcp://127.0.0.1:{port}", stop, poll_ms=50, context=ctx)
+        )
+    )
+    t.start()
+    try:
+        ev = zero_bias_like(500, seed=70).astype(np.int32)
+        n = len(ev)
+        batch = ResultBatch(
+            run=3,
+            first_seq=0,
+            lumisection=7,
+            event=np.arange(n, dtype=np.uint64),
+            scores=np.zeros((n, 1)),
+            seed_bits=np.ones(n, dtype=np.uint32),
+            objects_hw=ev,
+            accepted_index=np.arange(n, dtype=np.uint32),
+            latency_s=0.0,
+            worker="w0",
+        )
+        frames = [b"zb", *encode_results(batch)]
+        deadline = threading.Event()
+        for _ in range(400):  # a SUB joins asynchronously: publish until it has seen events
+            pub.send_multipart(frames)
+            pub.send_multipart([b"zb", b"garbage"])
+            if learner.n_seen >= 1000 or deadline.wait(0.02):
+                break
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        pub.close(linger=0)
+        ctx.term()
+    assert learner.n_seen >= 1000 and learner.n_seen % 500 == 0
+    assert out["events"] == learner.n_seen and out["rejected"] >= 1
