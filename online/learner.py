@@ -565,14 +565,17 @@ def import_training_run(
 
 
 @contextlib.contextmanager
-def _sub_socket(endpoint: str, topic: bytes, context: Any = None) -> Iterator[Any]:
+def _sub_socket(
+    endpoint: str, topic: bytes, context: Any = None, keys: Any = None
+) -> Iterator[Any]:
     import zmq
+    from l1forge.online.security import connect_client
 
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, topic)
-    sock.connect(endpoint)
+    connect_client(sock, endpoint, keys)
     try:
         yield sock
     finally:
@@ -587,16 +590,18 @@ def run_subscriber(
     topic: bytes = b"zb",
     poll_ms: int = 200,
     context: Any = None,
+    keys: Any = None,
 ) -> dict[str, int]:
     """Feed the learner from the daemon's monitoring tap until ``stop`` is set; return counters.
 
     Messages are ``[topic, *online.wire.encode_results(ResultBatch)]``; the zero-bias events
     are the batch's ``objects_hw``. A malformed message is counted and logged, never fatal.
+    ``keys`` is a CURVE key folder when the tap is not on loopback.
     """
     from l1forge.online.wire import WireError, decode_results
 
     counts = {"messages": 0, "events": 0, "rejected": 0, "adaptations": 0}
-    with _sub_socket(endpoint, topic, context) as sock:
+    with _sub_socket(endpoint, topic, context, keys) as sock:
         while not stop.is_set():
             if not sock.poll(poll_ms):
                 continue

@@ -102,3 +102,41 @@ def test_concurrent_registries_take_distinct_versions(tmp_path, monkeypatch):
     assert (v1.name, v2.name) == ("v0001", "v0002")
     assert r1.get("v0001").provenance["by"] == "r1"
     assert r1.get("v0002").provenance["by"] == "r2"
+
+
+def test_cli_list_promote_rollback_show(tmp_path, capsys):
+    from l1forge.cli import main
+
+    reg = ModelRegistry(tmp_path)
+    for net in _nets(2):
+        reg.register(net, {"kind": "test"})
+    base = ["--registry", str(tmp_path)]
+
+    def run(*argv):
+        assert main(["online", "model", *argv, *base]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert run("promote", "v0001")["active"] == "v0001"
+    assert run("promote", "v0002")["history"] == ["v0001", "v0002"]
+    listed = run("list")
+    assert listed["active"] == "v0002"
+    assert [v["version"] for v in listed["versions"] if v["active"]] == ["v0002"]
+    assert run("rollback")["active"] == "v0001"
+    shown = run("show", "v0002")
+    assert shown["verified"] and shown["provenance"]["kind"] == "test"
+    assert main(["online", "model", "show", "v0007", *base]) == 2  # a clear error, no traceback
+    assert "no model version 'v0007'" in capsys.readouterr().err
+
+
+def test_firmware_folder_for_a_version(tmp_path):
+    """A version can produce its firmware build folder (Verilog, packing, manifest)."""
+    from l1forge.firmware.build import load_manifest
+
+    reg = ModelRegistry(tmp_path)
+    net = random_mlp(n_in=4, hidden=(3,), score=True, seed=2, name="ad")
+    v = reg.register(net, {"kind": "test"})
+    out = reg.build_firmware(v.name, hls=False, lint=False, n_check=200)
+    manifest = load_manifest(out)
+    assert out == v.path / "firmware" and manifest["network"] == "ad"
+    assert all((out / s).is_file() for s in manifest["sources"])
+    reg.verify(v.name)  # the added folder does not disturb the recorded files
