@@ -14,12 +14,15 @@ const TILES = [
   { id: "events_in", label: "Events in", keys: ["events_in", "n_events_in"] },
   { id: "events_processed", label: "Processed", keys: ["events_processed", "n_processed", "processed"] },
   { id: "events_accepted", label: "Accepted", keys: ["events_accepted", "n_accepted", "accepted"] },
-  { id: "input_rate_hz", label: "Input rate", unit: "Hz", rate: true,
-    keys: ["input_rate_hz", "processing_rate_hz", "events_per_s", "rate_hz"] },
-  { id: "in_flight", label: "In flight", keys: ["in_flight", "batches_in_flight"] },
-  { id: "workers_alive", label: "Workers", keys: ["workers_alive", "n_workers_alive", "workers"] },
+  { id: "events_per_s", label: "Throughput", unit: "Hz", rate: true,
+    keys: ["events_per_s", "input_rate_hz", "processing_rate_hz"] },
+  { id: "in_flight", label: "In flight", keys: ["in_flight_batches", "in_flight"] },
+  { id: "queued", label: "Queued", keys: ["queued_batches", "queue_depth"] },
+  { id: "workers_alive", label: "Workers", keys: ["workers_alive", "n_workers_alive"] },
+  { id: "latency_p99", label: "Latency p99", ms: true, keys: ["latency_ms"], sub: "p99" },
   { id: "lost", label: "Lost", keys: ["lost", "events_lost", "n_lost"], alarmIfPositive: true },
   { id: "duplicated", label: "Duplicated", keys: ["duplicated", "events_duplicated", "n_duplicated"], alarmIfPositive: true },
+  { id: "redelivered", label: "Redelivered", keys: ["batches_redelivered", "redelivered_batches"] },
   { id: "rejected", label: "Rejected msgs", keys: ["rejected"], sum: true, alarmIfPositive: true },
   { id: "lumisection", label: "Lumisection", keys: ["lumisection", "current_lumisection"] },
 ];
@@ -119,10 +122,11 @@ function fmtTick(v, log) {
 }
 
 // A frame with axes on an SVG of viewBox width W x height H; returns coordinate mappers.
-function frame(root, { W, H, margin, x0, x1, y0, y1, yLog, xLabel, yLabel, xTickFmt, xTicks, yTickCount }) {
+function frame(root, { W, H, margin, x0, x1, y0, y1, yLog, xLog, xLabel, yLabel, xTickFmt, xTicks, yTickCount }) {
   const m = margin;
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
-  const fx = (x) => m.l + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * pw;
+  const tx = (x) => (xLog ? Math.log10(x) : x);
+  const fx = (x) => m.l + (x1 === x0 ? 0.5 : (tx(x) - tx(x0)) / (tx(x1) - tx(x0))) * pw;
   const ly0 = yLog ? Math.log10(y0) : y0, ly1 = yLog ? Math.log10(y1) : y1;
   const fy = (y) => {
     const v = yLog ? Math.log10(Math.max(y, y0)) : y;
@@ -136,12 +140,13 @@ function frame(root, { W, H, margin, x0, x1, y0, y1, yLog, xLabel, yLabel, xTick
     g.appendChild(svg("line", { class: "grid", x1: m.l, x2: m.l + pw, y1: y, y2: y }));
     g.appendChild(svg("text", { x: m.l - 5, y: y + 4, "text-anchor": "end", "font-size": 11 }, fmtTick(v, yLog)));
   }
-  const xt = xTicks || linearTicks(x0, x1, 6);
+  const xt = xTicks || (xLog ? logTicks(x0, x1).filter((v, i, a) => a.length < 7 || i % 2 === 0)
+                             : linearTicks(x0, x1, 6));
   for (const v of xt) {
     const x = fx(v);
     g.appendChild(svg("line", { class: "tick", x1: x, x2: x, y1: m.t + ph, y2: m.t + ph + 4 }));
     g.appendChild(svg("text", { x, y: m.t + ph + 16, "text-anchor": "middle", "font-size": 11 },
-                      xTickFmt ? xTickFmt(v) : fmtNum(v)));
+                      xTickFmt ? xTickFmt(v) : xLog ? fmtTick(v, true) : fmtNum(v)));
   }
   g.appendChild(svg("rect", { class: "axis", x: m.l, y: m.t, width: pw, height: ph }));
   if (xLabel) {
@@ -229,7 +234,9 @@ function histPlot(root, W, H, edges, values, reference, xLabel, logY) {
   const y0 = yLog ? Math.pow(10, Math.floor(Math.log10(Math.min(...pos) * 0.8))) : 0;
   const y1 = yLog ? Math.pow(10, Math.ceil(Math.log10(Math.max(...pos) * 2)))
                   : Math.max(...all, 1) * 1.15;
-  const f = frame(root, { W, H, margin: { l: 44, r: 14, t: 6, b: 34 }, x0, x1, y0, y1, yLog,
+  // Axes spanning decades (latency) are drawn on a log scale.
+  const xLog = x0 > 0 && x1 / x0 > 1e3;
+  const f = frame(root, { W, H, margin: { l: 44, r: 14, t: 6, b: 34 }, x0, x1, y0, y1, yLog, xLog,
                           xLabel, yTickCount: 3 });
   const steps = (vals) => {
     let d = `M${f.fx(e[0]).toFixed(1)},${f.fy(0).toFixed(1)}`;
@@ -293,8 +300,9 @@ function renderHeader(s) {
   badge.textContent = st;
   badge.className = `badge state state-${st.replace(/[^a-z_-]/g, "")}`;
   const err = document.getElementById("run-error");
-  err.textContent = s.error ? String(s.error) : "";
-  err.classList.toggle("hidden", !s.error);
+  const problem = s.error || s.storage_error;
+  err.textContent = problem ? String(problem) : "";
+  err.classList.toggle("hidden", !problem);
   const ls = first(s, ["lumisection", "current_lumisection"]);
   if (isNum(ls)) document.getElementById("ls-number").textContent = String(ls);
 }
@@ -303,6 +311,7 @@ function renderTiles(s) {
   const box = document.getElementById("counters");
   for (const t of TILES) {
     let v = first(s, t.keys);
+    if (t.sub && v && typeof v === "object") v = v[t.sub];
     if (t.sum && v && typeof v === "object") v = sum(Object.values(v));
     if (Array.isArray(v)) v = v.length;
     if (typeof v === "object" && v !== null) v = first(v, ["alive", "n_alive", "count"]);
@@ -317,7 +326,10 @@ function renderTiles(s) {
     }
     const val = document.getElementById(`v-${t.id}`);
     val.setAttribute("data-value", isNum(v) ? String(v) : "");
-    if (t.rate) {
+    if (t.ms) {
+      val.textContent = isNum(v) ? v.toPrecision(3) : "\u2014";
+      val.appendChild(el("span", { class: "unit" }, "ms"));
+    } else if (t.rate) {
       const txt = fmtRate(v).split(" ");
       val.textContent = txt[0];
       if (txt[1]) val.appendChild(el("span", { class: "unit" }, txt[1]));
@@ -329,8 +341,21 @@ function renderTiles(s) {
   }
 }
 
+// Per-seed {count, rate_hz}: from "seeds" or from separate count and rate dictionaries
+// (pipeline: seed_counts + seed_rates_hz; run summary: per_seed + rates_hz).
+function seedsOf(s) {
+  if (s.seeds && typeof s.seeds === "object") return s.seeds;
+  const counts = first(s, ["seed_counts", "per_seed"]) || {};
+  const rates = first(s, ["seed_rates_hz", "rates_hz"]) || {};
+  const out = {};
+  for (const n of new Set([...Object.keys(counts), ...Object.keys(rates)])) {
+    out[n] = { count: counts[n], rate_hz: rates[n] };
+  }
+  return out;
+}
+
 function renderSeeds(s) {
-  const seeds = first(s, ["seeds", "per_seed"]) || {};
+  const seeds = seedsOf(s);
   const names = Object.keys(seeds);
   const tbody = document.querySelector("#seed-table tbody");
   clear(tbody);
@@ -480,7 +505,8 @@ function renderHistograms(d) {
 }
 
 function renderLsRates(d) {
-  const sr = (d && d.seed_rates) || {};
+  const hz = Boolean(d && d.seed_rates_hz && Object.keys(d.seed_rates_hz).length);
+  const sr = (d && (hz ? d.seed_rates_hz : d.seed_rates)) || {};
   const lss = Object.keys(sr).map(Number).filter(isNum).sort((a, b) => a - b);
   const names = [...new Set(lss.flatMap((ls) => Object.keys(sr[ls] || {})))];
   const series = names.map((n) => ({
@@ -489,7 +515,7 @@ function renderLsRates(d) {
   }));
   linePlot(document.getElementById("ls-rate-plot"), 900, 260, series, {
     empty: d ? "no lumisection has ended yet" : "no DQM in this run",
-    xLabel: "lumisection", yLabel: "accept fraction",
+    xLabel: "lumisection", yLabel: hz ? "rate [Hz]" : "accept fraction", valueFmt: hz ? fmtRate : fmtNum,
     xTicks: (x0, x1) => linearTicks(x0, x1, 8).filter((v) => Number.isInteger(v)),
   });
 }
@@ -532,7 +558,7 @@ async function poll() {
     state.updates += 1;
     if (d) state.dqmUpdates += 1;
     const now = Date.now() / 1000;
-    const seeds = first(s, ["seeds", "per_seed"]) || {};
+    const seeds = seedsOf(s);
     const rates = {};
     for (const [n, e] of Object.entries(seeds)) if (isNum(seedRate(e))) rates[n] = seedRate(e);
     if (Object.keys(rates).length) {

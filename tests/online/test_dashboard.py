@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from l1forge.online.backends import EmulatorBackend
 from l1forge.online.browser import Browser, find_chromium
-from l1forge.online.dqm import DQMMonitor
+from l1forge.online.dqm_service import DQMService
 from l1forge.online.menu import Menu, Seed, seed_counts
 from l1forge.online.metrics import make_metrics
 from l1forge.online.webserver import WebServer
+from l1forge.online.wire import ResultBatch, encode_results
 from l1forge.sim.dataset import read_events
 from l1forge.sim.faults import EnergyScale, inject
-from l1forge.sim.l1objects import to_physical
 
 pytestmark = [
     pytest.mark.browser,
@@ -32,7 +32,7 @@ pytestmark = [
 ARTIFACT = Path(__file__).resolve().parents[2] / "out" / "test-artifacts" / "dashboard.png"
 RUN = 314
 EVENTS_PER_LS = 600
-CLEAN_LS = 5  # 3 build the running reference, 2 are compared clean
+CLEAN_LS = 6  # 3 build the running reference, the next are compared clean
 FAULT = EnergyScale(shift=0.35)
 # The default menu's 10 kHz .. 400 Hz seeds fire nothing in a few thousand events: this one is
 # scaled to the sample (pass fractions 5 % .. 0.25 %) so every lumisection has counts.
@@ -48,14 +48,28 @@ MENU = Menu(
 
 
 class LiveRun:
-    """A run fed lumisection by lumisection by the test; status and DQM view read by the server."""
+    """A run the test advances one lumisection at a time.
 
-    def __init__(self, events_path: Path, ad_ir: Path, classifier_ir: Path):
+    Each lumisection's events are scored by the emulator, decided by the menu, and sent as the
+    collector's monitoring tap sends them (a ``ResultBatch`` through the wire format) to a real
+    ``DQMService``. ``status`` reports what run control reports while the pipeline runs.
+    """
+
+    def __init__(self, events_path: Path, ad_ir: Path, classifier_ir: Path, out_dir: Path):
         ev = read_events(events_path)
         self.objects_hw = ev.objects_hw
         self.backends = {"ad": EmulatorBackend(ad_ir), "classifier": EmulatorBackend(classifier_ir)}
         self.menu = MENU.calibrate(self.scores(ev.inputs))
-        self.dqm = DQMMonitor(seed_names=self.menu.names, run=RUN)
+        # Not started: the test hands it the tap's messages itself (no subscriber socket).
+        self.dqm = DQMService(
+            "tcp://127.0.0.1:0",
+            run=RUN,
+            out_dir=out_dir,
+            seed_names=self.menu.names,
+            score_names=tuple(self.backends),
+            lag_lumisections=0,
+        )
+        self.metrics = make_metrics()
         self.rng = np.random.default_rng(2026)
         self.lock = threading.Lock()
         self.state = "configured"
@@ -63,97 +77,79 @@ class LiveRun:
         self.n_processed = 0
         self.accepted = 0
         self.counts = np.zeros(len(self.menu.seeds), np.int64)
-        self.rates: dict[str, float] = {}
         self.fault: EnergyScale | None = None
-        self.view: dict | None = None
 
     def scores(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Real-valued scores of every model of the run."""
-        out = {}
-        for name, b in self.backends.items():
-            _, y = b.infer_float(inputs)
-            out[name] = y[:, 0]
-        return out
+        return {name: b.infer_float(inputs)[1][:, 0] for name, b in self.backends.items()}
 
     def status(self) -> dict:
-        """What run control reports: state and run, the pipeline's counters while running."""
+        """Run control's status: state and run, with the pipeline's counters while running."""
         with self.lock:
             doc = {"state": self.state, "run": RUN, "error": None}
             if self.state == "running":
+                counts = dict(zip(self.menu.names, self.counts.tolist(), strict=True))
                 doc["pipeline"] = {
+                    "state": "running",
                     "events_in": self.n_processed,
                     "events_processed": self.n_processed,
-                    "events_accepted": int(self.accepted),
-                    "lumisection": self.ls,
-                    "seeds": {
-                        s: {"count": int(c), "rate_hz": self.rates.get(s, 0.0)}
-                        for s, c in zip(self.menu.names, self.counts, strict=True)
-                    },
+                    "events_accepted": self.accepted,
+                    "seed_counts": counts,
+                    "seed_rates_hz": self.menu.rates_hz(counts, self.n_processed),
                     "rejected": {},
-                    "lost": 0,
-                    "duplicated": 0,
+                    "in_flight_batches": 0,
+                    "workers_alive": len(self.backends),
+                    "latency_ms": {"p50": 1.0, "p99": 2.0},
                 }
             return doc
 
-    def dqm_view(self) -> dict:
-        with self.lock:
-            return self.view or {"lumisection": None, "histograms": {}, "alarms": []}
-
-    def advance(self) -> list:
-        """Process one lumisection of events (with the fault if injected); return its alarms."""
+    def advance(self) -> None:
+        """One lumisection of events (with the fault if injected) through menu and DQM."""
         idx = self.rng.choice(len(self.objects_hw), EVENTS_PER_LS, replace=False)
         hw = self.objects_hw[idx]  # what the daemon receives: hardware units
         if self.fault is not None:
             hw = inject(self.fault, hw)
-        phys = to_physical(hw)
         scores = self.scores(hw.reshape(len(hw), -1))
-        seqs = np.arange(self.n_processed, self.n_processed + len(idx), dtype=np.uint64)
+        first = self.n_processed
+        seqs = np.arange(first, first + len(idx), dtype=np.uint64)
         bits = self.menu.decide(scores, seqs)
-        fired = (bits[:, None] >> np.arange(len(self.menu.seeds), dtype=np.uint32)) & 1
-        ls = self.ls + 1
-        self.dqm.fill(ls, phys, scores["ad"], fired.astype(bool), 1e-3)
-        alarms = self.dqm.end_lumisection(ls)
-        c = seed_counts(bits, len(self.menu.seeds))
-        view = dqm_view_of(self.dqm, ls)
+        tap = ResultBatch(
+            run=RUN,
+            first_seq=first,
+            lumisection=self.ls + 1,
+            event=seqs,
+            scores=np.stack([scores[m] for m in self.backends], axis=1),
+            seed_bits=bits,
+            objects_hw=hw.astype(np.int32),
+            accepted_index=np.arange(len(hw), dtype=np.uint32),
+            latency_s=1e-3,
+            worker="test",
+        )
+        self.dqm.handle(encode_results(tap))
+        m = self.metrics
+        m.events_in.inc(len(idx))
+        m.events_processed.inc(len(idx))
+        m.events_accepted.inc(int(np.count_nonzero(bits)))
         with self.lock:
-            self.ls = ls
+            self.ls += 1
             self.n_processed += len(idx)
             self.accepted += int(np.count_nonzero(bits))
-            self.counts += c
-            self.rates = self.menu.rates_hz(self.menu.counts(bits), len(idx))
-            self.view = view
-        return alarms
+            self.counts += seed_counts(bits, len(self.menu.seeds))
 
-
-def dqm_view_of(dqm: DQMMonitor, ls: int) -> dict:
-    """The dashboard's DQM view of lumisection ``ls`` (1D histograms include flow bins)."""
-    ref = dqm.reference_counts()
-    hists = {}
-    for name, h in dqm.lumisection_histograms(ls).items():
-        if name == "backend/latency":
-            continue
-        flow = h.ndim == 1 and h.axes[0].traits.underflow
-        edges = [ax.edges for ax in h.axes] if h.ndim == 2 else h.axes[0].edges
-        hists[name] = {
-            "edges": edges,
-            "values": h.values(flow=flow),
-            "reference": ref.get(name),
-            "xlabel": h.axes[0].label,
-        }
-    return {
-        "run": dqm.run,
-        "lumisection": ls,
-        "histograms": hists,
-        "alarms": [a.to_dict() for a in dqm.alarms],
-        "seed_rates": dqm.seed_rates(),
-    }
+    def alarms(self, ls: int) -> list:
+        """The DQM alarms of lumisection ``ls`` (once it has ended)."""
+        return [a for a in self.dqm.monitor.alarms if a.lumisection == ls]
 
 
 @pytest.fixture(scope="module")
-def live(events_h5, tiny_ir_path, tiny_classifier_ir_path):
-    run = LiveRun(events_h5.parent / "minbias.h5", tiny_ir_path, tiny_classifier_ir_path)
-    metrics = make_metrics()
-    with WebServer(registry=metrics.registry, status=run.status, dqm_view=run.dqm_view) as web:
+def live(events_h5, tiny_ir_path, tiny_classifier_ir_path, tmp_path_factory):
+    run = LiveRun(
+        events_h5.parent / "minbias.h5",
+        tiny_ir_path,
+        tiny_classifier_ir_path,
+        tmp_path_factory.mktemp("dqm"),
+    )
+    with WebServer(registry=run.metrics.registry, status=run.status, dqm_view=run.dqm.view) as web:
         yield run, web
 
 
@@ -173,30 +169,38 @@ def test_dashboard_follows_a_run_and_shows_the_fault_alarm(live, tmp_path):
         run.state = "running"
         seen_rates = []
         for _ in range(CLEAN_LS):
-            alarms = run.advance()
-            assert not [a for a in alarms if a.severity == "error"], alarms
+            run.advance()
             st = run.status()["pipeline"]
             # The page follows without a reload: the processed count and every seed's numbers.
             page.wait_for(
                 "document.getElementById('v-events_processed')?.getAttribute('data-value') === "
                 f"'{st['events_processed']}'"
             )
-            for name, seed in st["seeds"].items():
+            for name, count in st["seed_counts"].items():
                 row = f'#seed-table tr[data-seed="{name}"]'
-                assert int(_shown(page, row + " td.count")) == seed["count"]
-                assert float(_shown(page, row + " td.rate")) == seed["rate_hz"]
+                assert int(_shown(page, row + " td.count")) == count
+                assert float(_shown(page, row + " td.rate")) == st["seed_rates_hz"][name]
             seen_rates.append(float(_shown(page, '#seed-table tr[data-seed="AD_Loose"] td.rate')))
         assert page.evaluate("document.getElementById('run-state').textContent") == "running"
-        assert len(set(seen_rates)) > 1  # the rates move from lumisection to lumisection
+        assert len(set(seen_rates)) > 1  # the rates move as the run goes
+        assert not [a for a in run.dqm.monitor.alarms if a.severity == "error"]
         assert page.evaluate("document.querySelectorAll('#alarm-table tr.sev-error').length") == 0
-        # Rate history is drawn: one line per seed in the rate plot.
-        n_lines = page.evaluate("document.querySelectorAll('#rate-plot path[data-series]').length")
-        assert n_lines == len(run.menu.seeds)
+        # Rate history is drawn: one line per seed, in time and per lumisection.
+        for plot in ("rate-plot", "ls-rate-plot"):
+            n_lines = page.evaluate(
+                f"document.querySelectorAll('#{plot} path[data-series]').length"
+            )
+            assert n_lines == len(run.menu.seeds), plot
+        # The page's /metrics link serves the same run's counters.
+        metrics = page.evaluate("fetch('metrics').then(r => r.text())")
+        assert f"l1forge_events_processed_total {float(run.n_processed)}" in metrics
 
+        # The fault stays on from this lumisection; the DQM ends it when the next one arrives.
         run.fault = FAULT
         fault_ls = run.ls + 1
-        alarms = run.advance()
-        errors = [a for a in alarms if a.severity == "error"]
+        run.advance()
+        run.advance()
+        errors = [a for a in run.alarms(fault_ls) if a.severity == "error"]
         assert errors, "the energy-scale fault raised no DQM error"
         page.wait_for(
             f"document.querySelector('#alarm-table tr.sev-error[data-lumisection=\"{fault_ls}\"]')"
@@ -212,8 +216,13 @@ def test_dashboard_follows_a_run_and_shows_the_fault_alarm(live, tmp_path):
         )
         assert flag == f"ALARM LS {fault_ls}"
         # The alarmed histograms lead the grid, framed, with this lumisection and its reference.
-        first = page.evaluate("document.querySelector('#hist-grid .hist').className")
-        assert "alarm-error" in first
+        first = page.evaluate(
+            "document.querySelector('#hist-grid .hist').getAttribute('data-name')"
+        )
+        assert first in {a.histogram for a in errors}
+        assert "alarm-error" in page.evaluate(
+            "document.querySelector('#hist-grid .hist').className"
+        )
         assert page.evaluate("document.querySelectorAll('#hist-grid .hist .ref-steps').length") > 10
         assert page.exceptions() == []
 
