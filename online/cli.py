@@ -121,6 +121,9 @@ def _run(args: argparse.Namespace) -> int:
     daemon = Daemon(options)
     summary = daemon.serve(cfg, start=not args.idle)
     _print({"run_summary": summary} if summary is not None else {"state": "idle", "run": None})
+    if daemon.error:
+        print(f"l1forge: error: {daemon.error}", file=sys.stderr)
+        return 1
     return 0
 
 

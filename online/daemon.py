@@ -93,6 +93,7 @@ class Daemon:
         self._web: Any = None
         self._endpoints: dict[str, Any] = {}
         self._run_started_here = 0
+        self.error: str | None = None  # why the daemon's run ended in error (after serve)
 
     # ---- status for the web endpoint ----
 
@@ -104,7 +105,9 @@ class Daemon:
         """The running pipeline's DQM view (empty when no run or no DQM)."""
         pipeline = self.runcontrol.pipeline
         view = getattr(pipeline, "dqm_view", None)
-        return view() if callable(view) else {}
+        if callable(view):
+            return view()
+        return {"run": self.runcontrol.run, "lumisection": None, "histograms": {}, "alarms": []}
 
     # ---- lifecycle ----
 
@@ -170,8 +173,7 @@ class Daemon:
             self._loop()
             if rc.state == RunState.RUNNING:
                 rc.stop()
-            if rc.state == RunState.ERROR:
-                raise L1ForgeError(f"the run ended in error: {rc.status()['error']}")
+            self.error = rc.status()["error"] if rc.state == RunState.ERROR else None
             return rc.last_summary
         finally:
             self._close()
@@ -201,18 +203,20 @@ class Daemon:
                 return
 
     def _watch(self, rc: RunControl) -> None:
-        """Stop the run when its source is exhausted and drained, or its time is up."""
+        """Stop the run when its source has ended, its time is up, or the pipeline failed."""
         cfg = rc.config
         pipeline = rc.pipeline
         if pipeline is None or cfg is None:
             return
-        failure = getattr(pipeline, "failure", None)
-        if failure:
-            rc.fail(f"run {rc.run}: {failure}")
-            return
-        if cfg.duration_s is not None and rc.elapsed_s >= cfg.duration_s:
+        if pipeline.error:
+            # Storage or a part failed: the pipeline stopped its source; drain what is in flight,
+            # close the files (held events are counted in the summary), then enter error.
+            error = pipeline.error
+            rc.stop()
+            rc.fail(f"run {rc.run}: {error}")
+        elif cfg.duration_s is not None and rc.elapsed_s >= cfg.duration_s:
             log.info("run %d: duration_s = %g s reached", rc.run, cfg.duration_s)
             rc.stop()
-        elif getattr(pipeline, "finished", False):
-            log.info("run %d: the source is exhausted", rc.run)
+        elif pipeline.source_done.is_set():
+            log.info("run %d: the source has ended; draining", rc.run)
             rc.stop()
