@@ -266,12 +266,17 @@ class Pipeline:
             self._spawn(f"local-{i}")
         self._thread("dispatcher", self.dispatcher.run)
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while self._configured() < n_local:
+        expected = n_local + len(cfg.workers.hosts)  # remote hosts announced in the config
+        while self._configured() < expected:
             dead = [n for n, p in self._procs.items() if p.poll() is not None]
             if dead:
                 raise PipelineError(f"worker process {dead[0]} exited at start (see its log)")
             if time.monotonic() > deadline:
-                raise PipelineError(f"only {self._configured()} of {n_local} workers came up")
+                raise PipelineError(
+                    f"only {self._configured()} of {expected} workers came up in "
+                    f"{WORKER_START_TIMEOUT_S:.0f} s (remote ones connect with "
+                    f"`python -m l1forge.online.worker --connect {self.worker_endpoint}`)"
+                )
             time.sleep(0.02)
         if self._source is None:
             self._source = make_source(cfg.source, ctx=self.ctx)
