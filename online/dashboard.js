@@ -196,7 +196,8 @@ function linePlot(root, W, H, series, opts) {
                           xLabel: opts.xLabel, yLabel: opts.yLabel, xTickFmt: opts.xTickFmt,
                           xTicks: opts.xTicks ? opts.xTicks(x0, x1) : undefined });
   series.forEach((s, i) => {
-    const p = s.points.filter((q) => isNum(q[1]));
+    // On a log scale a zero rate has no place: leave it out rather than draw it at the floor.
+    const p = s.points.filter((q) => isNum(q[1]) && (!yLog || q[1] > 0));
     if (p.length === 0) return;
     const d = p.map((q, j) => `${j ? "L" : "M"}${f.fx(q[0]).toFixed(1)},${f.fy(q[1]).toFixed(1)}`).join("");
     root.appendChild(svg("path", { d, fill: "none", stroke: s.colour, "stroke-width": 2,

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 from l1forge.online.backends import EmulatorBackend
 from l1forge.online.browser import Browser, find_chromium
+from l1forge.online.config import run_config_from_dict
 from l1forge.online.dqm_service import DQMService
 from l1forge.online.menu import Menu, Seed, seed_counts
 from l1forge.online.metrics import make_metrics
+from l1forge.online.pipeline import Pipeline
 from l1forge.online.webserver import WebServer
 from l1forge.online.wire import ResultBatch, encode_results
-from l1forge.sim.dataset import read_events
+from l1forge.sim.dataset import concat_events, read_events, write_events
 from l1forge.sim.faults import EnergyScale, inject
 
 pytestmark = [
@@ -226,10 +228,8 @@ def test_dashboard_follows_a_run_and_shows_the_fault_alarm(live, tmp_path):
         assert page.evaluate("document.querySelectorAll('#hist-grid .hist .ref-steps').length") > 10
         assert page.exceptions() == []
 
-        png = page.screenshot(tmp_path / "dashboard.png")
+        png = page.screenshot(tmp_path / "dashboard_steps.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(png, ARTIFACT)
 
 
 def test_dashboard_without_dqm_and_with_a_failed_run(tmp_path):
@@ -246,3 +246,107 @@ def test_dashboard_without_dqm_and_with_a_failed_run(tmp_path):
         assert "no DQM" in page.evaluate("document.getElementById('hist-grid').textContent")
         assert "no DQM" in page.evaluate("document.getElementById('alarm-table').textContent")
         assert page.exceptions() == []
+
+
+# ---- a real run: replay -> dispatcher -> worker processes -> collector -> tap -> DQM service ----
+REPLAY_LS = 9  # lumisections in the replay file
+REPLAY_FAULT_LS = 6  # the energy-scale fault is on from this lumisection
+REPLAY_RATE_HZ = 600.0  # slow enough for the page to poll the run several times
+MENU_SEEDS = [
+    {"name": s.name, "model": s.model, "target_rate_hz": s.target_rate_hz}
+    if s.model
+    else {"name": s.name, "model": s.model, "prescale": s.prescale}
+    for s in MENU.seeds
+]
+
+
+@pytest.fixture(scope="module")
+def faulty_replay(events_h5, tmp_path_factory) -> Path:
+    """A replay file: lumisections of resampled minimum-bias events, the last ones faulty."""
+    ev = read_events(events_h5.parent / "minbias.h5")
+    rng = np.random.default_rng(7)
+    parts = [ev.select(rng.choice(len(ev), EVENTS_PER_LS, replace=False)) for _ in range(REPLAY_LS)]
+    parts[REPLAY_FAULT_LS:] = [inject(FAULT, p) for p in parts[REPLAY_FAULT_LS:]]
+    return write_events(tmp_path_factory.mktemp("replay") / "replay.h5", concat_events(parts))
+
+
+def test_dashboard_of_a_real_pipeline_run(
+    faulty_replay, tiny_ir_path, tiny_classifier_ir_path, tmp_path
+):
+    cfg = run_config_from_dict(
+        {
+            "source": {"kind": "replay", "paths": [str(faulty_replay)], "rate_hz": REPLAY_RATE_HZ},
+            "backend": {
+                "kind": "emulator",
+                "models": {"ad": str(tiny_ir_path), "classifier": str(tiny_classifier_ir_path)},
+            },
+            "workers": {"n": 2},
+            "menu": {"seeds": MENU_SEEDS},
+            "storage": {"out_dir": str(tmp_path / "data"), "events_per_lumisection": EVENTS_PER_LS},
+            "monitor": {"fraction": 1.0},
+            "batch_size": 200,
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    run = 2718
+    metrics = make_metrics()
+    pipeline = Pipeline(cfg, run, tmp_path / "run", metrics=metrics)
+    dqm: DQMService | None = None
+    with (
+        WebServer(
+            registry=metrics.registry, status=pipeline.status, dqm_view=lambda: dqm.view()
+        ) as web,
+        Browser(log_path=tmp_path / "chromium.log") as browser,
+    ):
+        try:
+            pipeline.start()
+            dqm = DQMService(
+                pipeline.monitor_endpoint,
+                run=run,
+                out_dir=tmp_path / "dqm",
+                seed_names=pipeline.menu.names,
+                score_names=pipeline.model_names,
+                input_rate_hz=pipeline.menu.input_rate_hz,
+            ).start()
+            page = browser.new_page(web.url)
+            page.wait_for(f"document.getElementById('run-number').textContent === '{run}'")
+            processed = "document.getElementById('v-events_processed')?.getAttribute('data-value')"
+            seen = set()
+            while not pipeline.wait_source_done(0.25):
+                seen.add(page.evaluate(processed))
+            seen.discard(None)
+            assert len(seen) >= 3, f"the page showed only {sorted(seen)} while the run went"
+            assert page.evaluate("document.getElementById('run-state').textContent") == "running"
+        finally:
+            summary = pipeline.stop()
+            if dqm is not None:
+                dqm_result = dqm.stop()
+        assert summary.lost == summary.duplicated == 0
+        assert summary.n_processed == REPLAY_LS * EVENTS_PER_LS
+        errors = [a for a in dqm.monitor.alarms if a.severity == "error"]
+        assert errors and min(a.lumisection for a in errors) == REPLAY_FAULT_LS
+        assert dqm_result.n_errors == len(errors)
+
+        # Once stopped, the page settles on the run's final numbers and its alarms.
+        page.wait_for("document.getElementById('run-state').textContent === 'stopped'")
+        page.wait_for(f"{processed} === '{summary.n_processed}'")
+        final = pipeline.status()
+        for name, count in summary.per_seed.items():
+            row = f'#seed-table tr[data-seed="{name}"]'
+            assert int(_shown(page, row + " td.count")) == count
+            assert float(_shown(page, row + " td.rate")) == final["seed_rates_hz"][name]
+        page.wait_for(
+            "document.querySelector("
+            f"'#alarm-table tr.sev-error[data-lumisection=\"{REPLAY_FAULT_LS}\"]')"
+        )
+        shown = page.evaluate(
+            "[...document.querySelectorAll('#alarm-table tr.sev-error')]"
+            ".map(r => [Number(r.getAttribute('data-lumisection')),"
+            " r.getAttribute('data-histogram')])"
+        )
+        assert sorted(map(tuple, shown)) == sorted((a.lumisection, a.histogram) for a in errors)
+        assert page.exceptions() == []
+        png = page.screenshot(tmp_path / "dashboard.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(png, ARTIFACT)
