@@ -118,6 +118,7 @@ class CommandHandler:
 
     runcontrol: RunControl
     shutdown_requested: threading.Event = field(default_factory=threading.Event)
+    status: Callable[[], dict[str, Any]] | None = None  # the daemon's richer status, if any
 
     def __call__(self, command: str, args: dict[str, Any]) -> Any:
         rc = self.runcontrol
@@ -129,7 +130,7 @@ class CommandHandler:
         if command == "stop":
             return rc.stop()
         if command == "status":
-            return rc.status()
+            return rc.status() if self.status is None else self.status()
         if command == "reset":
             rc.reset()
             return {"state": str(rc.state)}

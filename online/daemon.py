@@ -87,7 +87,7 @@ class Daemon:
             metrics=self.metrics,
             pipeline_factory=pipeline_factory or default_pipeline_factory,
         )
-        self.handler = CommandHandler(self.runcontrol)
+        self.handler = CommandHandler(self.runcontrol, status=self.status)
         self._signal: int | None = None
         self._control: ControlServer | None = None
         self._web: Any = None
