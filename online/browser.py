@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -147,7 +148,8 @@ class Browser:
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
+                # Chromium's helpers share the session we started it in: end them all.
+                os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(timeout=10)
         if self._to_browser is not None:
             os.close(self._to_browser)
@@ -162,7 +164,11 @@ class Browser:
             self._profile = None
 
     def __enter__(self) -> Browser:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a browser that started but never answered is not left behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -86,7 +86,6 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "l1forge"
     sys_version = ""
-    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)

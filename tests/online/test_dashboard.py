@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from l1forge.online.backends import EmulatorBackend
-from l1forge.online.browser import Browser, find_chromium
+from l1forge.online.browser import Browser, BrowserError, find_chromium
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.dqm_service import DQMService
 from l1forge.online.menu import Menu, Seed, seed_counts
@@ -350,3 +350,11 @@ def test_dashboard_of_a_real_pipeline_run(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(png, ARTIFACT)
+
+
+def test_a_browser_that_does_not_start_is_a_clear_error(tmp_path):
+    log_path = tmp_path / "not-a-browser.log"
+    with pytest.raises(BrowserError, match="closed its DevTools pipe"):
+        with Browser(executable="/bin/false", log_path=log_path, timeout_s=10):
+            pass
+    assert log_path.is_file()
