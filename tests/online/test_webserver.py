@@ -209,3 +209,32 @@ def test_port_in_use_is_a_clear_error(registry):
         clash = WebServer(port=w.port, registry=registry, status=dict)
         with pytest.raises(ConfigError, match="metrics_port"):
             clash.start()
+
+
+def test_metrics_of_the_daemon_registry():
+    """Every metric the pipeline exports (rates, queues, latency, rejections, drops) is served."""
+    from l1forge.online.metrics import make_metrics
+
+    m = make_metrics()
+    m.events_processed.inc(4096)
+    m.rejected_messages.labels(reason="checksum").inc()
+    m.dropped_events.labels(reason="storage").inc(0)
+    m.queue_depth.set(3)
+    m.batch_latency_s.observe(2e-3)
+    m.run_state.state("running")
+    with WebServer(registry=m.registry, status=dict) as w:
+        status, _, body = _get(w, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    expected = {f.name for f in m.registry.collect()}  # every registered metric
+    assert expected <= set(families), expected - set(families)
+    assert {
+        "l1forge_events_processed",
+        "l1forge_queue_depth_batches",
+        "l1forge_batch_latency_seconds",
+        "l1forge_rejected_messages",
+        "l1forge_dropped_events",
+        "l1forge_run_state",
+    } <= set(families)
+    (state,) = [s for s in families["l1forge_run_state"].samples if s.value == 1]
+    assert state.labels["l1forge_run_state"] == "running"
