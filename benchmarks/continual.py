@@ -33,6 +33,7 @@ PARTS = {"train": 20_000, "reference": 10_000, "old_stream": 5_000, "new_stream"
 TARGET_RATE_HZ = 1e6  # 2.5 % of zero bias: the loosest seed this sample size measures to ~5 %
 SECOND_RATE_HZ = 4e5  # 1 %: reported as a detail
 SCALE_SHIFT = 0.10  # +10 % calorimeter energy scale
+CHECK_EVENTS, LS_EVENTS = 5000, 1000  # drift-test window; events per lumisection
 NETWORK = {"kind": "ad", "hidden": [32, 16], "latent": 3, "decoder": [16, 32]}
 TRAINING = {"epochs": 30, "batch_size": 512, "learning_rate": 1e-3, "beta_kl": 0.05, "seed": 0}
 FINE_TUNE = {"epochs": 10, "batch_size": 512, "learning_rate": 1e-3}
@@ -176,7 +177,7 @@ def main() -> int:
             menu_old,
             parts["reference"],
             config=LearnerConfig(
-                check_events=5000,
+                check_events=CHECK_EVENTS,
                 adapt_events=PARTS["new_stream"],
                 replay_capacity=20_000,
                 replay_fraction=0.5,
@@ -192,15 +193,20 @@ def main() -> int:
         stream = [(parts["old_stream"], False), (drifted(parts["new_stream"]), True)]
         ls = 0
         for x, _ in stream:
-            for i in range(0, len(x), 1000):
+            for i in range(0, len(x), LS_EVENTS):
                 ls += 1
-                r = learner.observe(x[i : i + 1000], run=1, lumisection=ls)
+                r = learner.observe(x[i : i + LS_EVENTS], run=1, lumisection=ls)
                 result = r or result
         learn_s = time.perf_counter() - t_learn
         if result is None:
             raise RuntimeError("the learner did not adapt: drift not detected")
         first_drift_ls = next(
-            (5 * (i + 1) for i, rep in enumerate(learner.reports) if rep.drifted), None
+            (
+                (i + 1) * CHECK_EVENTS // LS_EVENTS
+                for i, rep in enumerate(learner.reports)
+                if rep.drifted
+            ),
+            None,
         )
         recal_only = _figures(
             m0, menus[0].seeds[0].threshold, test_new, sig_eval_new, TARGET_RATE_HZ

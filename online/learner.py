@@ -277,7 +277,7 @@ class Learner:
         self.registry = registry
         self.model = model
         self.config = config
-        self.signal_holdout = {k: _flat_inputs(v) for k, v in (signal_holdout or {}).items()}
+        self.signal_holdout = {k: np.asarray(v) for k, v in (signal_holdout or {}).items()}
         self.transform_signal = transform_signal
         self.on_menu = on_menu
         self.on_model = on_model
@@ -305,7 +305,15 @@ class Learner:
         return DriftDetector(seed_fractions(self.menu, self.model), ref, x_ref, self.config.drift)
 
     def _calibrate(self, scores: np.ndarray) -> Any:
-        return self.menu.calibrate({self.model: np.asarray(scores, np.float64)})
+        """The menu with this model's rate seeds recalibrated; every other seed unchanged."""
+        own = tuple(s for s in self.menu.seeds if s.model == self.model)
+        part = dataclasses.replace(self.menu, seeds=own)
+        done = {
+            s.name: s for s in part.calibrate({self.model: np.asarray(scores, np.float64)}).seeds
+        }
+        return dataclasses.replace(
+            self.menu, seeds=tuple(done.get(s.name, s) for s in self.menu.seeds)
+        )
 
     def _send_menu(self, menu: Any) -> None:
         self.menu = menu

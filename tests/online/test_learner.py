@@ -95,6 +95,7 @@ def _menu() -> Menu:
         (
             Seed("AD_Loose", "ad", target_rate_hz=2e6),  # 5 % of zero bias
             Seed("AD_Tight", "ad", target_rate_hz=4e5),  # 1 %
+            Seed("Classifier", "classifier", target_rate_hz=1e3),  # another model's seed
             Seed("ZeroBias", "", prescale=1000),
         )
     )
@@ -104,7 +105,8 @@ def _learner(tmp_path, trained_run, cfg, **kw):
     reg = ModelRegistry(tmp_path / "registry")
     v1 = import_training_run(reg, trained_run)
     ref = zero_bias_like(4000, seed=20)
-    menu = _menu().calibrate({"ad": score(v1.load_net(), ref)})
+    cls_scores = np.arange(100000.0)  # the other model's zero-bias scores (not the learner's)
+    menu = _menu().calibrate({"ad": score(v1.load_net(), ref), "classifier": cls_scores})
     learner = Learner(
         reg,
         menu,
@@ -173,6 +175,8 @@ def test_drift_recalibrates_then_fine_tunes_bitexact_and_swaps(tmp_path, trained
     new_net = v2.load_net()
     assert_array_equal(backend.infer(x), Emulator(new_net).run(x))
     assert menus[-1].to_json() == v2.menu()
+    assert menus[-1].names == learner.menu.names == _menu().names  # the run's seeds, in order
+    assert menus[-1].seeds[2].threshold == 99997.0  # another model's seed is left alone
     _rates_ok(menus[-1], new_net, fresh)
     # rollback returns to v0001 in one call
     assert reg.rollback().name == "v0001"
