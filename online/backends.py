@@ -8,6 +8,7 @@ only when asked for.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from pathlib import Path
@@ -136,7 +137,7 @@ def make_backend(kind: str, **kwargs: Any) -> Backend:
     if kind == "emulator":
         if "net" not in kwargs:
             raise ConfigError("backend emulator: give net= (a QNet or the path of its IR JSON)")
-        return EmulatorBackend(**kwargs)
+        return _construct(EmulatorBackend, kind, kwargs)
     if kind in ("rtl", "pynq") and not kwargs.get("firmware_dir"):
         raise ConfigError(
             f"backend {kind}: firmware_dir is required (from `l1forge firmware build`)"
@@ -144,9 +145,18 @@ def make_backend(kind: str, **kwargs: Any) -> Backend:
     if kind == "rtl":
         from l1forge.firmware.rtl_backend import RtlSimBackend
 
-        return RtlSimBackend(**kwargs)
+        return _construct(RtlSimBackend, kind, kwargs)
     if kind == "pynq":
         from l1forge.firmware.pynq_driver import PynqBackend
 
-        return PynqBackend(**kwargs)
+        return _construct(PynqBackend, kind, kwargs)
     raise ConfigError(f"backend kind: {kind!r} is not one of {', '.join(BACKEND_KINDS)}")
+
+
+def _construct(cls: type, kind: str, kwargs: dict[str, Any]) -> Any:
+    """``cls(**kwargs)`` after checking the keywords, so a typo is a ConfigError naming it."""
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"backend {kind}: {exc}") from exc
+    return cls(**kwargs)

@@ -234,9 +234,15 @@ class AcceptedWriter:
                 "kept in memory: stop the run, free space, then end the lumisection again"
             ) from exc
         record = FileRecord(name, ls, len(rec), sha256_file(final), final.stat().st_size)
-        self._pending.pop(ls, None)
+        previous = self._records
         self._records = [r for r in self._records if r.lumisection != ls] + [record]
-        self._write_manifest(complete=False)
+        try:
+            self._write_manifest(complete=False)
+        except StorageError:  # a file the manifest does not list would not count: undo it
+            self._records = previous
+            final.unlink(missing_ok=True)
+            raise
+        self._pending.pop(ls, None)
         log.info("lumisection %d: %d accepted events in %s", ls, len(rec), name)
         return record
 

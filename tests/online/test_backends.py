@@ -126,6 +126,10 @@ def test_make_backend_errors(tmp_path, tiny_ir_path):
     for kind in ("rtl", "pynq"):
         with pytest.raises(ConfigError, match="firmware_dir"):
             make_backend(kind)
+    with pytest.raises(ConfigError, match="simulatr"):
+        make_backend("rtl", firmware_dir=tmp_path, simulatr="icarus")
+    with pytest.raises(ConfigError, match="chunk"):
+        make_backend("emulator", net=tiny_ir_path, chunk=3)
     # a firmware folder's packing is all the board driver reads before it needs pynq
     packing.packing_from_qnet(qnet.load(tiny_ir_path)).save(tmp_path / "packing.json")
     with pytest.raises(MissingToolError, match="pynq"):

@@ -233,3 +233,19 @@ def test_min_free_space_is_checked_before_each_file(tmp_path):
     w.min_free_mb = 0.0
     w.close()
     assert verify_run_files(tmp_path, RUN, expected_seqs=cols["seqs"]).ok
+
+
+def test_a_failed_manifest_update_keeps_the_events_pending(tmp_path):
+    """The file counts only once the manifest lists it: if that write fails, nothing is lost."""
+    cols = accepted(30)
+    w = writer(tmp_path)
+    w.write(0, RUN, **cols)
+    blocker = tmp_path / (manifest_name(RUN) + ".part")
+    blocker.mkdir()  # the manifest's temporary file cannot be created
+    with pytest.raises(StorageError, match="manifest"):
+        w.end_lumisection(0)
+    assert w.pending_count() == 30 and w.records == ()
+    assert not (tmp_path / file_name(RUN, 0)).exists()
+    blocker.rmdir()
+    w.close()
+    assert verify_run_files(tmp_path, RUN, expected_seqs=cols["seqs"]).ok
