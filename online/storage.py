@@ -9,6 +9,7 @@ file stays in ``pending()`` so the daemon can stop cleanly (or retry after freei
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -79,6 +80,12 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _remove(path: Path) -> None:
+    """Best-effort removal of a partial file while a storage error is being reported."""
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _concat(parts: list[EventRecords], n_models: int) -> EventRecords:
@@ -227,7 +234,7 @@ class AcceptedWriter:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
             raise StorageError(
                 f"cannot write {final} ({why}); {self.pending_count()} accepted events are "
@@ -240,7 +247,7 @@ class AcceptedWriter:
             self._write_manifest(complete=False)
         except StorageError:  # a file the manifest does not list would not count: undo it
             self._records = previous
-            final.unlink(missing_ok=True)
+            _remove(final)
             raise
         self._pending.pop(ls, None)
         log.info("lumisection %d: %d accepted events in %s", ls, len(rec), name)
@@ -295,7 +302,7 @@ class AcceptedWriter:
             tmp.write_text(json.dumps(doc, indent=1) + "\n")
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             raise StorageError(f"cannot write the manifest {path}: {exc.strerror or exc}") from exc
 
     def close(self) -> list[FileRecord]:
