@@ -103,10 +103,9 @@ class Daemon:
 
     def dqm_view(self) -> dict[str, Any]:
         """The running pipeline's DQM view (empty when no run or no DQM)."""
-        pipeline = self.runcontrol.pipeline
-        view = getattr(pipeline, "dqm_view", None)
-        if callable(view):
-            return view()
+        dqm = self.runcontrol.dqm
+        if dqm is not None:
+            return dqm.view()
         return {"run": self.runcontrol.run, "lumisection": None, "histograms": {}, "alarms": []}
 
     # ---- lifecycle ----

@@ -138,6 +138,41 @@ def default_pipeline_factory(
     return Pipeline(cfg, run, run_dir, metrics=metrics)
 
 
+def start_dqm(cfg: RunConfig, run: int, run_dir: Path, pipeline: Any) -> Any:
+    """Subscribe a DQM service to the pipeline's monitoring tap; its files go to run_dir/dqm."""
+    from l1forge.online.dqm_config import load_config
+    from l1forge.online.dqm_service import DQMService
+
+    return DQMService(
+        pipeline.monitor_endpoint,
+        run=run,
+        out_dir=run_dir / "dqm",
+        config=load_config(cfg.monitor.dqm),
+        seed_names=pipeline.menu.names,
+        score_names=pipeline.model_names,
+        input_rate_hz=cfg.menu.input_rate_hz,
+        curve_keys=cfg.network.curve_keys,
+    ).start()
+
+
+def stop_dqm(dqm: Any) -> dict[str, Any]:
+    """Stop the DQM service and write its files; a DQM failure is reported, not raised."""
+    try:
+        result = dqm.stop()
+    except (L1ForgeError, OSError) as exc:
+        log.error("DQM of run %d failed: %s", dqm.run, exc)
+        return {"error": str(exc)}
+    counts = dqm.counts()
+    return {
+        "root_path": str(result.root_path),
+        "summary_path": str(result.summary_path),
+        "n_lumisections": result.n_lumisections,
+        "n_alarms": result.n_alarms,
+        "n_errors": result.n_errors,
+        "monitored_events": counts.events,
+    }
+
+
 PipelineFactory = Callable[[RunConfig, int, Path, PipelineMetrics | None], Any]
 
 
@@ -160,6 +195,7 @@ class RunControl:
         self._state = RunState.IDLE
         self._config: RunConfig | None = None
         self._pipeline: Any = None
+        self._dqm: Any = None  # online.dqm_service.DQMService of the running run
         self._run = 0
         self._run_dir: Path | None = None
         self._config_sha256 = ""
@@ -201,6 +237,11 @@ class RunControl:
         if self._state != RunState.RUNNING:
             return 0.0
         return time.monotonic() - self._started_at
+
+    @property
+    def dqm(self) -> Any:
+        """The running run's DQM service (None when DQM is off or no run is running)."""
+        return self._dqm
 
     @property
     def last_summary(self) -> dict[str, Any] | None:
@@ -272,6 +313,8 @@ class RunControl:
                 self._pipeline = self._factory(cfg, run, run_dir, self.metrics)
                 self._started_at = time.monotonic()
                 self._pipeline.start()
+                if cfg.monitor.dqm_enabled:
+                    self._dqm = start_dqm(cfg, run, run_dir, self._pipeline)
             except (L1ForgeError, OSError) as exc:
                 self._fail(f"run {run} failed to start: {exc}")
                 raise RunFailedError(f"run {run} failed to start: {exc}") from exc
@@ -292,6 +335,10 @@ class RunControl:
                 raise RunFailedError(f"run {self._run} failed to stop cleanly: {exc}") from exc
             self._pipeline = None
             summary.setdefault("run", self._run)
+            if self._dqm is not None:
+                summary["dqm"] = stop_dqm(self._dqm)
+                summary["dqm_summary"] = summary["dqm"].get("summary_path")
+                self._dqm = None
             summary["run_dir"] = str(self._run_dir)
             summary["config_sha256"] = self._config_sha256
             write_atomic(self._run_dir / RUN_SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
@@ -373,6 +420,9 @@ class RunControl:
             self.metrics.run_state.state(str(self._state))
 
     def _abort_pipeline(self) -> None:
+        dqm, self._dqm = self._dqm, None
+        if dqm is not None:
+            stop_dqm(dqm)
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is None:
             return

@@ -27,7 +27,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def run_yaml(tmp_path, events_h5, tiny_ir_path) -> Path:
-    """A looping replay paced at 20 kHz (so a run lasts until it is stopped), 2 workers."""
+    """A looping replay paced at 20 kHz (so a run lasts until it is stopped), 2 workers, DQM."""
     doc = {
         "source": {
             "kind": "replay",
@@ -45,7 +45,7 @@ def run_yaml(tmp_path, events_h5, tiny_ir_path) -> Path:
             ]
         },
         "storage": {"out_dir": str(tmp_path / "data"), "events_per_lumisection": 2000},
-        "monitor": {"dqm_enabled": False},
+        "monitor": {"dqm_enabled": True, "fraction": 0.2},
         "batch_size": 512,
         "state_dir": str(tmp_path / "state"),
     }
@@ -117,6 +117,9 @@ def test_run_then_status_and_stop_through_the_cli(run_yaml, tmp_path):
     assert rc == 0, err
     assert printed["run_summary"]["run"] == stopped["run"] == 1
     _check_run_files(stopped)
+    # DQM followed the monitoring tap and wrote its file into the run folder.
+    assert stopped["dqm"]["monitored_events"] > 0, stopped["dqm"]
+    assert Path(stopped["dqm"]["root_path"]).is_file()
     assert not (tmp_path / "state" / "endpoints.json").exists()
     # The run folder holds the exact configuration and the summary.
     run_dir = Path(stopped["run_dir"])
