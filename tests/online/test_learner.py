@@ -265,3 +265,104 @@ def test_learner_reads_the_zero_bias_tap(tmp_path, trained_run):
         ctx.term()
     assert learner.n_seen >= 1000 and learner.n_seen % 500 == 0
     assert out["events"] == learner.n_seen and out["rejected"] >= 1
+
+
+def _event_file(path: Path, objects_hw: np.ndarray) -> Path:
+    from l1forge.sim.dataset import EventSet, write_events
+    from l1forge.sim.l1objects import to_physical
+
+    n = len(objects_hw)
+    ev = EventSet(
+        objects_phys=to_physical(objects_hw).astype(np.float32),
+        objects_hw=objects_hw.astype(np.int32),
+        run=np.ones(n, dtype=np.uint64),
+        event=np.arange(1, n + 1, dtype=np.uint64),
+        label=np.zeros(n, dtype=np.int16),
+        weight=np.ones(n, dtype=np.float32),
+        processes=("zero_bias_like",),
+        provenance={"producer": "tests/online/test_learner.py"},
+    )
+    return write_events(path, ev)
+
+
+@pytest.mark.slow
+def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
+    """A running pipeline on drifted events: the learner on its zero-bias tap recalibrates the
+    menu and swaps a fine-tuned network into the workers without stopping the run."""
+    import zmq
+    from l1forge.online.collector import TOPIC_ZERO_BIAS
+    from l1forge.online.config import run_config_from_dict
+    from l1forge.online.pipeline import Pipeline
+    from l1forge.online.wire import decode_results
+
+    reg, v1, learner_proto = _learner(tmp_path, trained_run, CFG)
+    menu = learner_proto.menu
+    drifted = _event_file(tmp_path / "drifted.h5", inject(DRIFT, zero_bias_like(6000, seed=80)))
+    seeds = [
+        {
+            "name": s.name,
+            "model": s.model,
+            "threshold": s.threshold,
+            "target_rate_hz": s.target_rate_hz,
+        }
+        for s in menu.seeds
+        if s.model == "ad"
+    ] + [{"name": "ZeroBias", "model": "", "prescale": 1}]  # every event reaches the tap
+    raw = {
+        "source": {"kind": "replay", "path": str(drifted), "loop": True, "rate_hz": 3000.0},
+        "backend": {"kind": "emulator", "models": {"ad": str(v1.qnet_path)}},
+        "workers": {"n": 1, "credits": 2, "heartbeat_s": 0.2, "timeout_s": 5.0},
+        "menu": {"seeds": seeds},
+        "storage": {"out_dir": str(tmp_path / "runs"), "events_per_lumisection": 1000},
+        "monitor": {"fraction": 0.0, "dqm_enabled": False},
+        "batch_size": 500,
+        "state_dir": str(tmp_path / "state"),
+        "duration_s": 600.0,
+    }
+    pipe = Pipeline(run_config_from_dict(raw, tmp_path), 1, tmp_path / "run1")
+    learner = Learner(
+        reg,
+        pipe.menu,
+        zero_bias_like(4000, seed=20),
+        config=CFG,
+        on_menu=pipe.set_menu,
+        on_model=pipe.set_model,
+    )
+    stop = threading.Event()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        pipe.start()
+        sub.connect(pipe.monitor_endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, TOPIC_ZERO_BIAS)
+        t = threading.Thread(
+            target=run_subscriber, args=(learner, pipe.monitor_endpoint, stop), daemon=True
+        )
+        t.start()
+        deadline = threading.Event()
+        for _ in range(600):
+            if learner.adaptations or deadline.wait(0.5):
+                break
+        assert learner.adaptations and learner.adaptations[0].accepted
+        new = reg.get(learner.adaptations[0].version)
+        assert pipe.menu.to_json() == learner.menu.to_json() == new.menu()
+        # batches computed after the swap carry the new network's scores
+        emu = Emulator(new.load_net())
+        matched = False
+        for _ in range(200):
+            if not sub.poll(10_000):
+                break
+            r = decode_results(sub.recv_multipart()[1:])
+            x = r.objects_hw.reshape(len(r.objects_hw), -1)
+            if np.array_equal(r.scores[r.accepted_index, 0], emu.run_float(x)[:, 0]):
+                matched = True
+                break
+        assert matched, "no zero-bias batch was scored by the fine-tuned network"
+        assert pipe.status()["state"] == "running"
+    finally:
+        stop.set()
+        summary = pipe.stop()
+        sub.close(0)
+        ctx.term()
+    assert (summary.lost, summary.duplicated) == (0, 0)
