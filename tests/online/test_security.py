@@ -97,3 +97,31 @@ def test_keys_folder_checks(tmp_path, keys):
     with pytest.raises(SecurityError, match=r"server\.key not found"):
         security.load_keys(tmp_path)
     assert (keys.authorized_dir / "client.key").is_file()
+
+
+def test_control_socket_with_curve(tmp_path, keys, stranger_keys):
+    from l1forge.online.control import (
+        CommandHandler,
+        ControlClient,
+        ControlServer,
+        ControlTimeout,
+    )
+    from l1forge.online.runcontrol import RunControl
+
+    ctx = zmq.Context()
+    server = ControlServer(
+        CommandHandler(RunControl(tmp_path / "state")), "tcp://0.0.0.0:0", keys=keys, context=ctx
+    ).start()
+    port = server.endpoint.rsplit(":", 1)[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    try:
+        assert ControlClient(endpoint, keys=keys, context=ctx).status()["state"] == "idle"
+        forged = dataclasses.replace(stranger_keys, server_public=keys.server_public)
+        for wrong in (forged, None):
+            with pytest.raises(ControlTimeout):
+                ControlClient(endpoint, keys=wrong, timeout_s=1.0, context=ctx).status()
+        assert security.refused_count(ctx) >= 1
+    finally:
+        server.close()
+        security.stop_authenticator(ctx)
+        ctx.term()
