@@ -1,8 +1,9 @@
 """`l1forge demo`: the whole chain on built-in defaults, reduced to minutes.
 
 Pythia events -> anomaly-detector training and its qnet IR -> firmware (Verilog, wrappers,
-lint, synthesis report) -> a reduced co-design study. Each stage prints its JSON summary; the
-demo ends with one JSON object that points at every output.
+lint, synthesis report) -> a reduced co-design study -> a short run of the online daemon
+(emulator backend, the trained IR, replay of the demo events). Each stage prints its JSON
+summary; the demo ends with one JSON object that points at every output.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="event-generation worker processes")
     p.add_argument("--epochs", type=int, default=20, help="anomaly-detector training epochs")
     p.add_argument("--skip-synthesis", action="store_true", help="no yosys resource report")
+    p.add_argument(
+        "--online-events", type=int, default=300_000, help="events of the online daemon run"
+    )
     p.set_defaults(func=run)
 
 
@@ -39,6 +43,35 @@ def _stage(name: str, argv: list[str]) -> None:
     if rc != 0:
         raise L1ForgeError(f"demo stage {name!r} failed (exit code {rc}); see the messages above")
     log.info("demo stage %s done in %.0f s", name, time.perf_counter() - t0)
+
+
+def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, Any]:
+    """`l1forge online run` on the embedded default run, pointed at this demo's outputs."""
+    from l1forge.online.runcontrol import RUN_SUMMARY_FILE, RunNumbers
+
+    online = out / "online"
+    sets = {
+        "source.paths": [str(data / "background.h5"), str(data / "signals.h5")],
+        "backend.models": {"ad": str(qnet)},
+        "source.n_events": n_events,
+        "storage.out_dir": str(online),
+        "state_dir": str(online / "state"),
+    }
+    argv = ["online", "run"]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={json.dumps(value)}"]
+    _stage("online", argv)
+    run = RunNumbers(online / "state").last()
+    s = json.loads((online / f"run{run:06d}" / RUN_SUMMARY_FILE).read_text())
+    for seed, rate in s["rates_hz"].items():
+        log.info("online run %d: %-12s %9d events  %10.1f Hz", run, seed, s["per_seed"][seed], rate)
+    keys = ("run", "n_events_in", "n_processed", "n_accepted", "lost", "duplicated")
+    return {
+        **{k: s[k] for k in keys},
+        "rates_hz": s["rates_hz"],
+        "events_per_s": round(s["events_per_s"]),
+        "run_dir": s["run_dir"],
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
             "codesign",
             ["codesign", "run", "--config", str(study_path), "--out", str(out / "codesign")],
         )
+    online = online_stage(out, data, qnet, args.online_events)
     summary = {
+        "online": online,
         "events": str(data),
         "anomaly_detector": str(ad / "summary.json"),
         "qnet_ir": str(qnet),
