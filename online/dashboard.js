@@ -4,6 +4,7 @@
 
 const POLL_MS = 1000;
 const HISTORY_POINTS = 900;            // rate history kept in the page (15 min at 1 Hz)
+const RATE_WINDOW_POLLS = 5;           // the time plot's rates: counts over this many polls
 const SVG_NS = "http://www.w3.org/2000/svg";
 // Colour-blind-safe 10-colour cycle (Petroff 2021, the CMS plotting default).
 const PALETTE = ["#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6",
@@ -32,7 +33,10 @@ const state = {
   dqmUpdates: 0,          // successful polls of /api/dqm
   status: null,
   dqm: null,
-  history: [],            // [{t, rates: {seed: Hz}}]
+  history: [],            // [{t, rates: {seed: Hz}}] of the current run
+  historyRun: undefined,  // the run the history belongs to
+  samples: [],            // the last polls' {processed, counts} for windowed rates
+  inputRateHz: undefined, // the input rate the status's rates are scaled to (40 MHz)
   seedColours: new Map(),
   dqmKey: null,           // the last DQM view drawn (redraw only on change)
   failures: 0,
@@ -198,18 +202,20 @@ function linePlot(root, W, H, series, opts) {
   series.forEach((s, i) => {
     // On a log scale a zero rate has no place: leave it out rather than draw it at the floor.
     const p = s.points.filter((q) => isNum(q[1]) && (!yLog || q[1] > 0));
-    if (p.length === 0) return;
-    const d = p.map((q, j) => `${j ? "L" : "M"}${f.fx(q[0]).toFixed(1)},${f.fy(q[1]).toFixed(1)}`).join("");
-    root.appendChild(svg("path", { d, fill: "none", stroke: s.colour, "stroke-width": 2,
-                                   "data-series": s.name }));
-    if (p.length < 40) {
-      for (const q of p) root.appendChild(svg("circle", { cx: f.fx(q[0]), cy: f.fy(q[1]), r: 2.5, fill: s.colour }));
+    if (p.length) {
+      const d = p.map((q, j) => `${j ? "L" : "M"}${f.fx(q[0]).toFixed(1)},${f.fy(q[1]).toFixed(1)}`).join("");
+      root.appendChild(svg("path", { d, fill: "none", stroke: s.colour, "stroke-width": 2,
+                                     "data-series": s.name }));
+      if (p.length < 40) {
+        for (const q of p) root.appendChild(svg("circle", { cx: f.fx(q[0]), cy: f.fy(q[1]), r: 2.5, fill: s.colour }));
+      }
     }
     const ly = f.m.t + 8 + i * 18;
     const lx = W - legendW + 14;
     root.appendChild(svg("line", { x1: lx, x2: lx + 18, y1: ly, y2: ly, stroke: s.colour, "stroke-width": 3 }));
-    const last = p[p.length - 1][1];
-    root.appendChild(svg("text", { x: lx + 24, y: ly + 4, "font-size": 11 },
+    const pts = s.points.filter((q) => isNum(q[1]));
+    const last = pts.length ? pts[pts.length - 1][1] : undefined;
+    root.appendChild(svg("text", { x: lx + 24, y: ly + 4, "font-size": 11, class: "legend", "data-series": s.name },
                          `${s.name}  ${opts.valueFmt ? opts.valueFmt(last) : fmtNum(last)}`));
   });
 }
@@ -409,6 +415,50 @@ function timeTicks(x0, x1) {
   return out;
 }
 
+// Rates for the time plot: each seed's counts over the last RATE_WINDOW_POLLS polls, scaled
+// like the status's run-average rates (rate = count / processed * input rate), so the plot
+// follows changes that a run average would hide. Without counts, the status rates are used.
+function pushRates(s, now) {
+  const run = first(s, ["run", "run_number"]);
+  if (run !== state.historyRun) {  // a new run starts a new history
+    state.historyRun = run;
+    state.history = [];
+    state.samples = [];
+  }
+  const seeds = seedsOf(s);
+  const processed = first(s, ["events_processed", "n_processed", "processed"]);
+  const counts = {}, average = {};
+  for (const [n, e] of Object.entries(seeds)) {
+    const c = seedCount(e), r = seedRate(e);
+    if (isNum(c)) counts[n] = c;
+    if (isNum(r)) average[n] = r;
+    if (isNum(c) && c > 0 && isNum(r) && r > 0 && isNum(processed) && processed > 0) {
+      state.inputRateHz = (r * processed) / c;
+    }
+  }
+  const prev = state.samples[state.samples.length - 1];
+  if (isNum(processed) && prev && isNum(prev.processed)) {
+    if (processed === prev.processed) return;  // the run is not moving: nothing new to draw
+    if (processed < prev.processed) state.samples = [];
+  }
+  state.samples.push({ processed, counts });
+  if (state.samples.length > RATE_WINDOW_POLLS + 1) state.samples.shift();
+  const base = state.samples[0];
+  const rates = {};
+  for (const n of new Set([...Object.keys(counts), ...Object.keys(average)])) {
+    const dn = processed - base.processed;
+    if (dn > 0 && isNum(counts[n]) && isNum(base.counts[n]) && isNum(state.inputRateHz)) {
+      rates[n] = ((counts[n] - base.counts[n]) / dn) * state.inputRateHz;
+    } else if (isNum(average[n])) {
+      rates[n] = average[n];
+    }
+  }
+  if (Object.keys(rates).length) {
+    state.history.push({ t: now, rates });
+    if (state.history.length > HISTORY_POINTS) state.history.shift();
+  }
+}
+
 function renderRatePlot() {
   const names = [...new Set(state.history.flatMap((h) => Object.keys(h.rates)))];
   const series = names.map((n) => ({
@@ -420,7 +470,8 @@ function renderRatePlot() {
     xTickFmt: clock, xTicks: timeTicks, valueFmt: fmtRate,
   });
   const sub = document.getElementById("rate-plot-sub");
-  sub.textContent = state.history.length ? `last ${state.history.length} s, from /api/status` : "";
+  sub.textContent = state.history.length
+    ? `over the last ${RATE_WINDOW_POLLS} polls, at the menu's input rate (table: run average)` : "";
 }
 
 function renderAlarms(d) {
@@ -559,13 +610,7 @@ async function poll() {
     state.updates += 1;
     if (d) state.dqmUpdates += 1;
     const now = Date.now() / 1000;
-    const seeds = seedsOf(s);
-    const rates = {};
-    for (const [n, e] of Object.entries(seeds)) if (isNum(seedRate(e))) rates[n] = seedRate(e);
-    if (Object.keys(rates).length) {
-      state.history.push({ t: now, rates });
-      if (state.history.length > HISTORY_POINTS) state.history.shift();
-    }
+    pushRates(s, now);
     renderHeader(s);
     renderTiles(s);
     renderSeeds(s);
