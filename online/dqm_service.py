@@ -104,6 +104,8 @@ class DQMService:
         self._thread = threading.Thread(target=self._loop, name="dqm", daemon=True)
         self._thread.start()
         self._subscribed.wait(5.0)
+        if self.error is not None:
+            raise DQMServiceError(f"DQM cannot subscribe to {self.endpoint}: {self.error}")
         return self
 
     def stop(self, timeout_s: float = 10.0) -> DQMRunResult:

@@ -27,7 +27,7 @@ from l1forge.online.dqm import (
     histogram_group,
 )
 from l1forge.online.dqm_config import default_raw, load_config, make_config
-from l1forge.online.dqm_service import DQMService, seed_matrix
+from l1forge.online.dqm_service import DQMService, DQMServiceError, seed_matrix
 from l1forge.online.wire import ResultBatch, encode_results
 from l1forge.sim import faults
 from l1forge.sim.dataset import read_events
@@ -416,3 +416,12 @@ def test_service_fills_per_lumisection_from_the_tap(tmp_path, clean_hw, stream):
     assert summary["n_errors"] == 0
     with uproot.open(result.root_path) as f:
         assert f["events"].values().sum() == filled
+
+
+def test_service_names_a_bad_endpoint(tmp_path):
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(DQMServiceError, match="cannot subscribe to nonsense://x"):
+            DQMService("nonsense://x", run=1, out_dir=tmp_path, context=ctx).start()
+    finally:
+        ctx.term()
