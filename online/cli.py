@@ -4,6 +4,7 @@
     l1forge online configure [run.yaml] | start | stop | status | reset | shutdown
     l1forge online set-model NAME IR.json | set-menu menu.json
     l1forge online keys --out DIR
+    l1forge online worker --connect tcp://DAEMON:PORT [--curve-keys DIR]   (a remote worker)
 
 Control commands find the daemon through ``<state_dir>/endpoints.json`` (``--state-dir``,
 default out/online/state) or take ``--control tcp://HOST:PORT`` (and ``--keys DIR`` for CURVE).
@@ -70,6 +71,15 @@ def register(subparsers: Any) -> None:
     mn.add_argument("menu", help="menu JSON file")
     _control_args(mn)
     mn.set_defaults(func=_set_menu)
+
+    wk = sub.add_parser("worker", help="run a trigger worker that connects to a daemon")
+    wk.add_argument("--connect", required=True, help="the daemon's worker endpoint (tcp://...)")
+    wk.add_argument("--name", help="worker name (default host-pid)")
+    wk.add_argument("--credits", type=int, default=4, help="batches this worker may hold")
+    wk.add_argument("--heartbeat-s", type=float, default=0.5)
+    wk.add_argument("--curve-keys", help="CURVE key folder with the client key pair")
+    wk.add_argument("--give-up-s", type=float, help="exit after this long without the daemon")
+    wk.set_defaults(func=_worker)
 
     keys = sub.add_parser("keys", help="generate CURVE keys (server, client, authorized clients)")
     keys.add_argument("--out", required=True, help="new folder for the keys")
@@ -164,6 +174,21 @@ def _set_menu(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read menu file {args.menu}: {exc.strerror}") from exc
     _print(_client(args).set_menu(text))
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from l1forge.online.worker import main as worker_main
+
+    argv = ["--connect", args.connect, "--credits", str(args.credits)]
+    argv += ["--heartbeat-s", str(args.heartbeat_s)]
+    for flag, value in (
+        ("--name", args.name),
+        ("--curve-keys", args.curve_keys),
+        ("--give-up-s", args.give_up_s),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return worker_main(argv)
 
 
 def _keys(args: argparse.Namespace) -> int:

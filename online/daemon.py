@@ -139,8 +139,11 @@ class Daemon:
 
     def _write_endpoints(self) -> None:
         pipeline = self.runcontrol.pipeline
-        monitor = getattr(pipeline, "monitor_endpoint", None)
-        doc = {**self._endpoints, "monitor": monitor}
+        doc = {
+            **self._endpoints,
+            "monitor": getattr(pipeline, "monitor_endpoint", None),
+            "workers": getattr(pipeline, "worker_endpoint", None),
+        }
         write_atomic(Path(self.options.state_dir) / ENDPOINTS_FILE, json.dumps(doc, indent=1))
 
     def _close(self) -> None:
