@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # ---- the worker protocol: multipart messages, the first frame names the message ----
 # worker -> dispatcher (the ROUTER prepends the worker's identity)
 W_READY = b"READY"  # json {name, pid, host, credits}
-W_HEARTBEAT = b"HB"
+W_HEARTBEAT = b"HB"  # [identity of the worker's data socket] when sent from its pulse socket
 W_CONFIGURED = b"CONFIGURED"  # json {models: {name: sha256}, menu: sha256} or {error}
 W_RESULT = b"RESULT"  # first_seq (u64), *wire.encode_results(...)
 W_FAILED = b"FAILED"  # first_seq (u64), json {reason, message}: the batch cannot be processed
@@ -308,12 +308,13 @@ class Dispatcher:
             self.collector.close(0)
 
     def _free(self) -> _Worker | None:
-        """The configured worker with the most free credits (None when all are taken)."""
-        best, room = None, 0
+        """The configured worker with the most free credits, ties to the one sent the least
+        (None when all credits are taken)."""
+        best, key = None, (0, 0)
         for w in self.workers.values():
             free = w.credits - len(w.inflight)
-            if w.configured and free > room:
-                best, room = w, free
+            if w.configured and free > 0 and (free, -w.n_sent) > key:
+                best, key = w, (free, -w.n_sent)
         return best
 
     def _send(self, ident: bytes, frames: list) -> bool:
@@ -388,6 +389,11 @@ class Dispatcher:
             except zmq.Again:
                 return
             ident, kind = frames[0].bytes, frames[1].bytes
+            if kind == W_HEARTBEAT and len(frames) > 2:  # from the worker's pulse thread
+                pulsed = self.workers.get(frames[2].bytes)
+                if pulsed is not None:
+                    pulsed.last_seen = time.monotonic()
+                continue
             w = self.workers.get(ident)
             if w is not None:
                 w.last_seen = time.monotonic()

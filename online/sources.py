@@ -318,8 +318,8 @@ def make_source(cfg, ctx: zmq.Context | None = None) -> Source:
         return ReplaySource(cfg.paths, rate_hz=cfg.rate_hz, loop=cfg.loop)
     if cfg.kind == "pythia":
         return PythiaSource(cfg.processes, pileup=cfg.pileup, seed=cfg.seed, ctx=ctx)
-    if cfg.kind == "zmq":
-        return ZmqInputSource(cfg.endpoint, ctx=ctx)
+    if cfg.kind == "zmq":  # the DAQ binds, the daemon connects (source.endpoint)
+        return ZmqInputSource(cfg.endpoint, bind=False, ctx=ctx)
     raise ConfigError(f"source.kind: unknown source {cfg.kind!r}")
 
 

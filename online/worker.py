@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,10 +195,18 @@ def serve(
     connect_client(sock, connect, curve_keys)
     hello = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "credits": credits}
     sock.send_multipart([W_READY, json.dumps(hello).encode()])
+    awaiting_config = True
     tmp = Path(tempfile.mkdtemp(prefix="l1f-worker-"))
     worker = TriggerWorker(name, tmp)
     last_heard = last_sent = time.monotonic()
     code = 1
+    stop_pulse = threading.Event()
+    pulse = threading.Thread(
+        target=_pulse,
+        args=(ctx, connect, sock.getsockopt(zmq.IDENTITY), heartbeat_s, curve_keys, stop_pulse),
+        daemon=True,
+    )
+    pulse.start()
     try:
         while True:
             if parent_pid and os.getppid() != parent_pid:
@@ -210,6 +219,7 @@ def serve(
                 if kind == D_BATCH:
                     _batch(sock, worker, frames[1:])
                 elif kind == D_CONFIG:
+                    awaiting_config = False
                     try:
                         info = worker.configure(
                             json.loads(frames[1].bytes), [f.bytes for f in frames[2:]]
@@ -222,8 +232,9 @@ def serve(
                 elif kind == D_STOP:
                     code = 0
                     break
-                elif kind == D_WHO:
+                elif kind == D_WHO and not awaiting_config:  # declared dead: register again
                     sock.send_multipart([W_READY, json.dumps(hello).encode()])
+                    awaiting_config = True
                 elif kind != D_HEARTBEAT:
                     log.warning("worker %s: unknown message %r", name, kind[:16])
             now = time.monotonic()
@@ -234,12 +245,38 @@ def serve(
                 log.warning("worker %s: nothing from the dispatcher for %.0f s", name, give_up_s)
                 break
     finally:
+        stop_pulse.set()
+        pulse.join(5)
         worker.close()
         sock.close(0)
         for p in sorted(tmp.rglob("*"), reverse=True):
             p.rmdir() if p.is_dir() else p.unlink()
         tmp.rmdir()
     return code
+
+
+def _pulse(
+    ctx: zmq.Context,
+    connect: str,
+    ident: bytes,
+    heartbeat_s: float,
+    curve_keys: str | None,
+    stop: threading.Event,
+) -> None:
+    """Heartbeats from a second socket, so a long batch or model load is not taken for death
+    (a frozen or killed process stops these too)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 4)
+    connect_client(sock, connect, curve_keys)
+    try:
+        while not stop.wait(heartbeat_s):
+            try:
+                sock.send_multipart([W_HEARTBEAT, ident], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the dispatcher is unreachable: nothing to tell it
+    finally:
+        sock.close(0)
 
 
 def _batch(sock: zmq.Socket, worker: TriggerWorker, frames: list) -> None:
