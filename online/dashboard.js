@@ -126,7 +126,8 @@ function fmtTick(v, log) {
 }
 
 // A frame with axes on an SVG of viewBox width W x height H; returns coordinate mappers.
-function frame(root, { W, H, margin, x0, x1, y0, y1, yLog, xLog, xLabel, yLabel, xTickFmt, xTicks, yTickCount }) {
+function frame(root, { W, H, margin, x0, x1, y0, y1, yLog, xLog, xLabel, yLabel, xTickFmt, xTicks,
+                       yTickCount, xTickFont = 11 }) {
   const m = margin;
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
   const tx = (x) => (xLog ? Math.log10(x) : x);
@@ -149,7 +150,7 @@ function frame(root, { W, H, margin, x0, x1, y0, y1, yLog, xLog, xLabel, yLabel,
   for (const v of xt) {
     const x = fx(v);
     g.appendChild(svg("line", { class: "tick", x1: x, x2: x, y1: m.t + ph, y2: m.t + ph + 4 }));
-    g.appendChild(svg("text", { x, y: m.t + ph + 16, "text-anchor": "middle", "font-size": 11 },
+    g.appendChild(svg("text", { x, y: m.t + ph + 16, "text-anchor": "middle", "font-size": xTickFont },
                       xTickFmt ? xTickFmt(v) : xLog ? fmtTick(v, true) : fmtNum(v)));
   }
   g.appendChild(svg("rect", { class: "axis", x: m.l, y: m.t, width: pw, height: ph }));
@@ -221,7 +222,7 @@ function linePlot(root, W, H, series, opts) {
 }
 
 // One 1D histogram as steps, with the reference scaled to the same integral, dashed on top.
-function histPlot(root, W, H, edges, values, reference, xLabel, logY) {
+function histPlot(root, W, H, edges, values, reference, xLabel, logY, categories) {
   clear(root);
   let e = edges.slice(), v = values.slice(), r = reference ? reference.slice() : null;
   // Views may include under/overflow bins (len(values) == len(edges) + 1): drop them for drawing.
@@ -243,8 +244,12 @@ function histPlot(root, W, H, edges, values, reference, xLabel, logY) {
                   : Math.max(...all, 1) * 1.15;
   // Axes spanning decades (latency) are drawn on a log scale.
   const xLog = x0 > 0 && x1 / x0 > 1e3;
+  // Bins that are categories (trigger seeds) get their names under them.
+  const named = Array.isArray(categories) && categories.length === v.length;
+  const centres = named ? v.map((_, i) => (e[i] + e[i + 1]) / 2) : undefined;
   const f = frame(root, { W, H, margin: { l: 44, r: 14, t: 6, b: 34 }, x0, x1, y0, y1, yLog, xLog,
-                          xLabel, yTickCount: 3 });
+                          xLabel, yTickCount: 3, xTicks: centres, xTickFont: named ? 8 : 11,
+                          xTickFmt: named ? (c) => String(categories[centres.indexOf(c)]) : undefined });
   const steps = (vals) => {
     let d = `M${f.fx(e[0]).toFixed(1)},${f.fy(0).toFixed(1)}`;
     vals.forEach((y, i) => {
@@ -551,7 +556,9 @@ function renderHistograms(d) {
     } else {
       // Falling spectra (pT, MET, latency) read better on a log scale.
       const logY = h.log_y ?? /(^|\/)(pt|latency)$/.test(name);
-      histPlot(plot, 320, 170, h.edges || [], values, h.reference, label, logY);
+      const seedAxis = /(^|\/)rates$/.test(name) && Array.isArray(d.seed_names) ? d.seed_names : undefined;
+      histPlot(plot, 320, 170, h.edges || [], values, h.reference, seedAxis ? "trigger seed" : label,
+               logY, seedAxis);
     }
   }
 }
