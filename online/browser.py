@@ -227,7 +227,9 @@ class Browser:
         try:
             os.write(self._to_browser, json.dumps(msg).encode() + b"\0")
         except BrokenPipeError as exc:
-            raise BrowserError(f"{method}: the browser has exited ({exc})") from exc
+            raise BrowserError(
+                f"{method}: browser closed its DevTools pipe ({exc}); {self._stderr_tail()}"
+            ) from exc
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         with self._lock:
             while msg_id not in self._replies:
