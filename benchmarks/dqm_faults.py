@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ EXPECTED = {
 }
 SEEDS = (("AD_Loose", 0.10), ("AD_Nominal", 0.02), ("AD_Tight", 0.005))
 ZERO_BIAS_PRESCALE = 100
+END_LS_SECONDS: list[float] = []  # wall time of every end_lumisection (all comparisons)
 
 
 def cache_dir() -> Path:
@@ -99,7 +100,9 @@ def run_lumisections(monitor, stream: Stream, sources, n_ls: int, per_ls: int, b
         for i in range(0, per_ls, batch):
             phys, s, bits = stream.batch(x_hw[i : i + batch])
             monitor.fill(ls, phys, s, bits, latency_s=1e-3)
+        t0 = time.perf_counter()
         out.append(monitor.end_lumisection(ls))
+        END_LS_SECONDS.append(time.perf_counter() - t0)
     return out
 
 
@@ -183,11 +186,12 @@ def main() -> int:
         "energy_scale": faults.EnergyScale(shift=0.05),
         "pileup": faults.HigherPileup(pileup_mean=args.fault_pileup),
     }
-    details = {}
-    for name, fault in injected.items():
+
+    def run_fault(name: str, fault) -> dict:
+        """Clean lumisections, then ``fault`` from ``inject_at`` on: when was it flagged?"""
         frng = np.random.default_rng(args.seed + 100)
 
-        def source(ls: int, n: int, fault=fault, frng=frng) -> np.ndarray:
+        def source(ls: int, n: int) -> np.ndarray:
             if ls < args.inject_at:
                 return stream.draw(clean.objects_hw, n)
             if isinstance(fault, faults.HigherPileup):
@@ -211,8 +215,9 @@ def main() -> int:
         ]
         first = flagged_ls[0] if flagged_ls else None
         first_alarms = lumis[first] if first is not None else []
-        details[name] = {
-            "fault": {"type": type(fault).__name__, **asdict(fault)},
+        params = {k: v for k, v in asdict(fault).items() if k != "response"}
+        return {
+            "fault": {"type": type(fault).__name__, **params},
             "expected_kind": list(kinds),
             "expected_histograms": list(hists),
             "flagged": first is not None,
@@ -225,7 +230,20 @@ def main() -> int:
                 {f"{a.severity}:{a.kind}:{a.histogram}" for a in first_alarms}
             ),
         }
-        details[name]["fault"].pop("response", None)
+
+    details = {name: run_fault(name, fault) for name, fault in injected.items()}
+    # smaller faults than the targets: where does detection within the watched window stop?
+    sensitivity = {}
+    for shift in (0.01, 0.02, 0.03):
+        d = run_fault("energy_scale", faults.EnergyScale(shift=shift))
+        sensitivity[f"energy_scale_{shift:g}"] = d["lumisections_to_flag"]
+    for frac in (0.0025, 0.005, 0.01):
+        d = run_fault("hot_channel", replace(injected["hot_channel"], fraction=frac))
+        sensitivity[f"hot_channel_fraction_{frac:g}"] = d["lumisections_to_flag"]
+    small_dead = faults.DeadRegion("jet", eta_min=-0.5, eta_max=0.0, phi_min=1.0, phi_max=1.35)
+    sensitivity["dead_region_0.5x0.35"] = run_fault("dead_region", small_dead)[
+        "lumisections_to_flag"
+    ]
     flagged = [d for d in details.values() if d["flagged"]]
     result = {
         "faults_injected": len(details),
@@ -243,8 +261,10 @@ def main() -> int:
         "pileup": {"clean": args.pileup, "fault": args.fault_pileup},
         "inject_at_lumisection": args.inject_at,
         "faults": details,
+        "sensitivity_lumisections_to_flag": sensitivity,
         "fill_events_per_s": round(fill_rate),
         "lumisection_seconds_clean": clean_seconds / args.clean_ls,
+        "end_lumisection_seconds_median": float(np.median(END_LS_SECONDS)),
         "end_run_write_seconds": write_seconds,
         "dqm_file": str(result_files.root_path),
         "seconds": time.perf_counter() - t_start,
