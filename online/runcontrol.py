@@ -335,6 +335,8 @@ class RunControl:
                 raise RunFailedError(f"run {self._run} failed to stop cleanly: {exc}") from exc
             self._pipeline = None
             summary.setdefault("run", self._run)
+            if self.metrics is not None and summary.get("lost"):
+                self.metrics.dropped_events.labels(reason="lost").inc(summary["lost"])
             if self._dqm is not None:
                 summary["dqm"] = stop_dqm(self._dqm)
                 summary["dqm_summary"] = summary["dqm"].get("summary_path")

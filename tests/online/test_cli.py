@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,18 @@ def test_run_then_status_and_stop_through_the_cli(run_yaml, tmp_path):
         status = json.loads(st.stdout)
         assert status["state"] == "running" and status["run"] == 1
         assert status["endpoints"]["control"].startswith("tcp://127.0.0.1:")
+        # The web endpoint serves the pipeline's Prometheus metrics and the same status.
+        with urllib.request.urlopen(status["endpoints"]["metrics"], timeout=10) as resp:
+            samples = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in resp.read().decode().splitlines()
+                if line and not line.startswith("#")
+            }
+        assert samples["l1forge_events_processed_total"] > 0
+        assert samples['l1forge_run_state{l1forge_run_state="running"}'] == 1.0
+        assert samples["l1forge_run_number"] == 1.0
+        with urllib.request.urlopen(status["endpoints"]["web"] + "status", timeout=10) as resp:
+            assert json.loads(resp.read())["state"] == "running"
         stop = _cli("online", "stop", *state)
         assert stop.returncode == 0, stop.stderr
         stopped = json.loads(stop.stdout)
