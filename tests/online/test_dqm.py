@@ -86,8 +86,9 @@ class Stream:
         return s, bits
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stream(clean_hw):
+    """A fresh stream per test, so zero-bias decisions do not depend on the tests run before."""
     return Stream(clean_hw)
 
 
