@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import pytest
 import zmq
@@ -123,5 +124,57 @@ def test_control_socket_with_curve(tmp_path, keys, stranger_keys):
         assert security.refused_count(ctx) >= 1
     finally:
         server.close()
+        security.stop_authenticator(ctx)
+        ctx.term()
+
+
+@pytest.mark.parametrize(
+    ("server_type", "client_type"),
+    [(zmq.ROUTER, zmq.DEALER), (zmq.PUB, zmq.SUB)],
+    ids=["dispatcher-workers", "monitoring-tap"],
+)
+def test_data_socket_patterns_with_curve(keys, stranger_keys, server_type, client_type):
+    """The dispatcher's ROUTER and the collector's PUB tap are bound with `bind_server`."""
+    ctx = zmq.Context()
+    server = ctx.socket(server_type)
+    server.linger = 0
+    clients = []
+    try:
+        port = security.bind_server(server, "tcp://0.0.0.0:0", keys).rsplit(":", 1)[1]
+        forged = dataclasses.replace(stranger_keys, server_public=keys.server_public)
+        for client_keys in (keys, forged, None):
+            c = ctx.socket(client_type)
+            c.linger = 0
+            if client_type == zmq.SUB:
+                c.setsockopt(zmq.SUBSCRIBE, b"")
+            security.connect_client(c, f"tcp://127.0.0.1:{port}", client_keys)
+            clients.append(c)
+        authorized, stranger, keyless = clients
+        deadline = time.monotonic() + 10
+        received = False
+        while not received and time.monotonic() < deadline:
+            if server_type == zmq.PUB:
+                server.send_multipart([b"mon", b"payload"])
+                received = authorized.poll(100) != 0
+            else:
+                authorized.send(b"hello")
+                if server.poll(1000):
+                    ident, msg = server.recv_multipart()
+                    assert msg == b"hello"
+                    server.send_multipart([ident, b"batch"])
+                    received = authorized.poll(1000) != 0
+        assert received, "the authorized client got nothing"
+        if server_type == zmq.ROUTER:
+            for c in (stranger, keyless):
+                c.send(b"hello")
+            assert not server.poll(500)  # nothing from unauthenticated peers reaches the server
+        else:
+            server.send_multipart([b"mon", b"payload"])
+        assert not stranger.poll(300) and not keyless.poll(300)
+        assert security.refused_count(ctx) >= 1
+    finally:
+        for c in clients:
+            c.close(linger=0)
+        server.close(linger=0)
         security.stop_authenticator(ctx)
         ctx.term()
