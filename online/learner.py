@@ -253,7 +253,9 @@ class Learner:
     target_rate_hz; ``calibrate``; ``to_json``). ``reference_inputs`` are zero-bias events of
     the conditions the active model and menu were made for: the drift reference, and the first
     content of the replay buffer. ``signal_holdout`` (process -> hardware inputs) is simulated
-    signal for the efficiency check; without it only the rate is checked.
+    signal for the efficiency check; without it only the rate is checked. ``transform_signal``
+    maps those events to the current conditions (a benchmark's injected drift). ``on_menu`` and
+    ``on_model`` reach the daemon (``ControlClient.set_menu`` / ``set_model`` or a Pipeline's).
     """
 
     def __init__(
