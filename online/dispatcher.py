@@ -206,6 +206,7 @@ class Dispatcher:
         self.n_redelivered = 0
         self.n_unknown = 0
         self.dead_workers: list[str] = []
+        self.setup_errors: dict[str, str] = {}  # worker -> why it could not load the setup
         self.max_inflight = 0
 
     # ---- called from other threads ----
@@ -253,6 +254,7 @@ class Dispatcher:
                 },
                 "workers_alive": len(self.workers),
                 "dead_workers": list(self.dead_workers),
+                "worker_setup_errors": dict(self.setup_errors),
                 "in_flight_batches": len(self.inflight),
                 "max_in_flight_batches": self.max_inflight,
                 "queued_batches": len(self.redeliver),
@@ -449,6 +451,8 @@ class Dispatcher:
     def _configured(self, w: _Worker, info: dict) -> None:
         if "error" in info:
             log.error("worker %s cannot load the run setup: %s", w.name, info["error"])
+            with self._lock:
+                self.setup_errors[w.name] = str(info["error"])
             return
         w.configured = True
         log.info("worker %s ready: models %s", w.name, info.get("models"))

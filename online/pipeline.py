@@ -268,6 +268,10 @@ class Pipeline:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         expected = n_local + len(cfg.workers.hosts)  # remote hosts announced in the config
         while self._configured() < expected:
+            bad = self.dispatcher.status()["worker_setup_errors"]
+            if bad:
+                name, why = next(iter(bad.items()))
+                raise PipelineError(f"worker {name} cannot load the run setup: {why}")
             dead = [n for n, p in self._procs.items() if p.poll() is not None]
             if dead:
                 raise PipelineError(f"worker process {dead[0]} exited at start (see its log)")
@@ -482,6 +486,8 @@ class Pipeline:
         first, end = self._range
         proof = self.collector.finish(first, end)
         summary = self._summarize(proof)
+        if self.metrics is not None and proof.lost:
+            self.metrics.dropped_events.labels(reason="lost").inc(proof.lost)
         self._teardown()
         if self.state != "error":
             self.state = "stopped"
@@ -520,8 +526,13 @@ class Pipeline:
     def _teardown(self) -> None:
         self._stop_source.set()
         self._abort.set()
-        if hasattr(self, "dispatcher") and self._threads.get("dispatcher") is None:
-            self.dispatcher.request_stop()
+        self._join("source")
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.request_stop(stop_workers=True)
+            self._join("dispatcher")
+        if hasattr(self, "collector"):
+            self.collector.request_stop()
+            self._join("collector")
         for p in self._procs.values():
             if p.poll() is None:
                 p.kill()

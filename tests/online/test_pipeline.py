@@ -20,7 +20,8 @@ from l1forge.online.backends import outputs_float
 from l1forge.online.collector import TOPIC_MONITOR, TOPIC_ZERO_BIAS
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.menu import Menu
-from l1forge.online.pipeline import Pipeline, build_menu
+from l1forge.online.metrics import make_metrics
+from l1forge.online.pipeline import Pipeline, PipelineError, build_menu
 from l1forge.online.storage import TREE, verify_run_files
 from l1forge.online.wire import decode_results
 from l1forge.sim.dataset import read_events
@@ -122,10 +123,18 @@ def models(tiny_ir_path, tiny_classifier_ir_path) -> dict[str, Path]:
 
 def test_replay_run_equals_emulator_and_stores_every_accepted_event(tmp_path, events_h5, models):
     cfg = make_cfg(tmp_path, events_h5, models)
-    pipe = Pipeline(cfg, 7, tmp_path / "run7")
+    metrics = make_metrics()
+    pipe = Pipeline(cfg, 7, tmp_path / "run7", metrics=metrics)
     pipe.start()
     assert pipe.wait_source_done(120)
     summary = pipe.stop()
+    value = metrics.registry.get_sample_value
+    assert value("l1forge_events_in_total") == value("l1forge_events_processed_total") == N_RUN
+    assert value("l1forge_events_accepted_total") == summary.n_accepted
+    for seed, count in summary.per_seed.items():
+        assert value("l1forge_seed_accepted_total", {"seed": seed}) == count
+    assert value("l1forge_in_flight_batches") == 0
+    assert value("l1forge_batch_latency_seconds_count") == N_RUN // BATCH + 1
     exp = expected_run(events_h5, models, pipe.menu, N_RUN)
     assert summary.error is None
     assert (summary.lost, summary.duplicated) == (0, 0)
@@ -228,6 +237,19 @@ def test_worker_on_another_host_connects_over_tcp(tmp_path, events_h5, models):
             remote.wait()
     assert (summary.lost, summary.duplicated) == (0, 0)
     assert summary.n_processed == 3000
+
+
+def test_a_worker_that_cannot_load_the_setup_fails_the_start_with_its_reason(
+    tmp_path, events_h5, models
+):
+    (tmp_path / "fw").mkdir()  # a firmware folder without the build's packing.json
+    (tmp_path / "fw" / "top.bit").write_bytes(b"")
+    backend = {"kind": "pynq", "firmware_dir": "fw", "bitfile": "fw/top.bit"}
+    cfg = make_cfg(tmp_path, events_h5, models, backend=backend, workers={"n": 1})
+    pipe = Pipeline(cfg, 5, tmp_path / "run5")
+    with pytest.raises(PipelineError, match="cannot load the run setup"):
+        pipe.start()
+    assert pipe.state == "error"
 
 
 def test_default_menu_is_calibrated_on_the_replay_file(tmp_path, events_h5, models):
