@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FORMAT = "l1forge-dqm-alarms"
 SUMMARY_VERSION = 1
+SEVERITIES = ("warning", "error")
 
 
 class LumisectionClosedError(DataFormatError):
@@ -389,7 +390,8 @@ class DQMMonitor:
     def end_lumisection(self, ls: int) -> list[Alarm]:
         """Close lumisection ``ls``: compare its histograms with the reference, return alarms.
 
-        A lumisection without error alarms joins the running reference.
+        A lumisection without data alarms of ``reference.exclude`` severity or worse joins the
+        running reference.
         """
         if ls in self._closed:
             raise LumisectionClosedError(f"lumisection {ls} was already ended")
@@ -406,10 +408,12 @@ class DQMMonitor:
             log.info("lumisection %d: %d events, too few to compare", ls, n_events)
         else:
             ref = self._reference()
+            found: list[Alarm] = []
             if ref is not None:
                 found, self._compared[ls] = self._compare(ls, hs, n_events, *ref)
                 alarms += found
-            if not any(a.severity == "error" for a in alarms):
+            keep_out = ("error",) if self.config.reference.exclude == "error" else SEVERITIES
+            if not any(a.severity in keep_out and a.kind != "latency_excursion" for a in found):
                 self._running.add({k: compared_values(h) for k, h in hs.items()}, n_events)
         for a in alarms:
             (log.error if a.severity == "error" else log.warning)("LS %d: %s", ls, a.message)

@@ -44,6 +44,7 @@ class ReferenceConfig:
     path: str | None
     warmup_lumisections: int
     window_lumisections: int
+    exclude: str = "warning"
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,12 @@ def _check(raw: Any, key: str, group: str) -> Check:
 
 
 def _reference(raw: Any, key: str) -> ReferenceConfig:
-    m = _mapping(raw, key, {"mode", "path", "warmup_lumisections", "window_lumisections"})
+    m = _mapping(
+        raw, key, {"mode", "path", "warmup_lumisections", "window_lumisections", "exclude"}
+    )
+    exclude = m.get("exclude", "warning")
+    if exclude not in ("warning", "error"):
+        raise ConfigError(f"{key}.exclude: expected 'warning' or 'error', got {exclude!r}")
     mode = _require(m, "mode", key)
     if mode not in ("running", "file"):
         raise ConfigError(f"{key}.mode: expected 'running' or 'file', got {mode!r}")
@@ -180,6 +186,7 @@ def _reference(raw: Any, key: str) -> ReferenceConfig:
         window_lumisections=_int(
             _require(m, "window_lumisections", key), f"{key}.window_lumisections", 0
         ),
+        exclude=exclude,
     )
 
 

@@ -298,6 +298,7 @@ def test_histogram_groups():
         ),
         (lambda r: r["binning"]["pt_bins"].update(jet=0), r"dqm\.binning\.pt_bins\.jet"),
         (lambda r: r["reference"].update(mode="file"), r"dqm\.reference\.path"),
+        (lambda r: r["reference"].update(exclude="info"), r"dqm\.reference\.exclude"),
         (
             lambda r: r["checks"]["occupancy"].update(window_sizes=[]),
             r"dqm\.checks\.occupancy\.window_sizes",
@@ -426,3 +427,25 @@ def test_service_names_a_bad_endpoint(tmp_path):
             DQMService("nonsense://x", run=1, out_dir=tmp_path, context=ctx).start()
     finally:
         ctx.term()
+
+
+@pytest.mark.parametrize(("exclude", "joins"), [("warning", False), ("error", True)])
+def test_lumisections_with_warnings_stay_out_of_the_reference(exclude, joins, clean_hw, stream):
+    # every alarm is a warning here: errors need p < 1e-300 or a pull above 1000 sigma
+    raw = default_raw()
+    raw["reference"]["exclude"] = exclude
+    for check in raw["checks"].values():
+        for stat in ("chi2_pvalue", "ks_pvalue"):
+            if stat in check:
+                check[stat] = {"warning": 1e-4, "error": 1e-300}
+        if "pull" in check:
+            check["pull"] = {"warning": 5.0, "error": 1000.0}
+    m = new_monitor(make_config(raw))
+    pool = clean_hw[:1500]
+    hot = faults.HotChannel("jet", eta=-1.2, phi=2.0, pt_gev=40.0, fraction=0.05)
+    rng = np.random.default_rng(9)
+    source = lambda ls: pool if ls < 4 else faults.inject(hot, pool, rng)  # noqa: E731
+    alarms = run_lumisections(m, stream, source, 5)
+    assert any(a.kind == "hot_region" for a in alarms[4])
+    assert all(a.severity == "warning" for al in alarms for a in al)
+    assert m._running.n_lumisections == (5 if joins else 4)
