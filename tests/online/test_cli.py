@@ -15,6 +15,7 @@ import yaml
 from l1forge.online.control import ControlClient
 from l1forge.online.daemon import read_endpoints
 from l1forge.online.storage import verify_run_files
+from l1forge.sim.dataset import read_events
 
 L1FORGE = [sys.executable, "-m", "l1forge.cli"]
 START_TIMEOUT_S = 120.0
@@ -181,3 +182,22 @@ def test_keys_command(tmp_path):
     doc = json.loads(res.stdout)
     assert (tmp_path / "keys" / "server.key_secret").is_file()
     assert (Path(doc["authorized_clients"]) / "client.key").is_file()
+
+
+def test_finite_source_ends_the_run_and_the_daemon(run_yaml, tmp_path, events_h5):
+    res = _cli(
+        "online",
+        "run",
+        "--config",
+        str(run_yaml),
+        "--set",
+        "source.loop=false",
+        "--set",
+        "source.rate_hz=null",
+        "--set",
+        "workers.n=1",
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)["run_summary"]
+    assert summary["n_events_in"] == len(read_events(events_h5)) == summary["n_processed"]
+    _check_run_files(summary)

@@ -103,9 +103,8 @@ def test_run_numbers_persist_atomically(tmp_path):
 
 
 def test_full_cycle_and_run_numbers_across_instances(tmp_path, run_yaml):
-    cfg = load_run_config(
-        run_yaml, {"source.rate_hz": 20_000.0, "source.loop": True, "source.n_events": 10_000_000}
-    )
+    paced = {"source.rate_hz": 20_000.0, "source.loop": True, "source.n_events": 10_000_000}
+    cfg = load_run_config(run_yaml, {**paced, "workers.n": 1})
     metrics = make_metrics()
     rc = RunControl(cfg.state_dir, metrics=metrics)
     rc.configure(cfg)
