@@ -286,7 +286,8 @@ class PythiaSource:
         cmd += ["--shard-events", str(shard_events), "--parent-pid", str(os.getpid())]
         for p in processes:
             cmd += ["--process", p]
-        self.proc = subprocess.Popen(cmd)  # stopped by close()
+        # its own process group: a terminal's Ctrl-C reaches the daemon, which stops it in order
+        self.proc = subprocess.Popen(cmd, process_group=0)  # stopped by close()
         log.info("pythia generator started (pid %d): %s", self.proc.pid, ", ".join(processes))
 
     def chunks(self, stop: threading.Event) -> Iterator[Chunk]:
