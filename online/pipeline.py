@@ -478,9 +478,10 @@ class Pipeline:
         drained = self.dispatcher.drained.wait(timeout_s if drain else 0)
         if drain and not drained:
             log.error("run %d: in-flight batches did not drain in %.0f s", self.run, timeout_s)
+        told = {w["pid"] for w in self.dispatcher.status()["workers"].values()}
         self.dispatcher.request_stop(stop_workers=True)
         self._join("dispatcher")
-        self._stop_workers()
+        self._stop_workers(told)
         self.collector.request_stop()
         self._join("collector")
         first, end = self._range
@@ -509,9 +510,12 @@ class Pipeline:
             if t.is_alive():
                 log.error("the %s thread did not stop", name)
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, told: set[int]) -> None:
+        """Wait for the workers told to STOP; terminate the others (e.g. one still starting)."""
         deadline = time.monotonic() + 10
         for name, p in self._procs.items():
+            if p.pid not in told and p.poll() is None:
+                p.terminate()
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
