@@ -309,7 +309,9 @@ class Pipeline:
         cmd += ["--heartbeat-s", str(cfg.heartbeat_s), "--parent-pid", str(os.getpid())]
         if self.cfg.network.curve_keys and self.worker_endpoint.startswith("tcp://"):
             cmd += ["--curve-keys", self.cfg.network.curve_keys]
-        self._procs[name] = subprocess.Popen(cmd)  # stopped in stop(); exits if we die
+        # its own process group: a terminal's Ctrl-C reaches only the daemon, which then
+        # stops the workers in order (after the drain) instead of losing them mid-run
+        self._procs[name] = subprocess.Popen(cmd, process_group=0)  # exits if we die
         log.info("worker %s started (pid %d)", name, self._procs[name].pid)
 
     def _is_alive(self, name: str) -> bool | None:
