@@ -489,8 +489,6 @@ class Pipeline:
         first, end = self._range
         proof = self.collector.finish(first, end)
         summary = self._summarize(proof)
-        if self.metrics is not None and proof.lost:
-            self.metrics.dropped_events.labels(reason="lost").inc(proof.lost)
         self._teardown()
         if self.state != "error":
             self.state = "stopped"
