@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -61,7 +62,11 @@ def _start_daemon(run_yaml: Path, tmp_path: Path) -> tuple[subprocess.Popen, Con
     out = open(tmp_path / "daemon.out", "w")
     err = open(tmp_path / "daemon.err", "w")
     proc = subprocess.Popen(
-        [*L1FORGE, "online", "run", "--config", str(run_yaml)], stdout=out, stderr=err, text=True
+        [*L1FORGE, "online", "run", "--config", str(run_yaml)],
+        stdout=out,
+        stderr=err,
+        text=True,
+        start_new_session=True,  # its own process group, like a shell job
     )
     proc.out, proc.err = out, err  # type: ignore[attr-defined]
     state_dir = tmp_path / "state"
@@ -144,9 +149,13 @@ def test_run_then_status_and_stop_through_the_cli(run_yaml, tmp_path):
     )
 
 
-def test_sigterm_drains_closes_files_and_exits_0(run_yaml, tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_signal_drains_closes_files_and_exits_0(run_yaml, tmp_path, how):
     proc, _ = _start_daemon(run_yaml, tmp_path)
-    proc.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C: SIGINT to the whole foreground process group
+        os.killpg(proc.pid, signal.SIGINT)
     rc, printed, err = _finish(proc, tmp_path)
     assert rc == 0, err
     assert "Traceback" not in err
