@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import zmq
-from l1forge.online.dispatcher import C_ACK, C_FAILED, C_RESULT, META, U64
+from l1forge.online.dispatcher import C_ACK, C_FAILED, C_NACK, C_RESULT, FLAG_OWNER, META, U64
 from l1forge.online.menu import Menu, seed_counts
 from l1forge.online.storage import AcceptedWriter, FileRecord, StorageError
 from l1forge.online.wire import ResultBatch, WireError, decode_batch, decode_results, encode_results
@@ -132,16 +132,24 @@ class Collector:
                     continue
                 frames = self.pair.recv_multipart(copy=False)
                 kind = frames[0].bytes
-                seq, t_source, n_res, _sampled = META.unpack(frames[1].bytes)
+                seq, t_source, n_res, n_events, flags = META.unpack(frames[1].bytes)
+                reply: bytes | None = C_ACK
                 if kind == C_RESULT:
-                    self._result(seq, t_source, frames[2 : 2 + n_res], frames[2 + n_res :])
-                elif kind == C_FAILED:  # n_res is then the size of the failed batch
-                    self._failed(seq, n_res, json.loads(frames[2].bytes))
-                self.pair.send_multipart([C_ACK, U64.pack(seq)])
+                    res, batch = frames[2 : 2 + n_res], frames[2 + n_res :]
+                    if not self._result(seq, t_source, n_events, res, batch):
+                        # unreadable: the holder sends it again; a stray copy is just dropped
+                        reply = C_NACK if flags & FLAG_OWNER else None
+                elif kind == C_FAILED:
+                    self._failed(seq, n_events, json.loads(frames[2].bytes))
+                if reply is not None:
+                    self.pair.send_multipart([reply, U64.pack(seq)])
         finally:
             self.pair.close(0)
 
-    def _result(self, seq: int, t_source: float, res_frames: list, batch_frames: list) -> None:
+    def _result(
+        self, seq: int, t_source: float, n_events: int, res_frames: list, batch_frames: list
+    ) -> bool:
+        """Take one result; False when it is unreadable (the batch is then sent again)."""
         now = time.perf_counter()
         try:
             r = decode_results(res_frames)
@@ -151,11 +159,22 @@ class Collector:
             log.error("bad result for batch %d: %s", seq, exc)
             if self.metrics is not None:
                 self.metrics.rejected_messages.labels(reason=f"result_{exc.reason}").inc()
-            return
-        if seq in self.seen or seq in self.failed or r.first_seq != seq:
+            return False
+        if r.first_seq != seq or r.run != self.run_number or (n_events and len(r) != n_events):
+            with self._lock:
+                self.counts.n_bad_results += 1
+            log.error(
+                "result for batch %d names run %d batch %d of %d events",
+                seq,
+                r.run,
+                r.first_seq,
+                len(r),
+            )
+            return False
+        if seq in self.seen or seq in self.failed:
             with self._lock:
                 self.counts.n_duplicates += 1
-            return
+            return True
         n = len(r)
         counts = seed_counts(r.seed_bits, len(self.menu.seeds))
         n_acc = len(r.accepted_index)
@@ -181,6 +200,7 @@ class Collector:
                 if k:
                     m.seed_accepted.labels(seed=name).inc(k)
             m.batch_latency_s.observe(r.latency_s)
+        return True
 
     def _store(self, r: ResultBatch) -> None:
         ls = r.lumisection

@@ -47,11 +47,16 @@ D_STOP = b"STOP"
 D_WHO = b"WHO"  # unknown worker (declared dead or new dispatcher): send READY again
 # dispatcher <-> collector (inproc PAIR) and source -> dispatcher (inproc PUSH/PULL)
 C_RESULT = b"R"  # meta, *result frames[, *batch frames when sampled for the monitoring tap]
-C_FAILED = b"F"  # meta (n_result_frames = the batch's event count), json
+C_FAILED = b"F"  # meta, json
 C_ACK = b"ACK"  # first_seq (u64)
+C_NACK = b"NACK"  # first_seq (u64): the result was unreadable, send the batch again
+MAX_ATTEMPTS = 3  # a batch whose results are unreadable this often is reported as failed
 S_BATCH = b"B"  # SOURCE_META (t_source, first_seq, n_events), *wire.encode_batch(...)
 S_END = b"END"  # json {first_seq, end_seq}
-META = struct.Struct("<QdIBxxx")  # first_seq, t_source (perf_counter), n_result_frames, sampled
+# first_seq, t_source (perf_counter), n_result_frames, n_events (0: unknown), flags
+META = struct.Struct("<QdIIBxxx")
+FLAG_SAMPLED = 1  # the batch's frames follow the result (for the monitoring tap)
+FLAG_OWNER = 2  # sent by the worker the batch is assigned to (else a late or stray copy)
 U64 = struct.Struct("<Q")
 F64 = struct.Struct("<d")
 SOURCE_META = struct.Struct("<dQQ")
@@ -124,6 +129,7 @@ class _Worker:
     inflight: set[int] = field(default_factory=set)
     n_done: int = 0
     n_sent: int = 0
+    n_bad: int = 0
 
 
 @dataclass
@@ -134,6 +140,7 @@ class _Entry:
     t_source: float
     worker: bytes | None
     attempts: int = 0
+    avoid: set[bytes] = field(default_factory=set)  # workers whose result was unreadable
 
 
 @dataclass
@@ -309,14 +316,15 @@ class Dispatcher:
             self.source_in.close(0)
             self.collector.close(0)
 
-    def _free(self) -> _Worker | None:
-        """The configured worker with the most free credits, ties to the one sent the least
-        (None when all credits are taken)."""
-        best, key = None, (0, 0)
+    def _free(self, avoid: set[bytes] | frozenset = frozenset()) -> _Worker | None:
+        """The configured worker with the most free credits, ties to the one sent the least,
+        preferring workers not in `avoid` (None when all credits are taken)."""
+        best, key = None, (False, 0, 0)
         for w in self.workers.values():
             free = w.credits - len(w.inflight)
-            if w.configured and free > 0 and (free, -w.n_sent) > key:
-                best, key = w, (free, -w.n_sent)
+            k = (w.ident not in avoid, free, -w.n_sent)
+            if w.configured and free > 0 and k > key:
+                best, key = w, k
         return best
 
     def _send(self, ident: bytes, frames: list) -> bool:
@@ -328,7 +336,7 @@ class Dispatcher:
             return False
 
     def _dispatch(self, entry: _Entry) -> None:
-        w = self._free()
+        w = self._free(entry.avoid)
         assert w is not None
         if not self._send(w.ident, [D_BATCH, *entry.frames]):
             self._declare_dead(w, "unreachable")
@@ -376,6 +384,9 @@ class Dispatcher:
             except zmq.Again:
                 break
             seq = U64.unpack(frames[1])[0]
+            if frames[0] == C_NACK:
+                self._retry(seq)
+                continue
             with self._lock:
                 entry = self.inflight.pop(seq, None)
                 if entry is not None and entry.worker in self.workers:
@@ -383,6 +394,28 @@ class Dispatcher:
                     w.inflight.discard(seq)
                     w.n_done += 1
         self._gauges()
+
+    def _retry(self, seq: int) -> None:
+        """Send a batch again after an unreadable result (or report it failed after a few)."""
+        entry = self.inflight.get(seq)
+        if entry is None or entry.worker is None:
+            return
+        w = self.workers.get(entry.worker)
+        entry.avoid.add(entry.worker)
+        with self._lock:
+            if w is not None:
+                w.inflight.discard(seq)
+                w.n_bad += 1
+            entry.worker = None
+        if w is not None and w.n_bad >= MAX_ATTEMPTS:  # this worker is broken: stop using it
+            self._send(w.ident, [D_STOP])
+            self._declare_dead(w, f"{w.n_bad} unreadable results")
+        if entry.attempts >= MAX_ATTEMPTS:
+            doc = {"reason": "bad_results", "message": f"{entry.attempts} unreadable results"}
+            meta = META.pack(seq, entry.t_source, 0, entry.n_events, 0)
+            self.collector.send_multipart([C_FAILED, meta, json.dumps(doc).encode()])
+            return  # the collector acknowledges the failure, which frees the entry
+        self.redeliver.append(seq)
 
     def _from_workers(self) -> None:
         for _ in range(256):
@@ -418,13 +451,19 @@ class Dispatcher:
         seq = U64.unpack(frames[0].bytes)[0]
         entry = self.inflight.get(seq)
         t_source = entry.t_source if entry is not None else 0.0
+        owner = entry is not None and w is not None and entry.worker == w.ident
         if kind == W_FAILED:
-            meta = META.pack(seq, t_source, entry.n_events if entry is not None else 0, 0)
+            if not owner:  # the batch is (or was) with another worker: its answer counts
+                log.warning("ignoring a failure report for batch %d from a former holder", seq)
+                return
+            meta = META.pack(seq, t_source, 0, entry.n_events, FLAG_OWNER)
             self.collector.send_multipart([C_FAILED, meta, frames[1]], copy=False)
             return
         result = frames[1:]
         sampled = entry is not None and is_sampled(seq, self.monitor_fraction)
-        meta = META.pack(seq, t_source, len(result), int(sampled))
+        n_events = entry.n_events if entry is not None else 0
+        flags = (FLAG_SAMPLED if sampled else 0) | (FLAG_OWNER if owner else 0)
+        meta = META.pack(seq, t_source, len(result), n_events, flags)
         extra = entry.frames if sampled else []
         self.collector.send_multipart([C_RESULT, meta, *result, *extra], copy=False)
         if w is None:  # a result from a worker declared dead still counts (first one wins)

@@ -69,6 +69,7 @@ class RunSummary:
     redelivered_batches: int
     rejected: dict[str, int]  # source messages rejected, by reason
     failed_batches: dict[str, int]  # batches no worker could process, by reason
+    n_failed_events: int  # events of those batches (accounted for, not lost)
     files: list[dict[str, Any]]
     held_accepted_events: int  # accepted events not in a finished file (storage failure)
     error: str | None
@@ -564,6 +565,7 @@ class Pipeline:
             redelivered_batches=d["batches_redelivered"],
             rejected=self._source.rejected() if self._source is not None else {},
             failed_batches=c["failed_batches"],
+            n_failed_events=proof.n_failed,
             files=[asdict(r) for r in sorted(self.collector.records, key=lambda r: r.lumisection)],
             held_accepted_events=c["held_accepted_events"],
             error=self.error,
