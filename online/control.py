@@ -31,7 +31,13 @@ from l1forge.online.config import (
     run_config_from_dict,
 )
 from l1forge.online.runcontrol import RunControl
-from l1forge.online.security import CurveKeys, bind_server, connect_client
+from l1forge.online.security import (
+    CurveKeys,
+    bind_server,
+    connect_client,
+    log_refusals,
+    watch_handshakes,
+)
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
@@ -166,6 +172,8 @@ class ControlServer:
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self.endpoint = bind_server(self.socket, endpoint, keys)
+        self._monitor = None if keys is None else watch_handshakes(self.socket)
+        self.n_refused = 0  # failed handshakes (wrong or missing CURVE keys)
         self.n_requests = 0
         self.n_malformed = 0
         self._thread: threading.Thread | None = None
@@ -175,6 +183,8 @@ class ControlServer:
     def poll(self, timeout_ms: int = 100) -> int:
         """Serve the requests that arrive within `timeout_ms`; returns how many were served."""
         served = 0
+        if self._monitor is not None:
+            self.n_refused += log_refusals(self._monitor, f"the control socket {self.endpoint}")
         while self.socket.poll(timeout_ms if served == 0 else 0):
             frames = self.socket.recv_multipart()
             self._serve(frames)
@@ -228,6 +238,9 @@ class ControlServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
         self.socket.close(linger=0)
 
 

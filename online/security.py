@@ -171,6 +171,43 @@ def secure_client(socket: zmq.Socket, keys: str | Path | CurveKeys) -> CurveKeys
     return k
 
 
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def watch_handshakes(socket: zmq.Socket) -> zmq.Socket:
+    """A monitor socket reporting failed handshakes of `socket` (read with `log_refusals`).
+
+    Clients without keys fail the CURVE handshake before the authenticator sees them; this is
+    how such refusals reach the auth log too.
+    """
+    return socket.get_monitor_socket(HANDSHAKE_FAILURES)
+
+
+def log_refusals(monitor: zmq.Socket, what: str) -> int:
+    """Log (as warnings on the auth logger) the failed handshakes queued on `monitor`."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    auth_log = logging.getLogger(AUTH_LOGGER)
+    n = 0
+    while monitor.poll(0):
+        event = recv_monitor_message(monitor)
+        kind, value = zmq.Event(event["event"]), int(event["value"])
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            try:
+                detail = zmq.Event(value).name  # PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, ...
+            except ValueError:
+                detail = f"protocol error {value}"
+        else:
+            detail = f"code {value}"  # 400: key not authorized (see the DENIED line)
+        auth_log.warning("refused connection on %s: %s (%s)", what, kind.name, detail)
+        n += 1
+    return n
+
+
 def endpoint_host(endpoint: str) -> str | None:
     """The host of a ``tcp://host:port`` endpoint (None for ipc:// and inproc://)."""
     parts = urlsplit(endpoint)

@@ -100,7 +100,7 @@ def test_keys_folder_checks(tmp_path, keys):
     assert (keys.authorized_dir / "client.key").is_file()
 
 
-def test_control_socket_with_curve(tmp_path, keys, stranger_keys):
+def test_control_socket_with_curve(tmp_path, keys, stranger_keys, caplog):
     from l1forge.online.control import (
         CommandHandler,
         ControlClient,
@@ -118,10 +118,17 @@ def test_control_socket_with_curve(tmp_path, keys, stranger_keys):
     try:
         assert ControlClient(endpoint, keys=keys, context=ctx).status()["state"] == "idle"
         forged = dataclasses.replace(stranger_keys, server_public=keys.server_public)
-        for wrong in (forged, None):
-            with pytest.raises(ControlTimeout):
-                ControlClient(endpoint, keys=wrong, timeout_s=1.0, context=ctx).status()
-        assert security.refused_count(ctx) >= 1
+        with caplog.at_level(logging.WARNING, logger=security.AUTH_LOGGER):
+            for wrong in (forged, None):
+                with pytest.raises(ControlTimeout):
+                    ControlClient(endpoint, keys=wrong, timeout_s=1.0, context=ctx).status()
+            deadline = time.monotonic() + 5
+            while server.n_refused < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)  # the server thread logs refusals at its next poll
+        assert security.refused_count(ctx) >= 1  # the stranger's key, refused by ZAP
+        assert server.n_refused >= 2  # both handshakes failed
+        messages = [r.getMessage() for r in caplog.records if r.name == security.AUTH_LOGGER]
+        assert any("MECHANISM_MISMATCH" in m for m in messages), messages  # the keyless client
     finally:
         server.close()
         security.stop_authenticator(ctx)
