@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,3 +211,19 @@ def test_finite_source_ends_the_run_and_the_daemon(run_yaml, tmp_path, events_h5
     summary = json.loads(res.stdout)["run_summary"]
     assert summary["n_events_in"] == len(read_events(events_h5)) == summary["n_processed"]
     _check_run_files(summary)
+
+
+def test_demo_online_stage(tmp_path, events_h5, tiny_ir_path, monkeypatch):
+    """The last stage of `make demo` on stand-ins for the demo's events and trained IR."""
+    from l1forge.demo import online_stage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(events_h5.parent / "minbias.h5", data / "background.h5")
+    shutil.copy(events_h5.parent / "signal.h5", data / "signals.h5")
+    monkeypatch.chdir(tmp_path)
+    result = online_stage(tmp_path, data, tiny_ir_path, n_events=20_000)
+    assert result["n_events_in"] == result["n_processed"] == 20_000
+    assert result["lost"] == 0 and result["duplicated"] == 0
+    assert set(result["rates_hz"]) >= {"AD_VLoose", "AD_VTight", "ZeroBias"}
+    assert Path(result["run_dir"]).parent == tmp_path / "online"
