@@ -119,7 +119,7 @@ def _run(tmp: Path, h5: Path, ir: Path, menu, n_workers: int, n_events: int, run
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=6_000_000, help="events per run")
+    ap.add_argument("--events", type=int, default=10_000_000, help="events per run")
     ap.add_argument("--cache", default=os.environ.get("L1FORGE_CACHE", "~/.cache/l1forge"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

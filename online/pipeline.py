@@ -308,6 +308,7 @@ class Pipeline:
         cmd = [sys.executable, "-m", "l1forge.online.worker", "--connect", self.worker_endpoint]
         cmd += ["--name", name, "--credits", str(cfg.credits)]
         cmd += ["--heartbeat-s", str(cfg.heartbeat_s), "--parent-pid", str(os.getpid())]
+        cmd += ["--work-dir", self._tmp]  # removed at the end of the run, even after a kill
         if self.cfg.network.curve_keys and self.worker_endpoint.startswith("tcp://"):
             cmd += ["--curve-keys", self.cfg.network.curve_keys]
         # its own process group: a terminal's Ctrl-C reaches only the daemon, which then

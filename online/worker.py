@@ -184,6 +184,7 @@ def serve(
     parent_pid: int = 0,
     give_up_s: float | None = None,
     curve_keys: str | None = None,
+    work_dir: str | None = None,
     ctx: zmq.Context | None = None,
 ) -> int:
     """The worker loop: returns 0 on STOP, 1 when the parent died or the dispatcher vanished."""
@@ -196,7 +197,7 @@ def serve(
     hello = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "credits": credits}
     sock.send_multipart([W_READY, json.dumps(hello).encode()])
     awaiting_config = True
-    tmp = Path(tempfile.mkdtemp(prefix="l1f-worker-"))
+    tmp = Path(tempfile.mkdtemp(prefix="l1f-worker-", dir=work_dir))
     worker = TriggerWorker(name, tmp)
     last_heard = last_sent = time.monotonic()
     code = 1
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     ap.add_argument("--give-up-s", type=float, default=None)
     ap.add_argument("--curve-keys", default=None, help="key folder (tcp to a remote daemon)")
+    ap.add_argument("--work-dir", default=None, help="folder for the received IR files")
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr)
@@ -333,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         give_up_s=args.give_up_s,
         curve_keys=args.curve_keys,
+        work_dir=args.work_dir,
     )
 
 
