@@ -18,6 +18,7 @@ the old conditions. Prints one JSON object (the primary scenario's figures at th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -40,7 +41,8 @@ PILEUP_EVENTS, PILEUP_SIGNAL = 30_000, 1_000  # new-conditions minimum bias, sig
 CHECK_EVENTS, LS_EVENTS = 5000, 1000  # drift-test window; events per lumisection
 NETWORK = {"kind": "ad", "hidden": [32, 16], "latent": 3, "decoder": [16, 32]}
 TRAINING = {"epochs": 30, "batch_size": 512, "learning_rate": 1e-3, "beta_kl": 0.001, "seed": 0}
-FINE_TUNE = {"epochs": 10, "batch_size": 512, "learning_rate": 1e-3}
+FINE_TUNE = {"epochs": 30, "batch_size": 512, "learning_rate": 1e-3, "refit_scaling": "new"}
+REPLAY_FRACTION = 0.5  # share of replayed old-conditions events in the fine-tuning set
 
 log = logging.getLogger("benchmarks.continual")
 
@@ -173,7 +175,7 @@ class Base:
     menu_old: object
 
 
-def _run_scenario(base: Base, sc: Scenario, tmp: Path) -> dict:
+def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
     """Stream old then new conditions through a learner; measure every figure."""
     from l1forge.online.learner import Learner, LearnerConfig
     from l1forge.online.registry import ModelRegistry
@@ -195,9 +197,9 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path) -> dict:
             check_events=CHECK_EVENTS,
             adapt_events=len(sc.new_stream),
             replay_capacity=20_000,
-            replay_fraction=0.5,
+            replay_fraction=REPLAY_FRACTION,
             seed=1,
-            **FINE_TUNE,
+            **{**FINE_TUNE, **fine_tune},
         ),
         signal_holdout=sc.sig_check_new,
         on_menu=menus.append,
@@ -226,6 +228,8 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path) -> dict:
     net_r, _, _ = _train_from_scratch(sc.new_stream, tmp / f"scratch-{sc.name}", TRAINING["seed"])
     retrain_s = time.perf_counter() - t_re
     mr = _Scorer(net_r)
+    tr_old = _threshold(mr(parts["reference"]), target)
+    retrained_old = _figures(mr, tr_old, parts["test"], base.sig_eval, target)
     retrained = _figures(
         mr, _threshold(mr(sc.new_stream), target), sc.test_new, sc.sig_eval_new, target
     )
@@ -271,6 +275,8 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path) -> dict:
             "adapted": adapted,
             "adapted_on_old_conditions": adapted_old,
             "retrained": retrained,
+            "retrained_on_old_conditions": retrained_old,
+            "fine_tune": {**FINE_TUNE, **fine_tune, "replay_fraction": REPLAY_FRACTION},
             f"at_{SECOND_RATE_HZ:.0f}_hz": second,
             "learner": {
                 "accepted": result.accepted,
@@ -330,6 +336,9 @@ def main() -> int:
         base = Base(net0, w0, parts, sig_eval, menu_old)
         for sc in scenarios:
             results[sc.name] = _run_scenario(base, sc, tmp)
+        # the same pile-up drift with the input scaling fitted on new + replayed events
+        mix = dataclasses.replace(scenarios[0], name=scenarios[0].name + "_scaling_on_mix")
+        results[mix.name] = _run_scenario(base, mix, tmp, refit_scaling="mix")
     primary = scenarios[0].name
     out = {
         "target_rate_hz": TARGET_RATE_HZ,
@@ -342,7 +351,7 @@ def main() -> int:
             "pileup": PILEUP,
             "network": NETWORK,
             "training": TRAINING,
-            "fine_tune": FINE_TUNE,
+            "fine_tune": {**FINE_TUNE, "replay_fraction": REPLAY_FRACTION},
         },
         "seconds": time.perf_counter() - t_start,
     }

@@ -58,6 +58,9 @@ class LearnerConfig:
     max_rate_error: float = 0.10  # relative, or 3 Poisson sigma when that is larger
     max_tpr_loss: float = 0.10  # relative loss of held-out signal efficiency vs the parent
     verify_vectors: int = 20000  # random vectors besides the corners for the bit-exact check
+    # input scaling of the fine-tuned firmware: refitted on the "new" events, on the training
+    # "mix" (new + replayed), or the parent's ("none")
+    refit_scaling: str = "new"
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
@@ -65,6 +68,8 @@ class LearnerConfig:
             raise ConfigError("learner.check_events must be >= drift.min_events")
         if not 0.0 < self.holdout_fraction < 0.9 or not 0.0 <= self.replay_fraction < 1.0:
             raise ConfigError("learner.holdout_fraction in (0, 0.9), replay_fraction in [0, 1)")
+        if self.refit_scaling not in ("new", "mix", "none"):
+            raise ConfigError("learner.refit_scaling: one of 'new', 'mix', 'none'")
         if self.adapt_events < self.check_events:
             raise ConfigError("learner.adapt_events must be >= learner.check_events")
 
@@ -183,6 +188,28 @@ class FineTuned:
     weights: Path
 
 
+def _rescaled_vae(net_cfg: Any, old: Any, new: Any, parent: Any, beta_kl: float) -> Any:
+    """A VAE on input scaling ``new`` computing what ``parent`` (on ``old``) computes.
+
+    Scaled inputs relate by x_old = x_new * 2**(s_new - s_old) + (o_new - o_old) * 2**-s_old,
+    so the first dense layer takes W * 2**(s_new - s_old) and b + W^T (o_new - o_old) 2**-s_old
+    (exact before quantization; quantization-aware training then settles the rest).
+    """
+    from l1forge.models import networks
+
+    m = networks.vae_models(net_cfg, new, beta_kl)
+    src = {layer.name: layer for layer in parent.vae.layers}
+    for layer in m.vae.layers:
+        if layer.weights and layer.name != "scale":
+            layer.set_weights(src[layer.name].get_weights())
+    dense = m.vae.get_layer("dense0")
+    w, b = (np.asarray(a, np.float64) for a in dense.get_weights())
+    s_old, s_new = old.shift.astype(np.float64), new.shift.astype(np.float64)
+    delta = (new.offset - old.offset).astype(np.float64) * 2.0**-s_old
+    dense.set_weights([w * (2.0 ** (s_new - s_old))[:, None], b + delta @ w])
+    return m
+
+
 def fine_tune(
     net_cfg: Any,
     parent_net: QNet,
@@ -191,8 +218,13 @@ def fine_tune(
     cfg: LearnerConfig,
     out_weights: Path,
     beta_kl: float = 0.5,
+    scaling_events: np.ndarray | None = None,
 ) -> FineTuned:
-    """QAT of the VAE from the parent's weights on ``x_train``; export its encoder to the IR."""
+    """QAT of the VAE from the parent's weights on ``x_train``; export its encoder to the IR.
+
+    With ``scaling_events`` the firmware's input offsets and shifts are refitted on them (the
+    new conditions) and the first layer is rewritten to match before training.
+    """
     import tensorflow as tf
     from l1forge.models import networks
     from l1forge.models.config import Config, TrainConfig, config_to_dict
@@ -204,6 +236,10 @@ def fine_tune(
     tf.keras.utils.set_random_seed(cfg.seed)
     m = networks.vae_models(net_cfg, scaling, beta_kl)
     m.vae.load_weights(str(parent_weights))
+    if scaling_events is not None:
+        new = networks.fit_input_scaling(_flat_inputs(scaling_events))
+        m = _rescaled_vae(net_cfg, scaling, new, m, beta_kl)
+        scaling = new
     m.vae.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
     m.vae.fit(
         np.asarray(x_train, np.float32),
@@ -441,6 +477,7 @@ class Learner:
                 cfg,
                 Path(tmp) / "keras.weights.h5",
                 beta_kl,
+                {"new": x_fit, "mix": x_train, "none": None}[cfg.refit_scaling],
             )
             n_vectors = verify_bitexact(tuned.deploy, tuned.net, cfg.verify_vectors, cfg.seed)
             metrics, reasons = self._acceptance(tuned.net, x_fit, x_hold)
@@ -468,6 +505,7 @@ class Learner:
                     "learning_rate": cfg.learning_rate,
                     "beta_kl": beta_kl,
                     "replay_fraction": cfg.replay_fraction,
+                    "refit_scaling": cfg.refit_scaling,
                 },
                 "drift": self._drift_report.to_json() if self._drift_report else None,
                 "verification": {"bitexact_vectors": n_vectors, "equal": True},
