@@ -295,8 +295,8 @@ class Dispatcher:
                     self._from_collector()
                 if self.router in events:
                     self._from_workers()
-                while self.redeliver and self._free():
-                    self._redeliver_one()
+                while self.redeliver and self._free() and self._redeliver_one():
+                    pass
                 if source_polled and self.source_in in events and self._free():
                     self._from_source()
                 self._commands()
@@ -317,14 +317,16 @@ class Dispatcher:
             self.collector.close(0)
 
     def _free(self, avoid: set[bytes] | frozenset = frozenset()) -> _Worker | None:
-        """The configured worker with the most free credits, ties to the one sent the least,
-        preferring workers not in `avoid` (None when all credits are taken)."""
-        best, key = None, (False, 0, 0)
-        for w in self.workers.values():
+        """The configured worker with the most free credits, ties to the one sent the least
+        (None when all credits are taken). Workers in `avoid` (they returned an unreadable
+        result for this batch) are used only when no other worker is left."""
+        ready = [w for w in self.workers.values() if w.configured]
+        others = [w for w in ready if w.ident not in avoid]
+        best, key = None, (0, 0)
+        for w in others or ready:
             free = w.credits - len(w.inflight)
-            k = (w.ident not in avoid, free, -w.n_sent)
-            if w.configured and free > 0 and k > key:
-                best, key = w, k
+            if free > 0 and (free, -w.n_sent) > key:
+                best, key = w, (free, -w.n_sent)
         return best
 
     def _send(self, ident: bytes, frames: list) -> bool:
@@ -365,17 +367,23 @@ class Dispatcher:
         t_source, first_seq, n = SOURCE_META.unpack(frames[1].bytes)
         self._dispatch(_Entry(first_seq, n, frames[2:], t_source, None))
 
-    def _redeliver_one(self) -> None:
-        seq = self.redeliver.popleft()
+    def _redeliver_one(self) -> bool:
+        """Send the first requeued batch again; False when no suitable worker has a credit."""
+        seq = self.redeliver[0]
         entry = self.inflight.get(seq)
         if entry is None or entry.worker is not None:  # acknowledged meanwhile
-            return
+            self.redeliver.popleft()
+            return True
+        if self._free(entry.avoid) is None:
+            return False
+        self.redeliver.popleft()
         del self.inflight[seq]
         with self._lock:
             self.n_redelivered += 1
         if self.metrics is not None:
             self.metrics.redelivered_batches.inc()
         self._dispatch(entry)
+        return True
 
     def _from_collector(self) -> None:
         while True:
