@@ -50,8 +50,8 @@ class LearnerConfig:
     holdout_fraction: float = 0.2  # of those, kept out of training for the acceptance checks
     replay_capacity: int = 20000  # reservoir of older events
     replay_fraction: float = 0.5  # share of replayed events in the fine-tuning set
-    epochs: int = 4
-    batch_size: int = 256
+    epochs: int = 30  # the setting measured in benchmarks/continual.py
+    batch_size: int = 512
     learning_rate: float = 1e-3
     beta_kl: float | None = None  # None: the parent's training value (0.5 when unknown)
     seed: int = 0
