@@ -195,7 +195,12 @@ def test_monitor_tap_and_live_model_and_menu_updates(tmp_path, events_h5, models
         doc = pipe.menu.to_json()
         doc["seeds"][0]["threshold"] = 1e9  # AD_Loose can no longer fire
         answer = pipe.set_menu(doc)
+        after = pipe.status()["events_in"]  # batches sent from here on run the new menu
         assert len(answer["workers"]) == 2 and all(a["ok"] for a in answer["workers"].values())
+        wait_until = time.monotonic() + 30
+        while pipe.status()["events_processed"] < after + 2 * BATCH:
+            assert time.monotonic() < wait_until, "no events after the menu change"
+            time.sleep(0.01)
         status = pipe.status()
         assert status["state"] == "running" and status["workers_alive"] == 2
     finally:
@@ -204,6 +209,11 @@ def test_monitor_tap_and_live_model_and_menu_updates(tmp_path, events_h5, models
         ctx.term()
     assert (summary.lost, summary.duplicated) == (0, 0)
     assert summary.n_processed == summary.n_events_in > 0
+    stored = stored_events(tmp_path / "run3")
+    late = stored["seq"] >= after
+    assert late.any() and (~late).any()
+    assert not np.any(stored["seed_bits"][late] & 1)  # AD_Loose is off after set_menu
+    assert np.any(stored["seed_bits"][~late] & 1)
 
 
 def test_worker_on_another_host_connects_over_tcp(tmp_path, events_h5, models):
