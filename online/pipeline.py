@@ -193,6 +193,7 @@ class Pipeline:
         self.source_done = threading.Event()
         self._rejected_seen: dict[str, int] = {}
         self._t_start = 0.0
+        self._started = False
         self._summary: RunSummary | None = None
 
     # ---- start ----
@@ -210,6 +211,7 @@ class Pipeline:
             self._teardown()
             self.state = "error"
             raise PipelineError(f"run {self.run}: the pipeline did not start: {exc}") from exc
+        self._started = True
         self.state = "running"
 
     def _start(self, cfg: RunConfig) -> None:
@@ -468,8 +470,8 @@ class Pipeline:
         """Source first, then drain the in-flight batches, then workers, then the collector."""
         if self._summary is not None:
             return self._summary
-        if self.state == "created":
-            raise PipelineError("stop: the pipeline was never started")
+        if not self._started:
+            raise PipelineError(f"stop: the pipeline of run {self.run} did not start")
         self._stop_source.set()
         if not drain:
             self._abort.set()

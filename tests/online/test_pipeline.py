@@ -260,6 +260,16 @@ def test_a_worker_that_cannot_load_the_setup_fails_the_start_with_its_reason(
     with pytest.raises(PipelineError, match="cannot load the run setup"):
         pipe.start()
     assert pipe.state == "error"
+    with pytest.raises(PipelineError, match="did not start"):
+        pipe.stop()
+
+
+def test_an_unusable_run_folder_fails_the_start(tmp_path, events_h5, models):
+    (tmp_path / "taken").write_text("a file where the run folder should be")
+    pipe = Pipeline(make_cfg(tmp_path, events_h5, models), 6, tmp_path / "taken")
+    with pytest.raises(PipelineError, match="did not start"):
+        pipe.start()
+    assert pipe.state == "error"
 
 
 def test_default_menu_is_calibrated_on_the_replay_file(tmp_path, events_h5, models):
