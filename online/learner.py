@@ -61,6 +61,23 @@ class LearnerConfig:
     # input scaling of the fine-tuned firmware: refitted on the "new" events, on the training
     # "mix" (new + replayed), or the parent's ("none")
     refit_scaling: str = "new"
+    # against forgetting: distillation of the parent's latent means (mu) on replayed old events,
+    # as a fraction of the parent's mean sum(mu**2) there, and an L2 anchor of the weights to
+    # the parent's (relative to the parent's mean squared weight); 0 switches a term off
+    distill_weight: float = 0.0
+    anchor_weight: float = 0.0
+    distill_target: str = "mu"  # "mu": every latent mean; "score": only sum(mu**2)
+    reinit: bool = False  # train from fresh weights instead of the parent's (a retraining)
+    # held-out signal efficiency on the old conditions (``reference_signal`` at thresholds
+    # calibrated on the reference zero bias): relative loss vs the parent allowed
+    max_old_tpr_loss: float = 0.10
+    old_check_seeds: tuple[str, ...] = ()  # the rate seeds that check; empty: every rate seed
+    # several fine-tune settings tried per adaptation (overrides of these fields, e.g.
+    # {"seed": 2} or {"reinit": True, "replay_fraction": 0.0}); every one trained is registered.
+    # candidate_choice "first": tried in order, the first that passes goes live (the rest are not
+    # trained); "best": all are trained, the passing one with the best held-out efficiency wins.
+    candidates: tuple[Mapping[str, Any], ...] = ()
+    candidate_choice: str = "first"
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
@@ -72,6 +89,27 @@ class LearnerConfig:
             raise ConfigError("learner.refit_scaling: one of 'new', 'mix', 'none'")
         if self.adapt_events < self.check_events:
             raise ConfigError("learner.adapt_events must be >= learner.check_events")
+        if self.distill_weight < 0.0 or self.anchor_weight < 0.0:
+            raise ConfigError("learner.distill_weight and learner.anchor_weight must be >= 0")
+        if self.candidate_choice not in ("first", "best"):
+            raise ConfigError("learner.candidate_choice: one of 'first', 'best'")
+        if self.distill_target not in ("mu", "score"):
+            raise ConfigError("learner.distill_target: one of 'mu', 'score'")
+        for over in self.candidates:
+            bad = set(over) - (_CANDIDATE_FIELDS - {"candidates", "drift"})
+            if bad:
+                raise ConfigError(
+                    f"learner.candidates: {sorted(bad)} cannot vary per candidate; use fields "
+                    "such as seed, epochs, learning_rate, replay_fraction, distill_weight, reinit"
+                )
+            dataclasses.replace(self, candidates=(), **over)  # validates the values
+
+    def settings(self) -> list[LearnerConfig]:
+        """The fine-tune configurations tried in one adaptation."""
+        return [dataclasses.replace(self, candidates=(), **o) for o in self.candidates] or [self]
+
+
+_CANDIDATE_FIELDS = {f.name for f in dataclasses.fields(LearnerConfig)}
 
 
 class ReplayBuffer:
@@ -117,6 +155,7 @@ class AdaptationResult:
     reasons: tuple[str, ...]
     metrics: dict[str, Any]
     menu: Any  # the menu sent after the adaptation (for the accepted or the kept model)
+    candidates: tuple[str, ...] = ()  # every version registered by this adaptation
 
 
 class State(enum.Enum):
@@ -219,11 +258,13 @@ def fine_tune(
     out_weights: Path,
     beta_kl: float = 0.5,
     scaling_events: np.ndarray | None = None,
+    old_events: np.ndarray | None = None,
 ) -> FineTuned:
     """QAT of the VAE from the parent's weights on ``x_train``; export its encoder to the IR.
 
     With ``scaling_events`` the firmware's input offsets and shifts are refitted on them (the
-    new conditions) and the first layer is rewritten to match before training.
+    new conditions) and the first layer is rewritten to match before training. ``old_events``
+    (older conditions) carry the distillation term when ``cfg.distill_weight`` > 0.
     """
     import tensorflow as tf
     from l1forge.models import networks
@@ -236,18 +277,19 @@ def fine_tune(
     tf.keras.utils.set_random_seed(cfg.seed)
     m = networks.vae_models(net_cfg, scaling, beta_kl)
     m.vae.load_weights(str(parent_weights))
+    m_parent = m
     if scaling_events is not None:
         new = networks.fit_input_scaling(_flat_inputs(scaling_events))
         m = _rescaled_vae(net_cfg, scaling, new, m, beta_kl)
         scaling = new
-    m.vae.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
-    m.vae.fit(
-        np.asarray(x_train, np.float32),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        verbose=0,
-    )
+    if cfg.reinit:  # a retraining from freshly initialised weights (seeded), same architecture
+        m = networks.vae_models(net_cfg, scaling, beta_kl)
+    parent_mu = None
+    if cfg.distill_weight > 0.0:
+        if old_events is None or len(old_events) == 0:
+            raise ConfigError("learner.distill_weight > 0 needs replayed old events to distil on")
+        parent_mu = _latent_means(m_parent, old_events)
+    _train(m, x_train, cfg, old_events, parent_mu)
     m.vae.save_weights(str(out_weights))
     deploy = networks.deploy_model(net_cfg, scaling, m.hardware)
     train_cfg = TrainConfig(
@@ -260,6 +302,88 @@ def fine_tune(
     config = config_to_dict(Config(network=net_cfg, training=train_cfg))
     net = export_qnet(deploy, name=parent_net.name, config=config)
     return FineTuned(deploy, net, out_weights)
+
+
+def _latent_means(m: Any, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Quantized latent means (the ``mu`` layer) of a VAE for hardware events (N, features)."""
+    import tensorflow as tf
+
+    mu = tf.keras.Model(m.vae.input, m.vae.get_layer("mu").output)
+    return np.asarray(mu.predict(_flat_inputs(x).astype(np.float32), batch_size, verbose=0))
+
+
+_ENCODER_PREFIXES = ("dense", "mu_dense")
+
+
+def _train(
+    m: Any, x_train: np.ndarray, cfg: LearnerConfig, x_old: np.ndarray | None, mu_old: Any
+) -> None:
+    """Adam on the VAE loss over ``x_train`` plus the anti-forgetting terms of ``cfg``.
+
+    Distillation: mean over a batch of old events of sum((mu - mu_parent)**2), divided by the
+    parent's mean sum(mu**2) on them. Anchor: sum((w - w_parent)**2) / sum(w_parent**2) over the
+    hardware encoder's weights (the weights the training starts from).
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(cfg.seed)
+    x_train = np.asarray(x_train, np.float32)
+    variables = m.vae.trainable_variables
+    optimizer = tf.keras.optimizers.Adam(cfg.learning_rate)
+    mu_model = tf.keras.Model(m.vae.input, m.vae.get_layer("mu").output)
+    anchored = [
+        v
+        for layer in m.vae.layers
+        if layer.name.startswith(_ENCODER_PREFIXES)
+        for v in layer.trainable_weights
+    ]
+    anchors = [tf.constant(v.numpy()) for v in anchored]
+    anchor_norm = float(sum(np.sum(np.square(a.numpy())) for a in anchors)) or 1.0
+    distill = cfg.distill_weight > 0.0 and mu_old is not None
+    if distill:
+        x_old = np.asarray(_flat_inputs(x_old), np.float32)
+        mu_old = np.asarray(mu_old, np.float32)
+        distill_norm = float(np.mean(np.sum(np.square(mu_old), axis=1))) or 1.0
+        if cfg.distill_target == "score":
+            mu_old = np.sum(np.square(mu_old), axis=1, keepdims=True)
+            distill_norm = float(np.mean(np.square(mu_old))) or 1.0
+
+    @tf.function
+    def step(xb, ob, tb):
+        with tf.GradientTape() as tape:
+            m.vae(xb, training=True)
+            loss = tf.add_n(m.vae.losses)
+            if distill:
+                mu_b = mu_model(ob, training=True)
+                if cfg.distill_target == "score":
+                    mu_b = tf.reduce_sum(tf.square(mu_b), axis=1, keepdims=True)
+                diff = mu_b - tb
+                d = tf.reduce_mean(tf.reduce_sum(tf.square(diff), axis=1)) / distill_norm
+                loss = loss + cfg.distill_weight * d
+            if cfg.anchor_weight > 0.0:
+                a = tf.add_n(
+                    [
+                        tf.reduce_sum(tf.square(v - c))
+                        for v, c in zip(anchored, anchors, strict=True)
+                    ]
+                )
+                loss = loss + cfg.anchor_weight * a / anchor_norm
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    n, bs = len(x_train), cfg.batch_size
+    empty = np.zeros((0, x_train.shape[1]), np.float32)
+    for _ in range(cfg.epochs):
+        order = rng.permutation(n)
+        old_order = rng.permutation(len(x_old)) if distill else None
+        for k, i in enumerate(range(0, n, bs)):
+            xb = x_train[order[i : i + bs]]
+            if distill:
+                j = np.take(old_order, np.arange(k * bs, k * bs + len(xb)), mode="wrap")
+                ob, tb = x_old[j], mu_old[j]
+            else:
+                ob, tb = empty, np.zeros((0, 1), np.float32)
+            step(xb, ob, tb)
 
 
 def verify_bitexact(deploy: Any, net: QNet, n_random: int, seed: int = 0) -> int:
@@ -289,8 +413,10 @@ class Learner:
     target_rate_hz; ``calibrate``; ``to_json``). ``reference_inputs`` are zero-bias events of
     the conditions the active model and menu were made for: the drift reference, and the first
     content of the replay buffer. ``signal_holdout`` (process -> hardware inputs) is simulated
-    signal for the efficiency check; without it only the rate is checked. ``transform_signal``
-    maps those events to the current conditions (a benchmark's injected drift). ``on_menu`` and
+    signal for the efficiency check; without it only the rate is checked. ``reference_signal``
+    is signal of the reference conditions: a candidate that forgets them is not activated.
+    ``transform_signal`` maps ``signal_holdout`` to the current conditions (a benchmark's injected
+    drift). ``on_menu`` and
     ``on_model`` reach the daemon (``ControlClient.set_menu`` / ``set_model`` or a Pipeline's).
     """
 
@@ -303,6 +429,7 @@ class Learner:
         model: str = "ad",
         config: LearnerConfig = LearnerConfig(),
         signal_holdout: Mapping[str, np.ndarray] | None = None,
+        reference_signal: Mapping[str, np.ndarray] | None = None,
         transform_signal: Callable[[np.ndarray], np.ndarray] | None = None,
         on_menu: Callable[[Any], None] | None = None,
         on_model: Callable[[str, Path], None] | None = None,
@@ -316,6 +443,7 @@ class Learner:
         self.model = model
         self.config = config
         self.signal_holdout = {k: np.asarray(v) for k, v in (signal_holdout or {}).items()}
+        self.reference_signal = {k: np.asarray(v) for k, v in (reference_signal or {}).items()}
         self.transform_signal = transform_signal
         self.on_menu = on_menu
         self.on_model = on_model
@@ -323,6 +451,7 @@ class Learner:
         self.net = version.load_net()
         self.emulator = Emulator(self.net)
         x_ref = _flat_inputs(reference_inputs)
+        self._old_inputs = x_ref  # the conditions reference_signal belongs to
         self.replay = ReplayBuffer(config.replay_capacity, x_ref.shape[1], config.seed)
         self.replay.add(x_ref)
         self.menu = menu
@@ -422,12 +551,13 @@ class Learner:
         n_hold = int(len(x_new) * self.config.holdout_fraction)
         return x_new, x_new[perm[n_hold:]], x_new[perm[:n_hold]]
 
-    def _signal_tpr(self, net: QNet, menu: Any) -> dict[str, dict[str, float]]:
-        """Signal efficiency per rate seed and process at the thresholds of ``menu``."""
+    def _signal_tpr(self, net: QNet, menu: Any, old: bool = False) -> dict[str, dict[str, float]]:
+        """Signal efficiency per rate seed and process at the thresholds of ``menu`` (on
+        ``reference_signal`` as it is when ``old``)."""
         emu = Emulator(net)
         out: dict[str, dict[str, float]] = {}
-        for name, x in self.signal_holdout.items():
-            xs = self.transform_signal(x) if self.transform_signal else x
+        for name, x in (self.reference_signal if old else self.signal_holdout).items():
+            xs = self.transform_signal(x) if self.transform_signal and not old else x
             s = score(net, xs, emu)
             out[name] = {
                 seed.name: float(np.mean(s > seed.threshold))
@@ -450,79 +580,69 @@ class Learner:
         return out
 
     def _adapt(self) -> AdaptationResult:
-        cfg = self.config
         x_new, x_fit, x_hold = self._split_new()
-        n_replay = int(len(x_fit) * cfg.replay_fraction / (1.0 - cfg.replay_fraction))
-        x_replay = self.replay.sample(n_replay)
-        x_train = np.concatenate([x_fit, x_replay])
-        log.info(
-            "fine-tuning %s on %d new + %d replayed events (%d held out)",
-            self.version.name,
-            len(x_fit),
-            len(x_replay),
-            len(x_hold),
-        )
         net_cfg = net_config_of(self.version)
         if self.version.weights_path is None:
             raise ConfigError(f"model {self.version.name} has no Keras weights to fine-tune from")
-        beta_kl = cfg.beta_kl
-        if beta_kl is None:
-            beta_kl = float(self.version.provenance.get("training", {}).get("beta_kl", 0.5))
+        runs = sorted({r for r, _ in self._lumi})
+        lumis = [ls for _, ls in self._lumi]
+        data = {
+            "new_events": len(x_new),
+            "train_new_events": len(x_fit),
+            "holdout_events": len(x_hold),
+            "replay_seen": self.replay.seen,
+            "runs": runs,
+            "lumisections": [min(lumis), max(lumis)] if lumis else None,
+        }
+        settings = self.config.settings()
         with tempfile.TemporaryDirectory() as tmp:
-            tuned = fine_tune(
-                net_cfg,
-                self.net,
-                self.version.weights_path,
-                x_train,
-                cfg,
-                Path(tmp) / "keras.weights.h5",
-                beta_kl,
-                {"new": x_fit, "mix": x_train, "none": None}[cfg.refit_scaling],
-            )
-            n_vectors = verify_bitexact(tuned.deploy, tuned.net, cfg.verify_vectors, cfg.seed)
-            metrics, reasons = self._acceptance(tuned.net, x_fit, x_hold)
-            accepted = not reasons
-            final_menu = self._calibrate(score(tuned.net, x_new))
-            runs = sorted({r for r, _ in self._lumi})
-            lumis = [ls for _, ls in self._lumi]
-            provenance = {
-                "kind": "fine_tune",
-                "model": self.model,
-                "net_config": dataclasses.asdict(net_cfg),
-                "data": {
-                    "new_events": len(x_new),
-                    "train_new_events": len(x_fit),
-                    "train_replay_events": len(x_replay),
-                    "holdout_events": len(x_hold),
-                    "replay_seen": self.replay.seen,
-                    "runs": runs,
-                    "lumisections": [min(lumis), max(lumis)] if lumis else None,
-                },
-                "seeds": {"training": cfg.seed, "split": cfg.seed + len(self.adaptations) + 1},
-                "training": {
-                    "epochs": cfg.epochs,
-                    "batch_size": cfg.batch_size,
-                    "learning_rate": cfg.learning_rate,
-                    "beta_kl": beta_kl,
-                    "replay_fraction": cfg.replay_fraction,
-                    "refit_scaling": cfg.refit_scaling,
-                },
-                "drift": self._drift_report.to_json() if self._drift_report else None,
-                "verification": {"bitexact_vectors": n_vectors, "equal": True},
-                "metrics": metrics,
-                "accepted": accepted,
-                "rejected_because": list(reasons),
-            }
-            version = self.registry.register(
-                tuned.net,
-                provenance,
-                parent=self.version.name,
-                weights=tuned.weights,
-                menu=final_menu.to_json(),
-                activate=accepted,
-            )
-        self.registry.verify(version.name)
-        if accepted:
+            done = []
+            for i, c in enumerate(settings):
+                done.append(self._candidate(i, c, net_cfg, x_fit, x_hold, Path(tmp)))
+                if self.config.candidate_choice == "first" and not done[-1]["reasons"]:
+                    break
+            passing = [d for d in done if not d["reasons"]]
+            best = max(passing, key=lambda d: d["efficiency"]) if passing else None
+            versions = []
+            for d in done:
+                chosen = d is best
+                reasons = list(d["reasons"])
+                if not reasons and not chosen:
+                    reasons = [f"candidate {best['index']} has a higher held-out efficiency"]
+                final_menu = self._calibrate(score(d["net"], x_new))
+                provenance = {
+                    **d["provenance"],
+                    "model": self.model,
+                    "net_config": dataclasses.asdict(net_cfg),
+                    "data": {**data, "train_replay_events": d["n_replay"]},
+                    "seeds": {
+                        "training": d["cfg"].seed,
+                        "split": self.config.seed + len(self.adaptations) + 1,
+                    },
+                    "drift": self._drift_report.to_json() if self._drift_report else None,
+                    "candidate": {
+                        "index": d["index"],
+                        "tried": len(done),
+                        "of": len(settings),
+                        "choice": self.config.candidate_choice,
+                    },
+                    "passed_checks": not d["reasons"],
+                    "accepted": chosen,
+                    "rejected_because": reasons,
+                }
+                version = self.registry.register(
+                    d["net"],
+                    provenance,
+                    parent=self.version.name,
+                    weights=d["weights"],
+                    menu=final_menu.to_json(),
+                    activate=chosen,
+                )
+                self.registry.verify(version.name)
+                versions.append((version, final_menu, reasons, d["metrics"]))
+        pick = done.index(best) if best is not None else 0
+        version, final_menu, reasons, metrics = versions[pick]
+        if best is not None:
             self._activate(version)
             self._send_menu(final_menu)
         else:
@@ -531,16 +651,90 @@ class Learner:
         self.detector = self._detector(x_new)
         self.replay.add(x_new)
         self.state, self._new, self._lumi, self._drift_report = State.MONITORING, [], [], None
-        result = AdaptationResult(version.name, accepted, tuple(reasons), metrics, self.menu)
+        result = AdaptationResult(
+            version.name,
+            best is not None,
+            tuple(reasons),
+            metrics,
+            self.menu,
+            tuple(v.name for v, *_ in versions),
+        )
         self.adaptations.append(result)
         return result
 
+    def _candidate(
+        self,
+        index: int,
+        cfg: LearnerConfig,
+        net_cfg: Any,
+        x_fit: np.ndarray,
+        x_hold: np.ndarray,
+        tmp: Path,
+    ) -> dict[str, Any]:
+        """Fine-tune, verify and check one candidate setting (not registered yet)."""
+        n_replay = int(len(x_fit) * cfg.replay_fraction / (1.0 - cfg.replay_fraction))
+        x_replay = self.replay.sample(n_replay)
+        x_train = np.concatenate([x_fit, x_replay])
+        log.info(
+            "candidate %d: fine-tuning %s on %d new + %d replayed events (%d held out)",
+            index,
+            self.version.name,
+            len(x_fit),
+            len(x_replay),
+            len(x_hold),
+        )
+        beta_kl = cfg.beta_kl
+        if beta_kl is None:
+            beta_kl = float(self.version.provenance.get("training", {}).get("beta_kl", 0.5))
+        tuned = fine_tune(
+            net_cfg,
+            self.net,
+            self.version.weights_path,
+            x_train,
+            cfg,
+            tmp / f"candidate{index}.weights.h5",
+            beta_kl,
+            {"new": x_fit, "mix": x_train, "none": None}[cfg.refit_scaling],
+            x_replay,
+        )
+        n_vectors = verify_bitexact(tuned.deploy, tuned.net, cfg.verify_vectors, cfg.seed)
+        metrics, reasons, efficiency = self._acceptance(tuned.net, x_fit, x_hold, cfg)
+        training = {
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate,
+            "beta_kl": beta_kl,
+            "replay_fraction": cfg.replay_fraction,
+            "refit_scaling": cfg.refit_scaling,
+            "distill_weight": cfg.distill_weight,
+            "distill_target": cfg.distill_target,
+            "anchor_weight": cfg.anchor_weight,
+            "reinit": cfg.reinit,
+        }
+        return {
+            "index": index,
+            "cfg": cfg,
+            "net": tuned.net,
+            "weights": tuned.weights,
+            "n_replay": len(x_replay),
+            "metrics": metrics,
+            "reasons": reasons,
+            "efficiency": efficiency,
+            "provenance": {
+                "kind": "retrain" if cfg.reinit else "fine_tune",
+                "training": training,
+                "verification": {"bitexact_vectors": n_vectors, "equal": True},
+                "metrics": metrics,
+            },
+        }
+
     def _acceptance(
-        self, candidate: QNet, x_fit: np.ndarray, x_hold: np.ndarray
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Held-out rate of the candidate, and its signal efficiency against the parent's
-        (both recalibrated on the same new events)."""
-        cfg = self.config
+        self, candidate: QNet, x_fit: np.ndarray, x_hold: np.ndarray, cfg: LearnerConfig
+    ) -> tuple[dict[str, Any], list[str], float]:
+        """Held-out rate of the candidate, its signal efficiency against the parent's (both
+        recalibrated on the same new events) and, with ``reference_signal``, against the parent's
+        on the old conditions (both calibrated on the reference zero bias). Returns the metrics,
+        the reasons to reject and the mean held-out efficiency (for the choice of candidate)."""
         cand_menu = self._calibrate(score(candidate, x_fit))
         parent_menu = self._calibrate(score(self.net, x_fit, self.emulator))
         rates = self._rate_errors(cand_menu, score(candidate, x_hold))
@@ -550,17 +744,40 @@ class Learner:
             if not v["ok"]
         ]
         metrics: dict[str, Any] = {"holdout_rate": rates}
+        efficiency = 0.0
+        seeds = rate_seeds(cand_menu, self.model)
         if self.signal_holdout:
             tpr_c = self._signal_tpr(candidate, cand_menu)
             tpr_p = self._signal_tpr(self.net, parent_menu)
             metrics["signal_tpr"] = tpr_c
             metrics["parent_signal_tpr"] = tpr_p
-            for seed in rate_seeds(cand_menu, self.model):
+            effs = []
+            for seed in seeds:
                 c = float(np.mean([v[seed.name] for v in tpr_c.values()]))
                 p = float(np.mean([v[seed.name] for v in tpr_p.values()]))
+                effs.append(c)
                 if c < (1.0 - cfg.max_tpr_loss) * p:
                     reasons.append(f"seed {seed.name}: signal efficiency {c:.3f} < parent {p:.3f}")
-        return metrics, reasons
+            efficiency = float(np.mean(effs))
+        if self.reference_signal:
+            tpr_c = self._signal_tpr(
+                candidate, self._calibrate(score(candidate, self._old_inputs)), old=True
+            )
+            tpr_p = self._signal_tpr(
+                self.net, self._calibrate(score(self.net, self._old_inputs, self.emulator)), True
+            )
+            metrics["old_conditions"] = {"signal_tpr": tpr_c, "parent_signal_tpr": tpr_p}
+            for seed in seeds:
+                if cfg.old_check_seeds and seed.name not in cfg.old_check_seeds:
+                    continue
+                c = float(np.mean([v[seed.name] for v in tpr_c.values()]))
+                p = float(np.mean([v[seed.name] for v in tpr_p.values()]))
+                if c < (1.0 - cfg.max_old_tpr_loss) * p:
+                    reasons.append(
+                        f"seed {seed.name}: old-conditions signal efficiency {c:.3f} < "
+                        f"parent {p:.3f} (forgets)"
+                    )
+        return metrics, reasons, efficiency
 
     def _activate(self, version: ModelVersion) -> None:
         self.version = version

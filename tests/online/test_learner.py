@@ -366,3 +366,102 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
         sub.close(0)
         ctx.term()
     assert (summary.lost, summary.duplicated) == (0, 0)
+
+
+def test_distillation_and_anchor_keep_the_child_near_its_parent(trained_run, tmp_path):
+    """On a tiny VAE (2 epochs), the distillation term brings the child's scores on held-out old
+    events closer to the parent's, and the weight anchor brings its latent layer's weights closer,
+    than the same fine-tune without them (seeded, so deterministic)."""
+    import dataclasses
+
+    from l1forge.online.learner import _flat_inputs, fine_tune, net_config_of
+
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = import_training_run(reg, trained_run)
+    parent = v1.load_net()
+    x_new = _flat_inputs(inject(DRIFT, zero_bias_like(3000, seed=80)))
+    x_old = _flat_inputs(zero_bias_like(3000, seed=81))
+    x_check = zero_bias_like(2000, seed=82)
+    s_parent = score(parent, x_check)
+
+    def tuned(i: int, **kw):
+        cfg = dataclasses.replace(CFG, epochs=2, learning_rate=1e-2, **kw)
+        x_train = np.concatenate([x_new, x_old])
+        out = tmp_path / f"w{i}.weights.h5"
+        return fine_tune(
+            net_config_of(v1), parent, v1.weights_path, x_train, cfg, out, 0.01, x_new, x_old
+        )
+
+    def score_gap(t) -> float:
+        return float(np.mean((score(t.net, x_check) - s_parent) ** 2))
+
+    def weight_gap(t) -> float:
+        w = t.net.layer("mu_dense").arrays["weight"] - parent.layer("mu_dense").arrays["weight"]
+        return float(np.sum(w.astype(np.float64) ** 2))
+
+    plain, distilled = tuned(0), tuned(1, distill_weight=10.0)
+    anchored = tuned(2, anchor_weight=100.0)
+    assert score_gap(distilled) < 0.5 * score_gap(plain), (score_gap(distilled), score_gap(plain))
+    assert weight_gap(anchored) < 0.5 * weight_gap(plain), (weight_gap(anchored), weight_gap(plain))
+
+
+def test_candidates_are_all_registered_and_the_best_passing_one_goes_live(tmp_path, trained_run):
+    """Two candidate settings: both registered with provenance; the one with the higher held-out
+    efficiency is activated, the other kept with the reason."""
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        CFG, candidates=({}, {"seed": 2, "learning_rate": 1e-3}), candidate_choice="best"
+    )
+    models = []
+    reg, _v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        reference_signal={"sig": _signal(600, seed=22)},
+        on_model=lambda *a: models.append(a),
+    )
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=60 + i)))
+    assert result is not None and result.accepted, result.reasons
+    assert result.candidates == ("v0002", "v0003") and reg.active_name == result.version
+    assert models == [("ad", reg.get(result.version).qnet_path)]
+    other = reg.get(({"v0002", "v0003"} - {result.version}).pop()).provenance
+    chosen = reg.get(result.version).provenance
+    assert chosen["accepted"] and chosen["passed_checks"] and "old_conditions" in chosen["metrics"]
+    assert other["passed_checks"] and not other["accepted"]
+    assert "higher held-out efficiency" in other["rejected_because"][0]
+
+    def efficiency(prov) -> float:
+        return float(
+            np.mean([v for p in prov["metrics"]["signal_tpr"].values() for v in p.values()])
+        )
+
+    assert efficiency(chosen) >= efficiency(other)
+    assert {chosen["seeds"]["training"], other["seeds"]["training"]} == {0, 2}
+
+
+def test_a_candidate_that_forgets_the_old_conditions_is_not_activated(tmp_path, trained_run):
+    import dataclasses
+
+    # twice the parent's old efficiency: every candidate is tried (in order) and rejected
+    cfg = dataclasses.replace(CFG, max_old_tpr_loss=-1.0, candidates=({}, {"seed": 2}))
+    reg, _v1, learner = _learner(
+        tmp_path, trained_run, cfg, reference_signal={"sig": _signal(600, seed=22)}
+    )
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=60 + i)))
+    assert result is not None and not result.accepted
+    assert all("old-conditions signal efficiency" in r for r in result.reasons)
+    assert result.candidates == ("v0002", "v0003") and reg.active_name == "v0001"
+    assert reg.get("v0002").provenance["rejected_because"] == list(result.reasons)
+    assert reg.get("v0003").provenance["candidate"] == {
+        "index": 1,
+        "tried": 2,
+        "of": 2,
+        "choice": "first",
+    }
