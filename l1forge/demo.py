@@ -2,7 +2,7 @@
 
 Pythia events -> anomaly-detector training and its qnet IR -> firmware (Verilog, wrappers,
 lint, synthesis report) -> a reduced co-design study -> a short run of the online daemon
-(emulator backend, the trained IR, replay of the demo events). Each stage prints its JSON
+(emulator backend, the trained IR, replay of the demo minimum-bias events). Each stage prints its JSON
 summary; the demo ends with one JSON object that points at every output.
 """
 
@@ -51,7 +51,7 @@ def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, 
 
     online = out / "online"
     sets = {
-        "source.paths": [str(data / "background.h5"), str(data / "signals.h5")],
+        "source.paths": [str(data / "background.h5")],
         "backend.models": {"ad": str(qnet)},
         "source.n_events": n_events,
         "storage.out_dir": str(online),
