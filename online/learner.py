@@ -76,7 +76,12 @@ class LearnerConfig:
     # {"seed": 2} or {"reinit": True, "replay_fraction": 0.0}); every one trained is registered.
     # candidate_choice "first": tried in order, the first that passes goes live (the rest are not
     # trained); "best": all are trained, the passing one with the best held-out efficiency wins.
-    candidates: tuple[Mapping[str, Any], ...] = ()
+    # Default: the fine-tune, then retrainings on the new events alone (benchmarks/continual.py)
+    candidates: tuple[Mapping[str, Any], ...] = (
+        {},
+        {"reinit": True, "replay_fraction": 0.0},
+        {"reinit": True, "replay_fraction": 0.0, "seed": 2},
+    )
     candidate_choice: str = "first"
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
