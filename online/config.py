@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from l1forge.online.validation import integer as _int
+from l1forge.online.validation import number as _float
 
 from l1forge.errors import ConfigError
 
@@ -163,21 +165,6 @@ def _mapping(raw: Any, key: str, allowed: set[str]) -> dict[str, Any]:
             where = f"{key}.{k}" if key else str(k)
             raise ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))})")
     return raw
-
-
-def _int(raw: Any, key: str, lo: int, hi: int = 1 << 62) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
-        raise ConfigError(f"{key}: expected an integer in [{lo}, {hi}], got {raw!r}")
-    return raw
-
-
-def _float(raw: Any, key: str, lo: float = 0.0, hi: float = math.inf, strict: bool = True) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
-        raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
-    if (raw <= lo if strict else raw < lo) or raw > hi:
-        bracket = "(" if strict else "["
-        raise ConfigError(f"{key}: expected a number in {bracket}{lo}, {hi}], got {raw!r}")
-    return float(raw)
 
 
 def _bool(raw: Any, key: str) -> bool:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from l1forge.online.validation import integer as _int
+from l1forge.online.validation import number as _float
 
 from l1forge.errors import ConfigError
 
@@ -100,22 +102,6 @@ def _require(raw: dict[str, Any], name: str, key: str) -> Any:
     if name not in raw:
         raise ConfigError(f"{key}.{name}: missing")
     return raw[name]
-
-
-def _int(raw: Any, key: str, lo: int, hi: int = 1 << 30) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
-        raise ConfigError(f"{key}: expected an integer in [{lo}, {hi}], got {raw!r}")
-    return raw
-
-
-def _float(raw: Any, key: str, lo: float = 0.0, hi: float = math.inf, strict: bool = True) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
-        raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
-    if (raw <= lo if strict else raw < lo) or raw > hi:
-        raise ConfigError(
-            f"{key}: expected a number in {'(' if strict else '['}{lo}, {hi}], got {raw}"
-        )
-    return float(raw)
 
 
 def _thresholds(raw: Any, key: str, lower_is_worse: bool = False) -> Thresholds:
