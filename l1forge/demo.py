@@ -2,8 +2,8 @@
 
 Pythia events -> anomaly-detector training and its qnet IR -> firmware (Verilog, wrappers,
 lint, synthesis report) -> a reduced co-design study -> a short run of the online daemon
-(emulator backend, the trained IR, replay of the demo minimum-bias events). Each stage prints its JSON
-summary; the demo ends with one JSON object that points at every output.
+(emulator backend, the trained IR, replay of the demo minimum-bias events). Each stage prints
+its JSON summary; the demo ends with one JSON object that points at every output.
 """
 
 from __future__ import annotations
