@@ -146,6 +146,9 @@ def _learn(args: argparse.Namespace) -> int:
     signals: dict[str, Any] = {}
     for path in args.signals or ():
         signals.update(_inputs(path))
+    reference_signals: dict[str, Any] = {}
+    for path in args.reference_signals or ():
+        reference_signals.update(_inputs(path))
     if not all(np.isfinite(s.threshold) for s in menu.seeds if s.model == args.model):
         from l1forge.online.learner import score
 
@@ -162,6 +165,7 @@ def _learn(args: argparse.Namespace) -> int:
         model=args.model,
         config=LearnerConfig(seed=args.seed),
         signal_holdout=signals or None,
+        reference_signal=reference_signals or None,
         on_menu=lambda m: client.set_menu(m.to_json()),
         on_model=lambda name, path: client.set_model(name, path),
     )
@@ -221,6 +225,12 @@ def register_model_commands(online_subparsers: Any) -> None:
     ln = add("learn", _learn, "adapt the active model on the daemon's zero-bias tap")
     ln.add_argument("--reference", required=True, help="zero-bias HDF5 of the current conditions")
     ln.add_argument("--signals", nargs="*", help="signal HDF5 files for the efficiency check")
+    ln.add_argument(
+        "--reference-signals",
+        nargs="*",
+        help="signal HDF5 files of the reference conditions: a candidate that forgets them "
+        "(efficiency loss beyond the tolerance) is registered but not activated",
+    )
     ln.add_argument("--menu", help="menu JSON (default: the active version's menu)")
     ln.add_argument("--monitor", help="monitoring PUB endpoint (default: endpoints.json)")
     ln.add_argument("--seed", type=int, default=0)
