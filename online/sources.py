@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import zmq
 from l1forge.online.wire import EventBatch, WireError, decode_batch, encode_batch
-from l1forge.sim.dataset import ARRAYS, FILE_FORMAT, FILE_VERSION
+from l1forge.sim.dataset import event_file_length
 from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
@@ -117,7 +117,7 @@ class ReplaySource:
         if not paths:
             raise ConfigError("source.paths: a replay source needs at least one HDF5 file")
         self.paths = tuple(Path(p) for p in paths)
-        self.sizes = [self._check(p) for p in self.paths]
+        self.sizes = [event_file_length(p) for p in self.paths]
         if loop and sum(self.sizes) == 0:
             raise ConfigError("source.loop: the replay files hold no events to loop over")
         self.loop = loop
@@ -127,29 +127,6 @@ class ReplaySource:
         self.chunk_events = chunk_events
         nbytes = sum(self.sizes) * N_OBJECTS * N_FEATURES * 2
         self._cache: list[Chunk] | None = [] if loop and nbytes <= cache_mb * 1e6 else None
-
-    @staticmethod
-    def _check(path: Path) -> int:
-        """Validate the file's format like `read_events` does; return its number of events."""
-        if not path.is_file():
-            raise DataFormatError(f"event file not found: {path}")
-        try:
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("format") != FILE_FORMAT:
-                    raise DataFormatError(f"{path}: not an l1forge event file (format attribute)")
-                if f.attrs.get("version") != FILE_VERSION:
-                    raise DataFormatError(f"{path}: event file version {f.attrs.get('version')}")
-                n = len(f["event"])
-                shape = f["objects_hw"].shape
-                if f["objects_hw"].dtype != ARRAYS["objects_hw"][0] or shape != (
-                    n,
-                    N_OBJECTS,
-                    N_FEATURES,
-                ):
-                    raise DataFormatError(f"{path}: objects_hw is not int32 ({n}, 19, 3)")
-        except (OSError, KeyError) as exc:
-            raise DataFormatError(f"{path}: corrupt or unreadable event file: {exc}") from exc
-        return n
 
     def _read(self, path: Path, n: int) -> Iterator[Chunk]:
         try:

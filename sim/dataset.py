@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,9 +137,10 @@ def write_events(path: str | Path, events: EventSet, chunk_events: int = 4096) -
     return path
 
 
-def read_events(path: str | Path) -> EventSet:
-    """Read and validate an event file; anything malformed raises DataFormatError."""
-    path = Path(path)
+@contextmanager
+def _open_checked(path: Path) -> Iterator[h5py.File]:
+    """The event file opened for reading, its format, version and datasets checked; any
+    HDF5 or key error inside the block becomes a DataFormatError naming the file."""
     if not path.is_file():
         raise DataFormatError(f"event file not found: {path}")
     try:
@@ -151,11 +154,30 @@ def read_events(path: str | Path) -> EventSet:
             missing = [k for k in ARRAYS if k not in f]
             if missing:
                 raise DataFormatError(f"{path}: missing datasets {missing}")
-            arrays = {k: f[k][...] for k in ARRAYS}
-            processes = tuple(json.loads(f.attrs["processes"]))
-            provenance = json.loads(f.attrs["provenance"])
+            yield f
     except DataFormatError:
         raise
     except (OSError, KeyError, ValueError) as exc:
         raise DataFormatError(f"{path}: corrupt or unreadable event file: {exc}") from exc
+
+
+def read_events(path: str | Path) -> EventSet:
+    """Read and validate an event file; anything malformed raises DataFormatError."""
+    path = Path(path)
+    with _open_checked(path) as f:
+        arrays = {k: f[k][...] for k in ARRAYS}
+        processes = tuple(json.loads(f.attrs["processes"]))
+        provenance = json.loads(f.attrs["provenance"])
     return EventSet(**arrays, processes=processes, provenance=provenance)
+
+
+def event_file_length(path: str | Path) -> int:
+    """Validate an event file's format and object layout without reading it; its event count."""
+    path = Path(path)
+    dtype, shape = ARRAYS["objects_hw"]
+    with _open_checked(path) as f:
+        n = len(f["event"])
+        obj = f["objects_hw"]
+        if obj.dtype != dtype or obj.shape != (n, *shape):
+            raise DataFormatError(f"{path}: objects_hw is not {np.dtype(dtype)} {(n, *shape)}")
+    return n
