@@ -23,12 +23,18 @@ import zmq
 from l1forge.online.dispatcher import C_ACK, C_FAILED, C_NACK, C_RESULT, FLAG_OWNER, META, U64
 from l1forge.online.menu import Menu, seed_counts
 from l1forge.online.storage import AcceptedWriter, FileRecord, StorageError
-from l1forge.online.wire import ResultBatch, WireError, decode_batch, decode_results, encode_results
+from l1forge.online.wire import (
+    TOPIC_MONITOR,
+    TOPIC_ZERO_BIAS,
+    ResultBatch,
+    WireError,
+    decode_batch,
+    decode_results,
+    encode_results,
+)
 
 log = logging.getLogger(__name__)
 
-TOPIC_MONITOR = b"mon"
-TOPIC_ZERO_BIAS = b"zb"
 LATENCY_WINDOW = 100_000  # batch latencies kept for percentiles
 
 

@@ -20,14 +20,13 @@ import numpy as np
 import zmq
 from l1forge.online.dqm import DQMMonitor, DQMRunResult, compared_values
 from l1forge.online.dqm_config import DQMConfig, load_config
-from l1forge.online.wire import ResultBatch, WireError, decode_results
+from l1forge.online.wire import TOPIC_MONITOR, ResultBatch, WireError, decode_results
 from l1forge.sim.l1objects import to_physical
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 
-TOPIC_MONITOR = b"mon"
 POLL_MS = 100
 MAX_ALARMS_IN_VIEW = 500
 

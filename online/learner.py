@@ -31,6 +31,7 @@ from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import QNet
 from l1forge.online.drift import DriftConfig, DriftDetector, DriftReport, expected_fraction
 from l1forge.online.registry import ModelRegistry, ModelVersion
+from l1forge.online.wire import TOPIC_ZERO_BIAS
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
@@ -857,7 +858,7 @@ def run_subscriber(
     endpoint: str,
     stop: threading.Event,
     *,
-    topic: bytes = b"zb",
+    topic: bytes = TOPIC_ZERO_BIAS,
     poll_ms: int = 200,
     context: Any = None,
     keys: Any = None,

@@ -43,6 +43,9 @@ from l1forge.errors import DataFormatError
 MAGIC = b"L1FW"
 WIRE_VERSION = 1
 MAX_EVENTS_PER_MESSAGE = 1 << 20
+# Topics of the monitoring tap (PUB): sampled batches with every event, zero-bias events.
+TOPIC_MONITOR = b"mon"
+TOPIC_ZERO_BIAS = b"zb"
 MAX_MODELS = 64
 WORKER_BYTES = 32  # the worker name field (utf-8, zero padded)
 KIND_EVENTS = 1

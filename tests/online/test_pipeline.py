@@ -17,7 +17,7 @@ from l1forge.models import qnet
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.online.backends import outputs_float
-from l1forge.online.collector import TOPIC_MONITOR, TOPIC_ZERO_BIAS
+from l1forge.online.wire import TOPIC_MONITOR, TOPIC_ZERO_BIAS
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.menu import Menu
 from l1forge.online.metrics import make_metrics
