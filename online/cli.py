@@ -8,24 +8,23 @@
 
 Control commands find the daemon through ``<state_dir>/endpoints.json`` (``--state-dir``,
 default out/online/state) or take ``--control tcp://HOST:PORT`` (and ``--keys DIR`` for CURVE).
-Other online modules add their own sub-commands through a ``register_cli(subparsers)`` function.
+The `model` sub-commands of the continual learner are defined in ``online/learner_cli.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from l1forge.online.learner_cli import register_model_commands
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = "out/online/state"
-# Modules of this package that may add sub-commands (`register_cli(subparsers)`); absent = skipped.
-EXTENSIONS = ("l1forge.online.worker", "l1forge.online.registry", "l1forge.online.learner")
 CONTROL_COMMANDS = ("start", "stop", "status", "reset", "shutdown")
 
 
@@ -85,16 +84,7 @@ def register(subparsers: Any) -> None:
     keys.add_argument("--out", required=True, help="new folder for the keys")
     keys.set_defaults(func=_keys)
 
-    for module_name in EXTENSIONS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        hook = getattr(module, "register_cli", None)
-        if hook is not None:
-            hook(sub)
+    register_model_commands(sub)
 
 
 def _control_args(p: argparse.ArgumentParser) -> None:

@@ -265,10 +265,3 @@ class ModelRegistry:
         manifest = build(v.load_net(), out, BuildOptions(**options))
         log.info("firmware folder for %s: %s (%s)", name, out, manifest.get("name"))
         return out
-
-
-def register_cli(subparsers: Any) -> None:
-    """`l1forge online model ...` (found by ``online.cli`` through this hook)."""
-    from l1forge.online.learner_cli import register_model_commands
-
-    register_model_commands(subparsers)
