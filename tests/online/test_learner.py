@@ -310,10 +310,9 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
     """A running pipeline on drifted events: the learner on its zero-bias tap recalibrates the
     menu and swaps a fine-tuned network into the workers without stopping the run."""
     import zmq
-    from l1forge.online.wire import TOPIC_ZERO_BIAS
     from l1forge.online.config import run_config_from_dict
     from l1forge.online.pipeline import Pipeline
-    from l1forge.online.wire import decode_results
+    from l1forge.online.wire import TOPIC_ZERO_BIAS, decode_results
 
     reg, v1, learner_proto = _learner(tmp_path, trained_run, CFG)
     menu = learner_proto.menu

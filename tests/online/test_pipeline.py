@@ -17,13 +17,12 @@ from l1forge.models import qnet
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.online.backends import outputs_float
-from l1forge.online.wire import TOPIC_MONITOR, TOPIC_ZERO_BIAS
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.menu import Menu
 from l1forge.online.metrics import make_metrics
 from l1forge.online.pipeline import Pipeline, PipelineError, build_menu
 from l1forge.online.storage import TREE, verify_run_files
-from l1forge.online.wire import decode_results
+from l1forge.online.wire import TOPIC_MONITOR, TOPIC_ZERO_BIAS, decode_results
 from l1forge.sim.dataset import read_events
 
 from l1forge.errors import DataFormatError
