@@ -18,6 +18,19 @@ log = logging.getLogger(__name__)
 
 LHC_INPUT_RATE_HZ = 40e6  # bunch-crossing rate seen by the Level-1 trigger
 FPR_POINTS = (1e-5, 1e-4)
+# A background pass fraction is quoted only when at least this many background events lie
+# above its threshold; below that the sample cannot resolve it (Poisson error > 30 %).
+MIN_EVENTS_ABOVE = 10
+
+
+def fpr_resolvable(n_background: int, fpr: float) -> bool:
+    """Whether ``n_background`` events put at least ``MIN_EVENTS_ABOVE`` above an FPR cut."""
+    return n_background * fpr >= MIN_EVENTS_ABOVE - 1e-9  # float products like 1e6 * 1e-5
+
+
+def smallest_resolvable_fpr(n_background: int) -> float | None:
+    """The smallest FPR a background sample of this size resolves (None for an empty one)."""
+    return MIN_EVENTS_ABOVE / n_background if n_background > 0 else None
 
 
 def roc_auc(bg: np.ndarray, sig: np.ndarray) -> float:
@@ -60,29 +73,55 @@ def evaluate_scores(
     score_name: str = "score",
     lsb: float = 1.0,
 ) -> dict[str, Any]:
-    """Per-signal metrics, ROC and score plots; writes ``<score_name>_metrics.json``."""
+    """Per-signal metrics, ROC and score plots; writes ``<score_name>_metrics.json``.
+
+    A TPR at an FPR (or at a rate) the background sample cannot resolve, fewer than
+    ``MIN_EVENTS_ABOVE`` background events above the threshold, is reported as None.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    n_bg = len(bg)
     thr, rate = threshold_for_rate(bg, rate_hz)
+    rate_ok = fpr_resolvable(n_bg, rate_hz / LHC_INPUT_RATE_HZ)
     summary: dict[str, Any] = {
         "score": score_name,
-        "n_background": len(bg),
+        "n_background": n_bg,
         "requested_rate_hz": rate_hz,
         "threshold": thr,
         "threshold_integer": thr / lsb if lsb != 1.0 else thr,
-        "expected_rate_hz": rate,
-        "fpr_resolution": 1.0 / max(len(bg), 1),
+        "rate_resolvable": rate_ok,
+        "expected_rate_hz": rate if rate_ok else None,
+        "fpr_resolution": 1.0 / max(n_bg, 1),
+        "smallest_resolvable_fpr": smallest_resolvable_fpr(n_bg),
+        "fpr_points": {
+            f"{f:.0e}": {
+                "resolvable": fpr_resolvable(n_bg, f),
+                "expected_background_above": n_bg * f,
+            }
+            for f in FPR_POINTS
+        },
         "signals": {},
     }
-    if len(bg) * min(FPR_POINTS) < 10:
-        log.warning("only %d background events: TPR at FPR 1e-5 rests on few events", len(bg))
+    for f in FPR_POINTS:
+        if not fpr_resolvable(n_bg, f):
+            log.info(
+                "%s: %d background events put %.2g above an FPR %.0e cut (< %d): TPR at FPR "
+                "%.0e reported as null; the smallest resolvable FPR is %.2g",
+                score_name,
+                n_bg,
+                n_bg * f,
+                f,
+                MIN_EVENTS_ABOVE,
+                f,
+                smallest_resolvable_fpr(n_bg) or float("nan"),
+            )
     for name, sig in signals.items():
         m: dict[str, Any] = {"n": len(sig), "auc": roc_auc(bg, sig)}
         for f in FPR_POINTS:
-            tpr, got = tpr_at_fpr(bg, sig, f)
+            tpr, got = tpr_at_fpr(bg, sig, f) if fpr_resolvable(n_bg, f) else (None, None)
             m[f"tpr_at_fpr_{f:.0e}"] = tpr
             m[f"achieved_fpr_{f:.0e}"] = got
-        m["tpr_at_rate"] = float(np.mean(sig > thr))
+        m["tpr_at_rate"] = float(np.mean(sig > thr)) if rate_ok else None
         summary["signals"][name] = m
     _plots(bg, signals, out_dir, score_name)
     (out_dir / f"{score_name}_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -106,10 +145,19 @@ def _plots(bg: np.ndarray, signals: dict[str, np.ndarray], out_dir: Path, score_
         ok = fpr > 0
         ax.plot(fpr[ok], tpr[ok], label=f"{name} (AUC {roc_auc(bg, sig):.3f})")
     ax.axvline(1e-5, color="grey", ls="--", lw=1)
+    lo = max(1.0 / len(bg), 1e-7)
+    unresolved = smallest_resolvable_fpr(len(bg)) or 1.0
+    ax.axvspan(
+        lo,
+        unresolved,
+        color="grey",
+        alpha=0.15,
+        label=f"< {MIN_EVENTS_ABOVE} background events above (unresolved)",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("background efficiency (FPR)")
     ax.set_ylabel("signal efficiency (TPR)")
-    ax.set_xlim(max(1.0 / len(bg), 1e-7), 1)
+    ax.set_xlim(lo, 1)
     ax.legend(fontsize=12)
     fig.savefig(out_dir / f"{score_name}_roc.png", dpi=80)
     plt.close(fig)
