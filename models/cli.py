@@ -22,6 +22,13 @@ def register(subparsers: Any) -> None:
         k.add_argument("--rate-hz", type=float, default=1000.0, help="target output rate")
         k.add_argument("--max-events", type=int, help="cap events per process")
         k.set_defaults(func=_run, kind=kind)
+    r = kinds.add_parser(
+        "reference",
+        help="build (or find) the cached reference encoder that benchmarks measure",
+    )
+    r.add_argument("--cache", default="out/reference", help="cache folder (default out/reference)")
+    r.add_argument("--workers", type=int, default=2, help="event-generation worker processes")
+    r.set_defaults(func=_reference)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,4 +49,14 @@ def _run(args: argparse.Namespace) -> int:
         sig.pop(name, None)
     summary = train(cfg, bg, Inputs(sig), args.out, rate_hz=args.rate_hz)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from l1forge.models.reference import reference_encoder
+
+    ref = reference_encoder(args.cache, n_workers=args.workers)
+    summary = json.loads(ref.summary_path.read_text())
+    aucs = {k: round(v["auc"], 4) for k, v in summary["score"]["signals"].items()}
+    print(json.dumps({"qnet": str(ref.qnet_path), "network": ref.describe(), "auc": aucs}))
     return 0

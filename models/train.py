@@ -20,6 +20,10 @@ from l1forge.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 
+# Beside the IR in a training folder: what `load_deploy_model` rebuilds the QKeras network from.
+HARDWARE_WEIGHTS = "hardware.weights.h5"
+INPUT_SCALING = "input_scaling.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
@@ -115,6 +119,10 @@ def train(
             x, y, sample_weight=w, validation_split=tr.validation_fraction, shuffle=True, **fit_kw
         )
     deploy = networks.deploy_model(net_cfg, scaling, trained)
+    trained.save_weights(str(out_dir / HARDWARE_WEIGHTS))
+    (out_dir / INPUT_SCALING).write_text(
+        json.dumps({"offset": scaling.offset.tolist(), "shift": scaling.shift.tolist()}) + "\n"
+    )
     ir = export_qnet(deploy, name=f"l1forge_{net_cfg.kind}", config=config_to_dict(cfg))
     ir_path = qnet.save(ir, out_dir / "encoder.qnet.json")
     emu = Emulator(ir)
@@ -154,3 +162,42 @@ def train(
         )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def load_deploy_model(train_dir: str | Path):
+    """The QKeras deploy network of a `train` output folder (config, scaling, trained weights).
+
+    Checked against the folder's IR: the two must agree bit for bit on the corner vectors.
+    """
+    import numpy.testing
+    from l1forge.models import networks, qnet
+    from l1forge.models.config import make_config
+    from l1forge.models.emulator import Emulator
+    from l1forge.models.vectors import bitexact_vectors
+
+    d = Path(train_dir)
+    needed = ("summary.json", "encoder.qnet.json", HARDWARE_WEIGHTS, INPUT_SCALING)
+    missing = [n for n in needed if not (d / n).is_file()]
+    if missing:
+        raise DataFormatError(f"{d}: not a complete training folder, missing {missing}")
+    cfg = make_config(json.loads((d / "summary.json").read_text())["config"])
+    raw = json.loads((d / INPUT_SCALING).read_text())
+    scaling = networks.InputScaling(
+        offset=np.asarray(raw["offset"], np.int64), shift=np.asarray(raw["shift"], np.int64)
+    )
+    trained = networks.hardware_model(cfg.network, scaling)
+    trained.load_weights(str(d / HARDWARE_WEIGHTS))
+    deploy = networks.deploy_model(cfg.network, scaling, trained)
+    ir = qnet.load(d / "encoder.qnet.json")
+    x = bitexact_vectors(ir, 4096, seed=0)
+    emu = Emulator(ir)
+    try:
+        want = emu.run_float(x)
+    finally:
+        emu.close()
+    got = networks.exact_predict(deploy, x)
+    try:
+        numpy.testing.assert_array_equal(got, want)
+    except AssertionError as exc:
+        raise DataFormatError(f"{d}: the rebuilt QKeras network differs from its IR") from exc
+    return deploy

@@ -44,3 +44,19 @@ def test_train_exports_ir_and_evaluates_on_emulator(tmp_path, kind):
     assert_array_equal(y, Emulator(load(tmp_path / "encoder.qnet.json")).run(bg[:100]))
     if kind == "ad":
         assert "recon_mse" in summary
+    # the QKeras network rebuilt from the folder computes what the IR computes
+    from l1forge.models.networks import exact_predict
+    from l1forge.models.train import load_deploy_model
+
+    deploy = load_deploy_model(tmp_path)
+    assert_array_equal(exact_predict(deploy, bg[:500]), Emulator(ir).run_float(bg[:500]))
+
+
+def test_load_deploy_model_names_what_is_missing(tmp_path):
+    from l1forge.models.train import load_deploy_model
+
+    from l1forge.errors import DataFormatError
+
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(DataFormatError, match=r"hardware\.weights\.h5"):
+        load_deploy_model(tmp_path)
