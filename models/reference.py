@@ -9,6 +9,7 @@ builds it again.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -95,13 +96,21 @@ def reference_encoder(
     )
     stamp_path = cache / "reference.json"
     want = _stamp(recipe)
-    if ref.qnet_path.is_file() and stamp_path.is_file():
-        if json.loads(stamp_path.read_text()).get("key") == want["key"]:
-            qnet.load(ref.qnet_path)  # validates the cached IR (checksum, formats)
-            return ref
-        log.info("reference encoder: recipe or default config changed, building it again")
-    _build(ref, n_workers)
-    stamp_path.write_text(json.dumps(want, indent=1) + "\n")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = (cache / ".lock").open("w")
+    except OSError as exc:
+        raise L1ForgeError(f"reference encoder: cannot use the cache {cache}: {exc}") from exc
+    with lock:
+        # one builder at a time: a second caller (another benchmark) waits, then reuses it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ref.qnet_path.is_file() and stamp_path.is_file():
+            if json.loads(stamp_path.read_text()).get("key") == want["key"]:
+                qnet.load(ref.qnet_path)  # validates the cached IR (checksum, formats)
+                return ref
+            log.info("reference encoder: recipe or default config changed, building it again")
+        _build(ref, n_workers)
+        stamp_path.write_text(json.dumps(want, indent=1) + "\n")
     return ref
 
 
@@ -120,10 +129,7 @@ def _build(ref: ReferenceEncoder, n_workers: int) -> None:
 
     r = ref.recipe
     log.info("building the %s", ref.describe())
-    try:
-        ref.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise L1ForgeError(f"reference encoder: cannot create {ref.data_dir}: {exc}") from exc
+    ref.data_dir.mkdir(parents=True, exist_ok=True)
     demo_dataset(ref.data_dir, r.n_background, r.n_signal, r.seed, r.pileup_mean, n_workers)
     cfg = Config()
     bits = cfg.network.input_hw_bits
