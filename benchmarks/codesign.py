@@ -100,6 +100,9 @@ def main() -> None:
     calo.simulate(geom, np.random.default_rng(0).uniform(5, 50, 4000), seed=0)
     ref_rate = 4000 / (time.perf_counter() - t0)
     out = {
+        # each method trains its own e/gamma trigger network for its detector design
+        "network_source": "trained",
+        "network_description": "e/gamma networks trained per design by each method in this run",
         "utility": {m: _mean_std(v) for m, v in util.items()},
         "designs": {
             m: {k: _mean_std([float(x) for x in v]) for k, v in d.items()} for m, d in extra.items()

@@ -1,11 +1,15 @@
 """Events/s of the qnet emulator vs hls4ml's compiled C simulation and QKeras predict.
 
-The default encoder (57 -> 32 -> 16 -> 3, 8-bit weights, score = sum(mu**2)) with weights from
-a few training steps; every compared output must be equal. Prints one JSON object.
+By default the reference encoder (``l1forge.models.reference``: the default 57 -> 32 -> 16 -> 3
+anomaly detector, score = sum(mu**2), trained on a fixed-seed Pythia sample, cached under
+``out/reference``; a few minutes to build on first use); ``--random`` takes the same shape with
+weights from one epoch on Gaussian noise. Every compared output must be equal. Prints one JSON
+object.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -25,14 +29,11 @@ def _rate(fn, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
     return len(x) / best, y
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+def _random_network():
+    """The default shape with weights from one epoch on Gaussian noise (``--random``)."""
     import tensorflow as tf
-    from l1forge.models import hls, networks
+    from l1forge.models import networks
     from l1forge.models.config import NetConfig
-    from l1forge.models.emulator import Emulator
-    from l1forge.models.export import export_qnet
-    from l1forge.models.vectors import bitexact_vectors
 
     cfg = NetConfig()
     rng = np.random.default_rng(0)
@@ -42,7 +43,26 @@ def main() -> int:
     m = networks.vae_models(cfg, scaling, beta_kl=0.5)
     m.vae.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
     m.vae.fit(x_fit.astype(np.float32), epochs=1, batch_size=256, verbose=0)
-    deploy = networks.deploy_model(cfg, scaling, m.hardware)
+    return networks.deploy_model(cfg, scaling, m.hardware)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--random", action="store_true", help="a random-weight network instead")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from l1forge.models import hls, networks
+    from l1forge.models.emulator import Emulator
+    from l1forge.models.export import export_qnet
+    from l1forge.models.reference import reference_deploy_model, reference_encoder
+    from l1forge.models.vectors import bitexact_vectors
+
+    if args.random:
+        deploy, source = _random_network(), "random"
+        description = "57-32-16-3 VAE encoder + sum(mu^2), one epoch on Gaussian noise"
+    else:
+        ref = reference_encoder()
+        deploy, source, description = reference_deploy_model(ref), "trained", ref.describe()
     net = export_qnet(deploy, name="default_encoder")
     emu = Emulator(net)
     x_big = bitexact_vectors(net, 2_000_000, seed=1)
@@ -58,7 +78,8 @@ def main() -> int:
     y_emu = emu.run_float(x_cmp)
     bit_exact = bool(np.array_equal(y_emu, y_hls) and np.array_equal(y_emu, y_qk))
     result = {
-        "network": "57-32-16-3 VAE encoder + sum(mu^2), 8-bit weights, 14-bit inputs",
+        "network": description,
+        "network_source": source,
         "emulator_events_per_s": emu_rate,
         "hls4ml_events_per_s": hls_rate,
         "qkeras_events_per_s": qk_rate,
