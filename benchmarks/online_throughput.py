@@ -1,10 +1,18 @@
 """Events/s of the whole online chain against the emulator alone, with 1 and 2 local workers.
 
-Replay source (as fast as possible, a few thousand real Pythia events looped) -> credit-based
-dispatcher -> workers (emulator backend, anomaly-detector-shaped IR) -> menu -> collector ->
-ROOT storage. Reports throughput, added latency per batch (source send -> collector receive,
-p50/p99), peak RSS of all processes, lost and duplicated events, and the emulator alone on the
-same inputs in the same job. Prints one JSON object.
+Replay source (as fast as possible, real Pythia events looped) -> credit-based dispatcher ->
+workers (emulator backend) -> menu -> collector -> ROOT storage. The network is the reference
+encoder (``l1forge.models.reference``, replaying its own minimum-bias sample; first build a few
+minutes) unless ``--random`` asks for a random-weight network of the same shape. Reports
+throughput, added latency per batch (source send -> collector receive, p50/p99), peak RSS of
+all processes, and the emulator alone on the same inputs in the same job.
+
+Every run is verified without the collector: the ROOT files it wrote are read back with uproot
+and compared with a separate emulator + menu pass over the events the replay sent (sequence
+number ``seq`` carries event ``seq % N`` of the N-event file): exactly the events that pass
+the menu must be stored, once each, with the same scores, seed bits, event numbers and
+objects. A third run kills one of 2 workers with SIGKILL at full speed in mid-run (``chaos``).
+Prints one JSON object; exits 1 unless every run verifies with 0 lost, duplicated, mismatched.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -20,8 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET_EVENTS = 3000
+DATASET_EVENTS = 3000  # the replay sample of --random runs (cached)
 DATASET_SEED = 11
+BATCH_SIZE = 16384
+EVENTS_PER_LUMISECTION = 1 << 22
+CHAOS_KILL_AT = 0.4  # fraction of the run's events processed when a worker is killed
+VERIFY_CHUNK = 1 << 20
+
+log = logging.getLogger("online_throughput")
 
 
 def _rss_mb(pid: int) -> float:
@@ -43,7 +58,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _dataset(cache: Path) -> Path:
+def _random_dataset(cache: Path) -> Path:
     """A few thousand minimum-bias events (pile-up 20), generated once and cached."""
     from l1forge.sim.dataset import write_events
     from l1forge.sim.generate import generate_events
@@ -53,6 +68,23 @@ def _dataset(cache: Path) -> Path:
         logging.info("generating %d Pythia events for the benchmark (cached)", DATASET_EVENTS)
         write_events(path, generate_events("minbias", DATASET_EVENTS, DATASET_SEED, progress=False))
     return path
+
+
+def _network(args: argparse.Namespace, tmp: Path, cache: Path) -> tuple[Path, Path, str, str]:
+    """(IR path, replay HDF5, network_source, description) for the options."""
+    from l1forge.models import qnet
+    from l1forge.models.build import random_mlp
+
+    if args.random:
+        net = random_mlp(57, (32, 16), 3, score=True, seed=0, name="bench_ad")
+        ir = qnet.save(net, tmp / "ad.json")
+        desc = "random_mlp(57, (32, 16), 3, score=True, seed=0): random weights"
+        return ir, _random_dataset(cache), "random", desc
+    from l1forge.models.reference import reference_encoder
+
+    ref = reference_encoder()
+    ir, h5 = ref.qnet_path.resolve(), ref.background_path.resolve()
+    return ir, h5, ref.network_source, ref.describe()
 
 
 def _emulator_alone(ir: Path, x: np.ndarray, threads: int) -> float:
@@ -70,7 +102,112 @@ def _emulator_alone(ir: Path, x: np.ndarray, threads: int) -> float:
     return len(x) / best
 
 
-def _run(tmp: Path, h5: Path, ir: Path, menu, n_workers: int, n_events: int, run: int) -> dict:
+# ---- independent verification ------------------------------------------------------------
+
+
+def read_stored(run_dir: Path, run: int, score_branch: str) -> tuple[dict[str, np.ndarray], int]:
+    """Every event in every ROOT file of ``run`` under ``run_dir`` (read with plain uproot),
+    and the number of files."""
+    import uproot
+
+    keys = ["run", "seq", "event", "lumisection", "seed_bits", score_branch, "objects_hw"]
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for path in sorted(run_dir.glob(f"run{run:06d}_ls*.root")):
+        with uproot.open(path) as f:
+            cols = f["Events"].arrays(keys, library="np")
+        for k in keys:
+            parts[k].append(np.asarray(cols[k]))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}, len(parts["seq"])
+
+
+class Expected:
+    """The independent pass: scores of every replayed event and the menu's decision per seq."""
+
+    def __init__(self, ir: Path, h5: Path, menu):
+        from l1forge.models import qnet
+        from l1forge.models.emulator import Emulator
+        from l1forge.online.backends import outputs_float
+        from l1forge.sim.dataset import read_events
+
+        ev = read_events(h5)
+        net = qnet.load(ir)
+        emu = Emulator(net)
+        try:
+            self.scores = outputs_float(net, emu.run(ev.inputs))[:, 0]
+        finally:
+            emu.close()
+        self.event = ev.event
+        self.objects_hw = ev.objects_hw
+        self.menu = menu
+        self.n = len(ev)
+
+    def accepted(self, n_sent: int, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seq, seed_bits) of the accepted events among seq 0..n_sent-1, and per-seed counts."""
+        from l1forge.online.menu import seed_counts
+
+        seqs, bits = [], []
+        counts = np.zeros(len(self.menu.seeds), np.int64)
+        for s in range(0, n_sent, VERIFY_CHUNK):
+            q = np.arange(s, min(n_sent, s + VERIFY_CHUNK), dtype=np.uint64)
+            b = self.menu.decide({model: self.scores[q % np.uint64(self.n)]}, q)
+            counts += seed_counts(b, len(self.menu.seeds))
+            keep = b != 0
+            seqs.append(q[keep])
+            bits.append(b[keep])
+        return np.concatenate(seqs), np.concatenate(bits), counts
+
+
+def verify(run_dir: Path, run: int, n_sent: int, expected: Expected, model: str) -> dict:
+    """Lost, duplicated and mismatched events of one run, from its files alone."""
+    from l1forge.online.storage import verify_run_files
+
+    exp_seq, exp_bits, exp_counts = expected.accepted(n_sent, model)
+    got, n_files = read_stored(run_dir, run, f"score_{model}")
+    seq = got["seq"].astype(np.uint64)
+    wrong_run = int((got["run"] != run).sum())
+    uniq, first = np.unique(seq, return_index=True)
+    duplicated = len(seq) - len(uniq)
+    lost = np.setdiff1d(exp_seq, uniq, assume_unique=True)
+    unexpected = np.setdiff1d(uniq, exp_seq, assume_unique=True)
+    both, i_got, i_exp = np.intersect1d(uniq, exp_seq, assume_unique=True, return_indices=True)
+    rows = first[i_got]
+    src = (both % np.uint64(expected.n)).astype(np.int64)
+    bad = (
+        (got["seed_bits"][rows].astype(np.uint32) != exp_bits[i_exp])
+        | (got[f"score_{model}"][rows] != expected.scores[src])
+        | (got["event"][rows].astype(np.uint64) != expected.event[src])
+        | (got["lumisection"][rows].astype(np.uint64) != both // np.uint64(EVENTS_PER_LUMISECTION))
+        | (got["objects_hw"][rows] != expected.objects_hw[src]).reshape(len(rows), -1).any(axis=1)
+    )
+    files = verify_run_files(run_dir, run)
+    return {
+        "verified_lost": len(lost),
+        "verified_duplicated": duplicated,
+        "verified_mismatched": int(bad.sum()) + len(unexpected) + wrong_run,
+        "verified_unexpected": len(unexpected),
+        "verified_expected_accepted": len(exp_seq),
+        "verified_stored": len(seq),
+        "verified_files_read": n_files,
+        "verified_first_lost_seqs": lost[:5].tolist(),
+        "expected_seed_counts": dict(zip(expected.menu.names, exp_counts.tolist(), strict=True)),
+        "manifest_check_ok": files.ok,
+    }
+
+
+# ---- one run -----------------------------------------------------------------------------
+
+
+def _run(
+    tmp: Path,
+    h5: Path,
+    ir: Path,
+    menu,
+    expected: Expected,
+    n_workers: int,
+    n_events: int,
+    run: int,
+    chaos: bool = False,
+) -> dict:
     from l1forge.online.config import run_config_from_dict
     from l1forge.online.pipeline import Pipeline
 
@@ -79,25 +216,46 @@ def _run(tmp: Path, h5: Path, ir: Path, menu, n_workers: int, n_events: int, run
             "source": {"kind": "replay", "path": str(h5), "loop": True, "n_events": n_events},
             "backend": {"kind": "emulator", "models": {"ad": str(ir)}},
             "workers": {"n": n_workers, "credits": 4, "transport": "ipc"},
-            "storage": {"out_dir": str(tmp), "events_per_lumisection": 1 << 22},
+            "storage": {"out_dir": str(tmp), "events_per_lumisection": EVENTS_PER_LUMISECTION},
             "monitor": {"fraction": 0.05},
-            "batch_size": 16384,
+            "batch_size": BATCH_SIZE,
             "state_dir": str(tmp / "state"),
         },
         tmp,
     )
-    pipe = Pipeline(cfg, run, tmp / f"run{run}", menu=menu)
+    run_dir = tmp / f"run{run}"
+    pipe = Pipeline(cfg, run, run_dir, menu=menu)
     pipe.start()
     t0 = time.perf_counter()
-    pids = [os.getpid()] + [w["pid"] for w in pipe.status()["workers"].values()]
-    cpu0 = cpu1 = [_cpu_s(p) for p in pids]
+    me = os.getpid()
+    cpu0 = {me: _cpu_s(me)} | {
+        w["pid"]: _cpu_s(w["pid"]) for w in pipe.status()["workers"].values()
+    }
+    cpu1 = dict(cpu0)  # last CPU seconds seen per process (a killed worker keeps its last value)
     peak = 0.0
-    while not pipe.dispatcher.drained.wait(0.2):
+    killed: dict | None = None
+    while not pipe.dispatcher.drained.wait(0.05 if chaos and killed is None else 0.2):
+        pids = {me} | {w["pid"] for w in pipe.status()["workers"].values()}  # restarts too
         peak = max(peak, sum(_rss_mb(p) for p in pids))
-        cpu1 = [_cpu_s(p) for p in pids]
+        for p in pids:
+            cpu1[p] = max(cpu1.get(p, 0.0), _cpu_s(p))
+        if chaos and killed is None:
+            st = pipe.status()
+            if st.get("events_processed", 0) >= CHAOS_KILL_AT * n_events:
+                name, w = sorted(st["workers"].items())[0]
+                os.kill(w["pid"], signal.SIGKILL)  # a worker process this run started
+                killed = {
+                    "worker": name,
+                    "pid": w["pid"],
+                    "at_events_processed": st["events_processed"],
+                    "at_events_in": st["events_in"],
+                    "at_seconds": time.perf_counter() - t0,
+                }
+                log.warning("chaos: killed worker %s (pid %d)", name, w["pid"])
     seconds = time.perf_counter() - t0
     summary = pipe.stop()
-    return {
+    lost_collector = summary.lost + summary.n_failed_events  # failed batches count as lost
+    out = {
         "workers": n_workers,
         "events": summary.n_processed,
         "seconds": seconds,
@@ -105,67 +263,102 @@ def _run(tmp: Path, h5: Path, ir: Path, menu, n_workers: int, n_events: int, run
         "p50_latency_ms": summary.latency_ms.get("p50"),
         "p99_latency_ms": summary.latency_ms.get("p99"),
         "peak_rss_mb": peak,
-        "lost": summary.lost,
+        "lost": lost_collector,
         "duplicated": summary.duplicated,
+        "collector_lost": summary.lost,
+        "failed_batch_events": summary.n_failed_events,
+        "failed_batches": summary.failed_batches,
+        "duplicates_suppressed": summary.duplicates_suppressed,
+        "redelivered_batches": summary.redelivered_batches,
+        "dead_workers": summary.dead_workers,
         "n_events_in": summary.n_events_in,
         "accepted": summary.n_accepted,
         "files": len(summary.files),
         "source_blocked_s": summary.source_blocked_s,
-        "cpu_s_daemon": cpu1[0] - cpu0[0],
-        "cpu_s_workers": sum(cpu1[1:]) - sum(cpu0[1:]),
+        "cpu_s_daemon": cpu1[me] - cpu0[me],
+        "cpu_s_workers": sum(v - cpu0.get(p, 0.0) for p, v in cpu1.items() if p != me),
         "error": summary.error,
     }
+    # the replay sent seq 0 .. n_events-1 unless the source stopped early (then those are lost)
+    t1 = time.perf_counter()
+    v = verify(run_dir, run, n_events, expected, "ad")
+    v["verify_seconds"] = time.perf_counter() - t1
+    v["collector_seed_counts_match"] = summary.per_seed == v["expected_seed_counts"]
+    out.update(v)
+    if chaos:
+        out["killed"] = killed
+    return out
+
+
+def _ok(r: dict) -> bool:
+    return (
+        all(
+            r[k] == 0
+            for k in ("verified_lost", "verified_duplicated", "verified_mismatched", "lost")
+        )
+        and r["manifest_check_ok"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=10_000_000, help="events per run")
+    ap.add_argument("--random", action="store_true", help="a random-weight network instead")
+    ap.add_argument("--no-chaos", action="store_true", help="skip the worker-kill run")
     ap.add_argument("--cache", default=os.environ.get("L1FORGE_CACHE", "~/.cache/l1forge"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from l1forge.models import qnet
-    from l1forge.models.build import random_mlp
     from l1forge.online.menu import default_menu
     from l1forge.online.pipeline import _zero_bias_scores
     from l1forge.sim.dataset import read_events
 
     cache = Path(args.cache).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    h5 = _dataset(cache)
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="l1f-bench-") as d:
         tmp = Path(d)
-        ir = qnet.save(random_mlp(score=True, seed=0, name="bench_ad"), tmp / "ad.json")
+        ir, h5, network_source, network_desc = _network(args, tmp, cache)
         logging.getLogger("l1forge.online.menu").setLevel(logging.ERROR)  # few calibration events
         menu = default_menu("ad", None).calibrate(_zero_bias_scores({"ad": str(ir)}, str(h5)))
+        expected = Expected(ir, h5, menu)
         x = read_events(h5).inputs
         x = np.resize(x, (2_000_000, x.shape[1]))  # the same events, looped
         emu2 = _emulator_alone(ir, x, threads=2)
         emu1 = _emulator_alone(ir, x, threads=1)
         del x  # the pipeline's memory is measured without the reference inputs
-        runs = [_run(tmp, h5, ir, menu, n, args.events, run=n) for n in (1, 2)]
+        runs = [_run(tmp, h5, ir, menu, expected, n, args.events, run=n) for n in (1, 2)]
+        chaos = None
+        if not args.no_chaos:
+            chaos = _run(tmp, h5, ir, menu, expected, 2, args.events, run=3, chaos=True)
+        n_dataset = expected.n
     best = max(runs, key=lambda r: r["events_per_s"])
+    keys = ("verified_lost", "verified_duplicated", "verified_mismatched", "lost", "duplicated")
     result = {
         "chain": "replay -> dispatcher -> workers (emulator) -> menu -> collector -> ROOT",
-        "network": "random_mlp 57-16-3 + sum of squares (anomaly-detector shaped)",
-        "dataset_events": DATASET_EVENTS,
-        "batch_size": 16384,
+        "network_source": network_source,
+        "network": network_desc,
+        "dataset": str(h5),
+        "dataset_events": n_dataset,
+        "batch_size": BATCH_SIZE,
         "events_per_s": best["events_per_s"],
         "workers_best": best["workers"],
         "p50_latency_ms": best["p50_latency_ms"],
         "p99_latency_ms": best["p99_latency_ms"],
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-        "lost": sum(r["lost"] for r in runs),
-        "duplicated": sum(r["duplicated"] for r in runs),
+        **{k: sum(r[k] for r in runs) for k in keys},
         "one_worker": runs[0],
         "two_workers": runs[1],
+        "chaos": chaos,
         "emulator_alone_events_per_s": emu2,
         "emulator_alone_1thread_events_per_s": emu1,
         "ratio_to_emulator_alone": best["events_per_s"] / emu2,
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
+        "seconds": time.perf_counter() - t_start,
     }
     print(json.dumps(result))
-    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+    ok = all(_ok(r) for r in runs) and (chaos is None or _ok(chaos))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
