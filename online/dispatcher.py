@@ -60,6 +60,7 @@ FLAG_OWNER = 2  # sent by the worker the batch is assigned to (else a late or st
 U64 = struct.Struct("<Q")
 F64 = struct.Struct("<d")
 SOURCE_META = struct.Struct("<dQQ")
+MASK64 = (1 << 64) - 1
 
 
 class DispatcherError(L1ForgeError, RuntimeError):
@@ -110,10 +111,19 @@ class WorkerSetup:
 
 
 def is_sampled(first_seq: int, fraction: float) -> bool:
-    """Deterministic choice of the batches published on the monitoring tap (by first_seq)."""
+    """Deterministic choice of the batches published on the monitoring tap (by first_seq).
+
+    Each batch is taken with probability `fraction`, independently of its neighbours, whatever
+    the batch size: first_seq goes through a full 64-bit mixer before the comparison.
+    """
     if fraction <= 0:
         return False
-    h = (first_seq * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+    # splitmix64 (Steele, Lea & Flood, OOPSLA 2014). A bare multiplicative hash maps the
+    # first_seq of 4096-event batches to a lattice of step ~7/15, so some fractions got no batch
+    h = (first_seq + 0x9E3779B97F4A7C15) & MASK64
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & MASK64
+    h ^= h >> 31
     return h / 2.0**64 < fraction
 
 
