@@ -33,9 +33,16 @@ from l1forge.online.wire import (
     encode_results,
 )
 
+from l1forge.errors import L1ForgeError
+
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 100_000  # batch latencies kept for percentiles
+TAP_LINGER_MS = 2000  # at the end of a run, queued tap messages still go out for this long
+
+
+class TapError(L1ForgeError, RuntimeError):
+    """No subscriber reached the monitoring tap in time (the message names the topic)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ class Collector:
         self.pair.setsockopt(zmq.SNDHWM, 0)
         self.pair.setsockopt(zmq.RCVHWM, 0)
         self.pair.connect(endpoint)
-        self.pub = ctx.socket(zmq.PUB)
+        # XPUB: a PUB that also reports subscriptions (see `wait_subscribed`)
+        self.pub = ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 64)  # a slow subscriber loses tap messages, not data
         self.monitor_endpoint = bind_server(self.pub, monitor_endpoint, curve_keys)
@@ -117,9 +125,28 @@ class Collector:
         self.zb_mask = np.uint32(sum(1 << i for i, s in enumerate(menu.seeds) if s.zero_bias))
         self.t_first: float | None = None
         self.t_last: float | None = None
+        self.tap_batches = 0  # b"mon" messages published
+        self.tap_events = 0
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def wait_subscribed(self, topic: bytes, timeout_s: float) -> None:
+        """Block until a subscription matching `topic` has reached the tap; call before `run`.
+
+        A PUB socket drops what it sends before a subscription arrives (ZeroMQ's slow joiner),
+        so a subscriber that must see a run from its first batch is waited for.
+        """
+        deadline = time.monotonic() + timeout_s
+        while (left_ms := int(1e3 * (deadline - time.monotonic()))) > 0:
+            if self.pub.poll(left_ms, zmq.POLLIN):
+                msg = self.pub.recv()
+                if msg[:1] == b"\x01" and topic.startswith(msg[1:]):
+                    return
+        raise TapError(
+            f"no subscription to topic {topic!r} reached the monitoring tap "
+            f"{self.monitor_endpoint} within {timeout_s:.0f} s"
+        )
 
     def set_menu(self, menu: Menu) -> None:
         """A new menu from set_menu: same seed names (storage branches are fixed per run)."""
@@ -132,9 +159,13 @@ class Collector:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.pair, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not poller.poll(50):
+                ready = dict(poller.poll(50))
+                if self.pub in ready:
+                    self.pub.recv()  # a (un)subscription to the tap: nothing to do
+                if self.pair not in ready:
                     continue
                 frames = self.pair.recv_multipart(copy=False)
                 kind = frames[0].bytes
@@ -283,6 +314,9 @@ class Collector:
                     r.worker,
                 )
                 self.pub.send_multipart([TOPIC_MONITOR, *encode_results(full)], copy=False)
+                with self._lock:
+                    self.tap_batches += 1
+                    self.tap_events += len(full)
         if self.zb_mask and len(r.accepted_index):
             zb_pos = np.flatnonzero(r.seed_bits[r.accepted_index] & self.zb_mask)
             if len(zb_pos):
@@ -316,7 +350,7 @@ class Collector:
             held = self.writer.pending_count()
             with self._lock:
                 self.counts.n_held = held + sum(len(r.accepted_index) for r in self.held)
-        self.pub.close(0)
+        self.pub.close(TAP_LINGER_MS)
         return self.completeness(first_seq, end_seq)
 
     def completeness(self, first_seq: int, end_seq: int) -> Completeness:
@@ -368,6 +402,8 @@ class Collector:
                 ),
                 "files": len(self.records),
                 "held_accepted_events": c.n_held,
+                "tap_batches": self.tap_batches,
+                "tap_events": self.tap_events,
                 "storage_error": self.error,
             }
         if n_lat:

@@ -3,7 +3,8 @@
 It subscribes to topic b"mon" (sampled batches, every event with its objects), fills the
 monitor from a thread of its own, ends a lumisection once the tap is ``lag_lumisections``
 past it (results of several workers arrive slightly out of order), exposes ``view()`` for the
-dashboard and writes the DQM ROOT file and alarm JSON when stopped.
+dashboard and writes the DQM ROOT file and alarm JSON when stopped, after the tap messages the
+run published (when the caller knows their number) have arrived.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
+DRAIN_IDLE_S = 2.0  # stop waiting for the run's last tap messages after this long without one
 MAX_ALARMS_IN_VIEW = 500
 
 
@@ -88,6 +91,8 @@ class DQMService:
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
         self._latest: int | None = None  # highest lumisection seen on the tap
+        self._received = 0  # b"mon" messages taken from the socket (filled, rejected or late)
+        self._expected = 0  # messages the run published, known at stop
         self._batches = 0
         self._events = 0
         self._late = 0
@@ -107,8 +112,10 @@ class DQMService:
             raise DQMServiceError(f"DQM cannot subscribe to {self.endpoint}: {self.error}")
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> DQMRunResult:
-        """Drain the tap, end every lumisection and write the DQM file and the alarm JSON."""
+    def stop(self, timeout_s: float = 10.0, expected_batches: int | None = None) -> DQMRunResult:
+        """Drain the tap (until `expected_batches` messages have arrived, when given), end every
+        lumisection and write the DQM file and the alarm JSON."""
+        self._expected = expected_batches or 0
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -130,15 +137,31 @@ class DQMService:
             connect_client(sub, self.endpoint, self._curve_keys)
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC_MONITOR)
             self._subscribed.set()
+            idle_since = 0.0
             while True:
                 stopping = self._stop.is_set()
-                # when stopping, take what is already queued, then leave
-                if not sub.poll(0 if stopping else POLL_MS):
-                    if stopping:
+                # when stopping, take what is queued and what the run published still on its
+                # way, then leave
+                waiting = stopping and self._received < self._expected
+                if not sub.poll(0 if stopping and not waiting else POLL_MS):
+                    if not stopping:
+                        continue
+                    idle_since = idle_since or time.monotonic()
+                    if not waiting:
+                        break
+                    if time.monotonic() - idle_since > DRAIN_IDLE_S:
+                        log.warning(
+                            "DQM: %d of the run's %d tap messages arrived (the tap drops a slow "
+                            "subscriber's messages)",
+                            self._received,
+                            self._expected,
+                        )
                         break
                     continue
+                idle_since = 0.0
                 frames = sub.recv_multipart(copy=False)
                 if frames[0].bytes == TOPIC_MONITOR:
+                    self._received += 1
                     self.handle(frames[1:])
         except (zmq.ZMQError, L1ForgeError, OSError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"

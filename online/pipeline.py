@@ -1,9 +1,10 @@
 """One run's data path: source -> dispatcher -> workers -> collector -> storage, started in order.
 
-`Pipeline.start` starts the collector, the local worker processes, the dispatcher and last the
-source; `stop` stops the source first, drains every in-flight batch, stops the workers and closes
-the collector's files, then returns a `RunSummary` with the completeness proof (lost and
-duplicated events, both 0 in a healthy run).
+`Pipeline.start` starts the collector (and waits for a subscriber of its monitoring tap when
+given one), the local worker processes, the dispatcher and last the source; `stop` stops the
+source first, drains every in-flight batch, stops the workers and closes the collector's files,
+then returns a `RunSummary` with the completeness proof (lost and duplicated events, both 0 in a
+healthy run).
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ from l1forge.online.dispatcher import (
 from l1forge.online.menu import Menu, Seed, default_menu
 from l1forge.online.sources import Sequencer, Source, SourceError, make_source
 from l1forge.online.storage import AcceptedWriter
-from l1forge.online.wire import encode_batch
+from l1forge.online.wire import TOPIC_MONITOR, encode_batch
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 
 WORKER_START_TIMEOUT_S = 120.0
+TAP_SUBSCRIBE_TIMEOUT_S = 10.0
 DRAIN_TIMEOUT_S = 300.0
 MAX_RESTARTS_PER_WORKER = 3
 
@@ -81,6 +83,9 @@ class RunSummary:
     source_blocked_s: float = 0.0
     missing_ranges: list[list[int]] = field(default_factory=list)
     dqm_summary: str | None = None
+    n_batches: int = 0  # distinct batches collected
+    tap_batches: int = 0  # of them, published on the b"mon" monitoring tap
+    tap_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -198,15 +203,19 @@ class Pipeline:
 
     # ---- start ----
 
-    def start(self) -> None:
-        """Collector, then workers, then dispatcher, then source."""
+    def start(self, tap_subscriber: Callable[[Pipeline], Any] | None = None) -> None:
+        """Collector, then workers, then dispatcher, then source.
+
+        `tap_subscriber(pipeline)` (e.g. starting the DQM) runs once the monitoring tap is bound;
+        the source starts only after its subscription to b"mon" has reached the tap.
+        """
         if self.state != "created":
             raise PipelineError(f"start: the pipeline is {self.state}")
         cfg = self.cfg
         self.ctx = zmq.Context()
         self._tmp = tempfile.mkdtemp(prefix="l1f-")  # short paths for ipc sockets
         try:
-            self._start(cfg)
+            self._start(cfg, tap_subscriber)
         except (L1ForgeError, OSError, zmq.ZMQError) as exc:
             self._teardown()
             self.state = "error"
@@ -214,7 +223,7 @@ class Pipeline:
         self._started = True
         self.state = "running"
 
-    def _start(self, cfg: RunConfig) -> None:
+    def _start(self, cfg: RunConfig, tap_subscriber: Callable[[Pipeline], Any] | None) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = self._writer_factory(
             self.run_dir,
@@ -264,6 +273,9 @@ class Pipeline:
             curve_keys=keys,
         )
         self.monitor_endpoint = self.collector.monitor_endpoint
+        if tap_subscriber is not None:
+            tap_subscriber(self)
+            self.collector.wait_subscribed(TOPIC_MONITOR, TAP_SUBSCRIBE_TIMEOUT_S)
         self._thread("collector", self.collector.run)
         for i in range(n_local):
             self._spawn(f"local-{i}")
@@ -579,6 +591,9 @@ class Pipeline:
             max_in_flight_batches=d["max_in_flight_batches"],
             source_blocked_s=self.source_blocked_s,
             missing_ranges=[list(r) for r in proof.missing_ranges],
+            n_batches=c["batches_collected"],
+            tap_batches=c["tap_batches"],
+            tap_events=c["tap_events"],
         )
 
     def held_events(self) -> dict[str, np.ndarray]:

@@ -155,10 +155,11 @@ def start_dqm(cfg: RunConfig, run: int, run_dir: Path, pipeline: Any) -> Any:
     ).start()
 
 
-def stop_dqm(dqm: Any) -> dict[str, Any]:
-    """Stop the DQM service and write its files; a DQM failure is reported, not raised."""
+def stop_dqm(dqm: Any, tap_batches: int | None = None) -> dict[str, Any]:
+    """Stop the DQM service once it has the run's `tap_batches` tap messages (when known) and
+    write its files; a DQM failure is reported, not raised."""
     try:
-        result = dqm.stop()
+        result = dqm.stop(expected_batches=tap_batches)
     except (L1ForgeError, OSError) as exc:
         log.error("DQM of run %d failed: %s", dqm.run, exc)
         return {"error": str(exc)}
@@ -170,6 +171,7 @@ def stop_dqm(dqm: Any) -> dict[str, Any]:
         "n_alarms": result.n_alarms,
         "n_errors": result.n_errors,
         "monitored_events": counts.events,
+        "monitored_batches": counts.batches,
     }
 
 
@@ -312,9 +314,11 @@ class RunControl:
                 )
                 self._pipeline = self._factory(cfg, run, run_dir, self.metrics)
                 self._started_at = time.monotonic()
-                self._pipeline.start()
-                if cfg.monitor.dqm_enabled:
-                    self._dqm = start_dqm(cfg, run, run_dir, self._pipeline)
+
+                def subscribe_dqm(pipeline: Any) -> None:  # on the tap before the first batch
+                    self._dqm = start_dqm(cfg, run, run_dir, pipeline)
+
+                self._pipeline.start(subscribe_dqm if cfg.monitor.dqm_enabled else None)
             except (L1ForgeError, OSError) as exc:
                 self._fail(f"run {run} failed to start: {exc}")
                 raise RunFailedError(f"run {run} failed to start: {exc}") from exc
@@ -338,7 +342,7 @@ class RunControl:
             if self.metrics is not None and summary.get("lost"):
                 self.metrics.dropped_events.labels(reason="lost").inc(summary["lost"])
             if self._dqm is not None:
-                summary["dqm"] = stop_dqm(self._dqm)
+                summary["dqm"] = stop_dqm(self._dqm, summary.get("tap_batches"))
                 summary["dqm_summary"] = summary["dqm"].get("summary_path")
                 self._dqm = None
             summary["run_dir"] = str(self._run_dir)

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from l1forge.online.control import ControlClient
@@ -227,3 +228,56 @@ def test_demo_online_stage(tmp_path, events_h5, tiny_ir_path, monkeypatch):
     assert result["lost"] == 0 and result["duplicated"] == 0
     assert set(result["rates_hz"]) >= {"AD_VLoose", "AD_VTight", "ZeroBias"}
     assert Path(result["run_dir"]).parent == tmp_path / "online"
+
+
+def test_demo_length_run_fills_the_dqm_with_the_sampled_share(
+    tmp_path, events_h5, tiny_ir_path, monkeypatch
+):
+    """`make demo`'s online stage at its full length (300,000 events, the embedded defaults:
+    4096-event batches, 5 % of them on the tap, 100,000-event lumisections), DQM file read back.
+
+    Each batch goes on the tap with probability `monitor.fraction`, so the run's sampled batches
+    are Binomial(n_batches, fraction); asserted within its central 99.99 % interval (about 75
+    batches here: 0 to 12). The DQM must have received every one of them, from the first batch
+    to the last (nothing lost to a late subscription or an undrained end), and filled each
+    histogram.
+    """
+    import uproot
+    from scipy.stats import binom
+
+    from l1forge.demo import online_stage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(events_h5.parent / "minbias.h5", data / "background.h5")
+    monkeypatch.chdir(tmp_path)
+    result = online_stage(tmp_path, data, tiny_ir_path, n_events=300_000)
+    run_dir = Path(result["run_dir"])
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    cfg = yaml.safe_load((run_dir / "run_config.yaml").read_text())
+    fraction = cfg["monitor"]["fraction"]
+    assert summary["n_processed"] == 300_000 and summary["lost"] == 0
+
+    lo, hi = binom.interval(0.9999, summary["n_batches"], fraction)
+    assert lo <= summary["tap_batches"] <= hi, summary
+    assert summary["tap_batches"] > 0
+
+    dqm = summary["dqm"]
+    with uproot.open(dqm["root_path"]) as f:
+        per_ls = f["events"].values()
+        monitored = int(per_ls.sum())
+        assert monitored == summary["tap_events"] == dqm["monitored_events"]
+        assert monitored == sum(
+            f[f"lumisections/ls{ls:05d}/score/ad"].member("fEntries")
+            for ls in np.flatnonzero(per_ls)
+        )
+        assert dqm["n_lumisections"] == np.count_nonzero(per_ls) >= 1
+        entries = {
+            name: f[name].member("fEntries")
+            for name, kind in f.classnames(cycle=False).items()
+            if kind.startswith("TH") and not name.startswith("lumisections/")
+        }
+    every_event = ("events", "met/pt", "score/ad", "jet/multiplicity", "muon/multiplicity")
+    assert all(entries[name] == monitored for name in every_event), entries
+    # a sampled batch holds the whole 1500-event file twice: its few muons fill the muon ones
+    assert min(entries.values()) > 0, entries
