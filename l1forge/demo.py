@@ -66,8 +66,18 @@ def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, 
     for seed, rate in s["rates_hz"].items():
         log.info("online run %d: %-12s %9d events  %10.1f Hz", run, seed, s["per_seed"][seed], rate)
     keys = ("run", "n_events_in", "n_processed", "n_accepted", "lost", "duplicated")
+    dqm = s.get("dqm") or {}
+    log.info(
+        "online run %d: DQM saw %s events in %s lumisections (%s of %s batches on the tap)",
+        run,
+        dqm.get("monitored_events"),
+        dqm.get("n_lumisections"),
+        s.get("tap_batches"),
+        s.get("n_batches"),
+    )
     return {
         **{k: s[k] for k in keys},
+        "dqm": {k: dqm.get(k) for k in ("monitored_events", "n_lumisections", "root_path")},
         "rates_hz": s["rates_hz"],
         "events_per_s": round(s["events_per_s"]),
         "run_dir": s["run_dir"],

@@ -267,6 +267,7 @@ def test_demo_length_run_fills_the_dqm_with_the_sampled_share(
         per_ls = f["events"].values()
         monitored = int(per_ls.sum())
         assert monitored == summary["tap_events"] == dqm["monitored_events"]
+        assert result["dqm"]["monitored_events"] == monitored  # what the demo prints
         assert monitored == sum(
             f[f"lumisections/ls{ls:05d}/score/ad"].member("fEntries")
             for ls in np.flatnonzero(per_ls)
