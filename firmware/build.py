@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,54 @@ from l1forge.firmware import packing, verilog, wrappers
 from l1forge.models.qnet import QNet
 
 from l1forge import __version__
+from l1forge.errors import L1ForgeError
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+
+
+class ToolFailedError(L1ForgeError):
+    """An external tool (yosys, Verilator, Icarus) failed; the message names it and its log."""
+
+
+ERROR_MARKERS = ("%Error", "%Warning", "error", "ERROR")
+
+
+def first_error_line(log_path: Path, markers: tuple[str, ...] = ERROR_MARKERS) -> str:
+    """The first line of a tool log that reports an error (or its last non-empty line)."""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    hits = [ln for ln in lines if any(m in ln for m in markers)]
+    text = (hits or lines or [""])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def tool_failed(tool: str, what: str, log_path: Path, detail: str = "") -> ToolFailedError:
+    """A one-line error: which tool failed on what, its first error line, and where its log is."""
+    first = detail or first_error_line(log_path)
+    return ToolFailedError(f"{tool} failed on {what}: {first or 'no output'} (log: {log_path})")
+
+
+def _check_hdl(out: Path, sources: list[str], name: str) -> None:
+    """Verilator -Wall lint and Icarus -g2005 compile of both tops, logs in ``logs/``."""
+    paths = [out / s for s in sources]
+    for top in (f"{name}_trigger", f"{name}_axis"):
+        for tool, check, log_path in (
+            ("verilator --lint-only", wrappers.lint_verilator, f"verilator_lint_{top}.log"),
+            ("iverilog", wrappers.compile_icarus, f"iverilog_{top}.log"),
+        ):
+            log_file = out / "logs" / log_path
+            try:
+                check(paths, top, log_file)
+            except wrappers.HdlCheckError as exc:
+                raise tool_failed(tool, top, log_file) from exc
+            except subprocess.TimeoutExpired as exc:
+                raise tool_failed(
+                    tool, top, log_file, f"timed out after {exc.timeout:g} s"
+                ) from exc
 
 
 @dataclass(frozen=True)
@@ -52,10 +98,7 @@ def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -
     )
     sources = [*rtl.sources, f"rtl/{name}_trigger.v", f"rtl/{name}_axis.v"]
     if opts.lint:
-        paths = [out / s for s in sources]
-        for top in (f"{name}_trigger", f"{name}_axis"):
-            wrappers.lint_verilator(paths, top, out / "logs" / f"verilator_lint_{top}.log")
-            wrappers.compile_icarus(paths, top, out / "logs" / f"iverilog_{top}.log")
+        _check_hdl(out, sources, name)
         log.info("Verilator -Wall lint and Icarus -g2005 compile clean")
     manifest = {
         "format": "l1forge-firmware",

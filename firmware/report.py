@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from l1forge.firmware.build import load_manifest
+from l1forge.firmware.build import load_manifest, tool_failed
 
 from l1forge.errors import MissingToolError
 
@@ -91,16 +91,22 @@ def run_yosys(
         "stat\n"
     )
     log_path = logs / f"yosys_{top}.log"
+    console = logs / f"yosys_{top}.console.log"
     t0 = time.perf_counter()
-    with open(log_path, "w") as fh:
-        subprocess.run(
-            ["yosys", "-q", "-l", str(log_path), "-s", str(script)],
-            cwd=fw,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            check=True,
-            timeout=timeout,
-        )
+    try:
+        with open(console, "w") as fh:
+            proc = subprocess.run(
+                ["yosys", "-q", "-l", str(log_path), "-s", str(script)],
+                cwd=fw,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            )
+    except subprocess.TimeoutExpired as exc:
+        raise tool_failed("yosys", top, log_path, f"timed out after {timeout:g} s") from exc
+    if proc.returncode != 0:
+        log_file = log_path if log_path.is_file() and log_path.stat().st_size else console
+        raise tool_failed("yosys", top, log_file)
     seconds = time.perf_counter() - t0
     return parse_stat(log_path.read_text()), seconds, log_path
 

@@ -2,19 +2,27 @@
 
 ``build_sim`` compiles a firmware folder's sources once for one simulator and top module;
 ``run_bench`` runs a cocotb bench module against that build and reads the xUnit results file
-itself, so a failing bench raises ``BenchFailed`` the same way inside and outside pytest.
+itself, so a failing bench raises ``BenchFailed`` the same way inside and outside pytest;
+``run_benches`` runs several on one build at once, one simulator process each (a long vector
+set split across cores: Icarus evaluates the generated netlists on one core only).
+Verilator builds make only the top module's signals visible to VPI (cocotb's runner asks for
+``--public-flat-rw`` on every signal, which for a full-size encoder yields a 10 MB model header
+that takes the C++ compiler many minutes); the benches touch nothing below the top ports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from l1forge.firmware import wrappers
-from l1forge.firmware.build import load_manifest
+from l1forge.firmware.build import load_manifest, tool_failed
 
 from l1forge.errors import L1ForgeError, MissingToolError
 
@@ -63,18 +71,28 @@ def build_sim(
     module = manifest["modules"][top]
     bdir = Path(build_dir or fw / "sim" / f"{simulator}_{top}").resolve()
     runner = get_runner(simulator)
-    args = ["-Wno-fatal", "-O3", "--x-assign", "fast"] if simulator == "verilator" else []
+    sources = [fw / s for s in manifest["sources"]]
+    args: list[str] = []
+    if simulator == "verilator":
+        bdir.mkdir(parents=True, exist_ok=True)
+        vlt = bdir / "l1forge_public.vlt"
+        vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{module}" -var "*"\n')
+        sources.append(vlt)
+        args = ["-Wno-fatal", "-O3", "--x-assign", "fast", "--no-public-flat-rw"]
+    log_file = bdir.parent / f"{simulator}_{top}_build.log"
     try:
         runner.build(
-            sources=[fw / s for s in manifest["sources"]],
+            sources=sources,
             hdl_toplevel=module,
             build_dir=bdir,
             build_args=args,
             timescale=("1ns", "1ps"),
-            log_file=bdir.parent / f"{simulator}_{top}_build.log",
+            log_file=log_file,
         )
     except SystemExit as exc:  # the runner exits when a tool is missing
         raise MissingToolError(f"{simulator} build failed: {exc}") from exc
+    except RuntimeError as exc:  # the runner's "Command failed with return code"
+        raise tool_failed(simulator, f"the {module} build", log_file) from exc
     return SimBuild(simulator, fw, module, bdir, runner)
 
 
@@ -116,6 +134,23 @@ def run_bench(
     if check and (failed or tests == 0):
         raise BenchFailed(f"{failed} of {tests} cocotb tests failed on {sim.simulator}; see {xml}")
     return result
+
+
+def run_benches(
+    sim: SimBuild,
+    test_module: str,
+    jobs: Sequence[tuple[dict[str, str], str | Path]],
+    testcase: str | None = None,
+    check: bool = True,
+) -> list[BenchResult]:
+    """Run ``test_module`` once per (env, test_dir) job, all at once, one simulator each."""
+    fresh = dataclasses.replace(sim, runner=None)  # a runner object per thread
+
+    def one(job: tuple[dict[str, str], str | Path]) -> BenchResult:
+        return run_bench(fresh, test_module, job[0], job[1], testcase, check)
+
+    with ThreadPoolExecutor(max(1, len(jobs)), thread_name_prefix="l1f-bench") as pool:
+        return list(pool.map(one, jobs))
 
 
 def read_stats(test_dir: str | Path) -> dict:
