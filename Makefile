@@ -31,8 +31,12 @@ validate: setup lint
 	$(VENV)/bin/python -m pytest -q
 	$(MAKE) bench
 
+# Every benchmark runs even when one fails its own check; each JSON is kept in out/bench-results/.
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@set -o pipefail; mkdir -p out/bench-results; failed=""; \
+	for b in benchmarks/*.py; do n=$$(basename $$b .py); echo "== $$b"; \
+	    $(PY) $$b | tee out/bench-results/$$n.json || failed="$$failed $$n"; done; \
+	if [ -n "$$failed" ]; then echo "benchmarks that failed their checks:$$failed" >&2; exit 1; fi
 
 demo: setup
 	$(VENV)/bin/l1forge demo
