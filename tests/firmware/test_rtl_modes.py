@@ -91,9 +91,9 @@ def modes_fw(tmp_path_factory):
 
 @pytest.mark.rtl
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
-def test_every_mode_pair_bit_exact_on_rtl(simulator, modes_fw, tmp_path):
-    net, fw = modes_fw
-    sim = build_sim(fw, simulator, "trigger", tmp_path / "build")
+def test_every_mode_pair_bit_exact_on_rtl(simulator, modes_fw, modes_sim, tmp_path):
+    net, _ = modes_fw
+    sim = modes_sim(simulator)
     x = bench_vectors(net, N_RANDOM[simulator], seed=17)
     vec = write_vectors(net, x, tmp_path / "v.npz")
     env = {
@@ -117,9 +117,9 @@ def test_every_mode_pair_bit_exact_on_rtl(simulator, modes_fw, tmp_path):
 
 
 @pytest.mark.rtl
-def test_modes_bench_fails_on_a_corrupted_expectation(modes_fw, tmp_path):
-    net, fw = modes_fw
-    sim = build_sim(fw, "verilator", "trigger", tmp_path / "build")
+def test_modes_bench_fails_on_a_corrupted_expectation(modes_fw, modes_sim, tmp_path):
+    net, _ = modes_fw
+    sim = modes_sim("verilator")
     vec = write_vectors(net, bench_vectors(net, 100, seed=3), tmp_path / "v.npz", corrupt=77)
     env = {
         "L1F_VECTORS": str(vec),
