@@ -89,6 +89,20 @@ def modes_fw(tmp_path_factory):
     return net, out
 
 
+@pytest.fixture(scope="module")
+def modes_sim(modes_fw, tmp_path_factory):
+    """simulator -> the modes design's trigger build, compiled once per module."""
+    builds = {}
+
+    def get(simulator: str):
+        if simulator not in builds:
+            bdir = tmp_path_factory.mktemp(f"b_modes_{simulator}")
+            builds[simulator] = build_sim(modes_fw[1], simulator, "trigger", bdir)
+        return builds[simulator]
+
+    return get
+
+
 @pytest.mark.rtl
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 def test_every_mode_pair_bit_exact_on_rtl(simulator, modes_fw, modes_sim, tmp_path):
