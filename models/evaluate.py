@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,8 @@ def smallest_resolvable_fpr(n_background: int) -> float | None:
 
 def roc_auc(bg: np.ndarray, sig: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with tied ranks averaged)."""
+    from scipy.stats import rankdata  # imported here: scipy.stats costs seconds at start-up
+
     bg, sig = np.asarray(bg, float), np.asarray(sig, float)
     if len(bg) == 0 or len(sig) == 0:
         return float("nan")
