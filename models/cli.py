@@ -125,17 +125,22 @@ def _register_emulate(subparsers: Any) -> None:
     k.set_defaults(func=_emulate_check)
 
 
-def _menu_arg(path: str | None):
-    from l1forge.models.emulate_files import load_menu
+def _menu_arg(path: str | None, models: list):
+    """The menu file (None without one), checked against the models it will run with."""
+    from l1forge.models.emulate_files import check_menu, load_menu
 
-    return load_menu(path) if path else None
+    if not path:
+        return None
+    menu = load_menu(path)
+    check_menu(menu, models, path)
+    return menu
 
 
 def _emulate_run(args: argparse.Namespace) -> int:
     from l1forge.models.emulate_files import emulate_file, load_models
 
     ms = load_models(args.model)
-    menu = _menu_arg(args.menu)
+    menu = _menu_arg(args.menu, ms)
     summary = emulate_file(
         ms, args.events, args.out, menu, args.chunk_events, progress=not args.no_progress
     )
@@ -270,7 +275,7 @@ def _emulate_check(args: argparse.Namespace) -> int:
     from l1forge.models.emulate_files import check_file, load_models
 
     ms = load_models(args.model)
-    menu = _menu_arg(args.menu)
+    menu = _menu_arg(args.menu, ms)
     result = check_file(
         ms,
         args.events,

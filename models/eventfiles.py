@@ -47,6 +47,7 @@ class EventFile:
     kind: str  # "hdf5" or "root"
     n_events: int
     processes: tuple[str, ...]
+    branches: tuple[str, ...] = ()  # of a ROOT file's TTree
 
     def chunks(self, chunk_events: int) -> Iterator[EventChunk]:
         """The file's events, ``chunk_events`` at a time."""
@@ -80,39 +81,40 @@ def _hdf5_chunks(ef: EventFile, chunk_events: int) -> Iterator[EventChunk]:
         )
 
 
-def _root_tree(path: Path):
-    import uproot
-
-    try:
-        f = uproot.open(path)
-    except (OSError, ValueError, uproot.deserialization.DeserializationError) as exc:
-        raise DataFormatError(f"{path}: not a readable ROOT file ({exc})") from exc
-    try:
-        tree = f[ROOT_TREE]
-    except (KeyError, uproot.deserialization.DeserializationError, OSError, ValueError) as exc:
-        f.close()
-        raise DataFormatError(
-            f"{path}: no readable TTree {ROOT_TREE!r} (truncated or not an l1forge file): {exc}"
-        ) from exc
-    return f, tree
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _open_root(path: Path) -> EventFile:
-    f, tree = _root_tree(path)
-    with f:
-        missing = [b for b in ("run", "event", "objects_hw") if b not in tree]
-        if missing:
-            raise DataFormatError(f"{path}: TTree {ROOT_TREE!r} has no branches {missing}")
-        n = int(tree.num_entries)
-    return EventFile(path, "root", n, (path.stem,))
+    import uproot
+    from uproot.deserialization import DeserializationError
+
+    try:
+        with uproot.open(path) as f:
+            if ROOT_TREE not in f:
+                raise DataFormatError(f"{path}: no TTree {ROOT_TREE!r} (not an l1forge file?)")
+            tree = f[ROOT_TREE]
+            branches = tuple(tree.keys())
+            n = int(tree.num_entries)
+    except DataFormatError:
+        raise
+    except (OSError, ValueError, KeyError, zlib.error, DeserializationError) as exc:
+        raise DataFormatError(
+            f"{path}: unreadable ROOT file (truncated or corrupt): {_one_line(exc)}"
+        ) from exc
+    missing = [b for b in ("run", "event", "objects_hw") if b not in branches]
+    if missing:
+        raise DataFormatError(f"{path}: TTree {ROOT_TREE!r} has no branches {missing}")
+    return EventFile(path, "root", n, (path.stem,), branches)
 
 
 def _root_chunks(ef: EventFile, chunk_events: int) -> Iterator[EventChunk]:
+    import uproot
     from uproot.deserialization import DeserializationError
 
-    f, tree = _root_tree(ef.path)
-    names = ["run", "event", "objects_hw"] + (["label"] if "label" in tree else [])
-    with f:
+    names = ["run", "event", "objects_hw"] + (["label"] if "label" in ef.branches else [])
+    with uproot.open(ef.path) as f:
+        tree = f[ROOT_TREE]
         for start in range(0, ef.n_events, chunk_events):
             stop = min(ef.n_events, start + chunk_events)
             try:
@@ -120,7 +122,7 @@ def _root_chunks(ef: EventFile, chunk_events: int) -> Iterator[EventChunk]:
             except (OSError, ValueError, KeyError, zlib.error, DeserializationError) as exc:
                 raise DataFormatError(
                     f"{ef.path}: entries {start}..{stop - 1} unreadable (truncated or corrupt): "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{_one_line(exc)}"
                 ) from exc
             obj = np.asarray(c["objects_hw"])
             n = stop - start
