@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from l1forge.models.eventfiles import (
     N_INPUTS,
     ROOT_SUFFIXES,
     ROOT_TREE,
+    EventChunk,
     EventFile,
     open_event_file,
 )
@@ -150,6 +152,15 @@ class ChunkResult:
         return cols
 
 
+def _prefetched(chunks: Iterator[EventChunk]) -> Iterator[EventChunk]:
+    """The chunks, the next one read (and decompressed) on a thread while this one emulates."""
+    with ThreadPoolExecutor(1, thread_name_prefix="l1f-read") as pool:
+        ahead = pool.submit(next, chunks, None)
+        while (chunk := ahead.result()) is not None:
+            ahead = pool.submit(next, chunks, None)
+            yield chunk
+
+
 @dataclass
 class Emulation:
     """The emulators of a set of models (and a menu), run chunk by chunk over event files."""
@@ -180,7 +191,7 @@ class Emulation:
             desc=ef.path.name,
             disable=not self.progress,
         ) as bar:
-            for chunk in ef.chunks(self.chunk_events):
+            for chunk in _prefetched(ef.chunks(self.chunk_events)):
                 scores = {}
                 for m in self.models:
                     fmt = m.net.input_specs[0].fixed

@@ -61,7 +61,7 @@ def rate_entry(k: int, n: int, input_rate_hz: float, cl: float) -> dict[str, Any
     lo, hi = clopper_pearson(k, n, cl) if n else (math.nan, math.nan)
     return {
         "fired": int(k),
-        "rate_hz": k / n * input_rate_hz if resolvable else None,
+        "rate_hz": k * input_rate_hz / n if resolvable else None,
         "rate_interval_hz": [lo * input_rate_hz, hi * input_rate_hz] if resolvable else None,
         "resolvable": resolvable,
         "smallest_resolvable_rate_hz": smallest_resolvable_rate_hz(n, input_rate_hz) if n else None,
