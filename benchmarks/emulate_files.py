@@ -4,9 +4,9 @@ The network is the reference encoder (``l1forge.models.reference``, cached under
 ``out/reference``). The 10^6-event file replicates the reference encoder's 20,000 Pythia
 minimum-bias events 50 times (event numbers made unique, provenance says so), cached as
 ``out/bench/emulate_1M.h5``. The command runs as a subprocess (``python -m l1forge.cli``,
-interpreter start and imports included), so its peak RSS is its own (``wait4``); the emulator alone is timed in this
-process on the same events, and the written ROOT file is read back with uproot and every score
-compared with the emulator's. Prints one JSON object.
+interpreter start and imports included), so its peak RSS is its own (``wait4``); the emulator
+alone is timed in this process on the same events, and the written ROOT file is read back with
+uproot and every score compared with the emulator's. Prints one JSON object.
 """
 
 from __future__ import annotations
