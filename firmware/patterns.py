@@ -30,8 +30,8 @@ KINDS = ("input", "output")
 PACKING_FILE = "packing.json"
 INPUT_FILE = "input.pattern"
 EXPECTED_FILE = "expected.pattern"
-# header keys write_pattern sets itself (``_first_line`` is added when a file is read)
-RESERVED = ("format", "kind", "bus_bits", "hex_digits", "lines", "line_format", "_first_line")
+# header keys write_pattern sets itself
+RESERVED = ("format", "kind", "bus_bits", "hex_digits", "lines", "line_format")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Pattern:
     header: dict[str, str]
     valid: np.ndarray  # bool (n_lines,)
     words: tuple[int, ...]  # the bus word of each line
+    first_line: int  # 1-based line number of the first clock line
 
     @property
     def kind(self) -> str:
@@ -57,11 +58,7 @@ class Pattern:
 
     def valid_lines(self) -> np.ndarray:
         """1-based line numbers in the file of the valid clock lines."""
-        return self._first_line + np.flatnonzero(self.valid)
-
-    @property
-    def _first_line(self) -> int:
-        return int(self.header["_first_line"])
+        return self.first_line + np.flatnonzero(self.valid)
 
 
 def hex_digits(bits: int) -> int:
@@ -159,8 +156,7 @@ def read_pattern(path: str | Path, kind: str | None = None) -> Pattern:
             raise DataFormatError(f"{path} line {no}: word wider than the {bits}-bit bus")
         valid[i] = parts[0] == "1"
         words.append(w)
-    header["_first_line"] = str(body[0][0] if body else 0)
-    return Pattern(path, header, valid, tuple(words))
+    return Pattern(path, header, valid, tuple(words), body[0][0] if body else 0)
 
 
 def check_header(p: Pattern, qnet_sha256: str, bus: BusLayout, packing_sha256: str) -> None:

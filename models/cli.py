@@ -182,6 +182,7 @@ def parse_seed(text: str):
 
 
 def _emulate_calibrate(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from l1forge.models.emulate_files import check_menu, emulate_scores, load_menu, load_models
@@ -203,6 +204,9 @@ def _emulate_calibrate(args: argparse.Namespace) -> int:
         )
     ms = load_models(args.model)
     where = args.template or "--seed"
+    for s in menu.seeds:
+        if not s.zero_bias and s.target_rate_hz is None and s.threshold == math.inf:
+            raise ConfigError(f"{where}: seed {s.name!r} needs a target rate or a threshold")
     try:
         menu.check_models(m.name for m in ms)
     except ConfigError as exc:
@@ -234,6 +238,8 @@ def _emulate_rates(args: argparse.Namespace) -> int:
     from l1forge.models.emulate_files import check_menu, emulate_scores, load_menu, load_models
     from l1forge.models.rates import format_table, menu_table, plot_table
 
+    from l1forge.errors import ConfigError
+
     ms = load_models(args.model)
     menu = load_menu(args.menu)
     check_menu(menu, ms, args.menu)
@@ -241,7 +247,10 @@ def _emulate_rates(args: argparse.Namespace) -> int:
     zb = emulate_scores(ms, args.zero_bias, menu, **kw)
     signals: dict = {}
     for path in args.signal:
-        signals.update(emulate_scores(ms, path, menu, **kw).by_process())
+        for name, bits in emulate_scores(ms, path, menu, **kw).by_process().items():
+            if name in signals:
+                raise ConfigError(f"{path}: process {name!r} is also in an earlier signal file")
+            signals[name] = bits
     table = menu_table(menu, zb.seed_bits, signals, args.cl)
     table |= {"menu": str(args.menu), "zero_bias": str(args.zero_bias), "signals": args.signal}
     out = Path(args.out)

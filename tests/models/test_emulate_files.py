@@ -257,6 +257,16 @@ def _bad(files, tmp_path, case: str) -> tuple[list[str], str]:
     if case == "bad seed":
         argv = ["emulate", "calibrate", "--model", f"ad={ir}", "--zero-bias", bg]
         return [*argv, "--seed", "name=A,model=ad,rat=1", "--out", out], "bad part 'rat=1'"
+    if case == "seed without rate":
+        argv = ["emulate", "calibrate", "--model", f"ad={ir}", "--zero-bias", bg]
+        return [*argv, "--seed", "name=A,model=ad", "--out", out], "needs a target rate"
+    if case == "signal twice":
+        m = tmp_path / "menu.json"
+        m.write_text(json.dumps(Menu((Seed("X", "ad", threshold=1.0),)).to_json()))
+        argv = ["emulate", "rates", "--model", f"ad={ir}", "--menu", str(m), "--zero-bias", bg]
+        sig = str(files["sig"])
+        argv += ["--signal", sig, "--signal", sig, "--out", out, "--no-progress"]
+        return argv, "also in an earlier"
     raise AssertionError(case)
 
 
@@ -270,6 +280,8 @@ BAD = [
     "bad output suffix",
     "missing reference",
     "bad seed",
+    "seed without rate",
+    "signal twice",
 ]
 
 
