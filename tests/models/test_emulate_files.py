@@ -241,6 +241,13 @@ def _bad(files, tmp_path, case: str) -> tuple[list[str], str]:
     if case == "feature mismatch":
         argv = ["emulate", "run", "--model", f"s={files['small']}", "--events", bg, "--out", out]
         return argv, "takes inputs of sizes [16]"
+    if case == "inputs outside the format":
+        from l1forge.models.fixed import Fixed
+
+        narrow = random_mlp(57, (4,), 2, input_fixed=Fixed(True, 8, 8), score=True, seed=9)
+        ir8 = qnet.save(narrow, tmp_path / "narrow.qnet.json")
+        argv = ["emulate", "run", "--model", f"n={ir8}", "--events", bg, "--out", out]
+        return [*argv, "--no-progress"], "zb.h5: rows 0..2999 hold inputs outside 'n'"
     if case == "unknown model":
         m = tmp_path / "menu.json"
         m.write_text(json.dumps(Menu((Seed("X", "nosuch", threshold=1.0),)).to_json()))
@@ -275,6 +282,7 @@ BAD = [
     "truncated hdf5",
     "truncated root",
     "feature mismatch",
+    "inputs outside the format",
     "unknown model",
     "uncalibrated menu",
     "bad output suffix",
