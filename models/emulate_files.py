@@ -6,16 +6,16 @@ and the results go to a ROOT file (TTree ``Events``) or an HDF5 file with the sa
 first output, as the daemon scores events), and with a menu ``seed_bits`` (uint32, bit i =
 seed i) plus one boolean column per seed, named after the seed. ``seq`` is the event's row in
 the input file: the sequence number prescales read, as when the daemon replays the file from
-its first event. ``check_file`` compares a fresh emulation with such a stored reference.
+its first event. ``check_file`` compares a fresh emulation with such a stored reference. The
+output files themselves are written and read by ``models.emulation_output``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +23,16 @@ from typing import Any
 
 import numpy as np
 from l1forge.models import qnet
+from l1forge.models.emulation_output import (
+    OUTPUT_FORMAT,
+    OUTPUT_VERSION,
+    OutputWriter,
+    open_output,
+    output_kind,
+)
 from l1forge.models.emulator import Emulator
 from l1forge.models.eventfiles import (
-    HDF5_SUFFIXES,
     N_INPUTS,
-    ROOT_SUFFIXES,
-    ROOT_TREE,
     EventChunk,
     EventFile,
     open_event_file,
@@ -36,13 +40,10 @@ from l1forge.models.eventfiles import (
 from l1forge.models.qnet import QNet
 from l1forge.online.menu import Menu, seed_counts
 
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FORMAT = "l1forge-emulation"
-OUTPUT_VERSION = 1
-META_KEY = "l1forge_meta"  # a TObjString in ROOT, an attribute in HDF5
 DEFAULT_CHUNK_EVENTS = 65_536
 FIXED_COLUMNS = ("run", "event", "seq")
 
@@ -242,68 +243,6 @@ def _column_dtypes(models: Sequence[Model], menu: Menu | None) -> dict[str, np.d
     return cols
 
 
-def _output_kind(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in ROOT_SUFFIXES:
-        return "root"
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
-    raise ConfigError(f"{path}: output must end in .root (a TTree) or .h5/.hdf5")
-
-
-class OutputWriter:
-    """Columns appended chunk by chunk to a ROOT or HDF5 file, renamed into place on close."""
-
-    def __init__(self, path: str | Path, dtypes: Mapping[str, np.dtype], meta: dict[str, Any]):
-        self.path = Path(path)
-        self.kind = _output_kind(self.path)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.kind == "root":
-                import uproot
-
-                self._file = uproot.recreate(self._tmp)
-                self._file[META_KEY] = json.dumps(meta)
-                self._file.mktree(ROOT_TREE, dict(dtypes), title="l1forge emulator output")
-            else:
-                import h5py
-
-                self._file = h5py.File(self._tmp, "w")
-                self._file.attrs["format"] = OUTPUT_FORMAT
-                self._file.attrs["version"] = OUTPUT_VERSION
-                self._file.attrs[META_KEY] = json.dumps(meta)
-                for name, dt in dtypes.items():
-                    self._file.create_dataset(
-                        name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(65_536,)
-                    )
-        except OSError as exc:
-            raise L1ForgeError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        self.n_events = 0
-
-    def extend(self, cols: Mapping[str, np.ndarray]) -> None:
-        n = len(cols["run"])
-        try:
-            if self.kind == "root":
-                self._file[ROOT_TREE].extend(dict(cols))
-            else:
-                for name, a in cols.items():
-                    ds = self._file[name]
-                    ds.resize((self.n_events + n,))
-                    ds[self.n_events :] = a
-        except OSError as exc:
-            raise L1ForgeError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        self.n_events += n
-
-    def close(self) -> None:
-        self._file.close()
-        self._tmp.replace(self.path)
-
-    def abort(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
-
-
 def emulate_file(
     models: Sequence[Model],
     events: str | Path,
@@ -314,7 +253,7 @@ def emulate_file(
 ) -> dict[str, Any]:
     """Emulate every model over ``events`` into ``out`` (.root or .h5); returns a summary."""
     t0 = time.perf_counter()
-    _output_kind(Path(out))
+    output_kind(Path(out))
     ef = open_event_file(events)
     with Emulation(models, menu, chunk_events, progress) as emu:
         check_inputs(models, ef)
@@ -347,67 +286,6 @@ def emulate_file(
     if menu is not None:
         summary["fired"] = dict(zip(menu.names, counts.tolist(), strict=True))
     return summary
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """A stored emulator output (ROOT or HDF5), read in row ranges."""
-
-    path: Path
-    kind: str
-    n_events: int
-    columns: tuple[str, ...]
-    meta: dict[str, Any]
-
-    def read(self, names: Sequence[str], start: int, stop: int) -> dict[str, np.ndarray]:
-        try:
-            if self.kind == "root":
-                import uproot
-
-                with uproot.open(self.path) as f:
-                    got = f[ROOT_TREE].arrays(
-                        list(names), entry_start=start, entry_stop=stop, library="np"
-                    )
-                return {k: np.asarray(got[k]) for k in names}
-            import h5py
-
-            with h5py.File(self.path, "r") as f:
-                return {k: f[k][start:stop] for k in names}
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataFormatError(
-                f"{self.path}: rows {start}..{stop - 1} unreadable: {exc}"
-            ) from exc
-
-
-def open_output(path: str | Path) -> OutputFile:
-    """Check a stored emulator output file and read its columns' names and metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"emulator output not found: {path}")
-    kind = _output_kind(path)
-    try:
-        if kind == "root":
-            import uproot
-
-            with uproot.open(path) as f:
-                meta = json.loads(str(f[META_KEY]))
-                tree = f[ROOT_TREE]
-                cols, n = tuple(tree.keys()), int(tree.num_entries)
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if f.attrs.get("format") != OUTPUT_FORMAT:
-                    raise DataFormatError(f"{path}: not an {OUTPUT_FORMAT} file")
-                meta = json.loads(f.attrs[META_KEY])
-                cols, n = tuple(f.keys()), len(f["run"])
-    except DataFormatError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataFormatError(f"{path}: not a readable l1forge emulator output ({exc})") from exc
-    if meta.get("format") != OUTPUT_FORMAT or meta.get("version") != OUTPUT_VERSION:
-        raise DataFormatError(f"{path}: not an {OUTPUT_FORMAT} v{OUTPUT_VERSION} file")
-    return OutputFile(path, kind, n, cols, meta)
 
 
 @dataclass(frozen=True)

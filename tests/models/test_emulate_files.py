@@ -16,8 +16,8 @@ from l1forge.models.emulate_files import (
     emulate_file,
     emulate_scores,
     load_models,
-    open_output,
 )
+from l1forge.models.emulation_output import open_output
 from l1forge.models.emulator import Emulator
 from l1forge.models.rates import menu_table
 from l1forge.online.menu import Menu, Seed
