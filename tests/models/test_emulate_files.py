@@ -141,16 +141,18 @@ def test_root_event_file_gives_the_hdf5_result(files, tmp_path):
 def test_check_passes_then_names_the_first_differing_events(files, menu, tmp_path, capsys):
     ref = tmp_path / "ref.h5"
     ms = _models(files)
-    emulate_file(ms, files["bg"], ref, menu, CHUNK, progress=False)
+    menu_path = tmp_path / "menu.json"
+    menu_path.write_text(json.dumps(menu.to_json()))
+    models = ["--model", f"ad={files['ir']}", "--model", f"b={files['ir2']}", "--no-progress"]
+    common = [*models, "--events", str(files["bg"]), "--menu", str(menu_path)]
+    assert main(["emulate", "run", *common, "--out", str(ref)]) == 0
+    assert json.loads(capsys.readouterr().out)["n_events"] == N_BG
     assert check_file(ms, files["bg"], ref, menu, CHUNK, progress=False).ok
     with h5py.File(ref, "r+") as f:
         f["score_ad"][1234] += 1.0
         f["seed_bits"][2500] ^= 1
-    menu_path = tmp_path / "menu.json"
-    menu_path.write_text(json.dumps(menu.to_json()))
-    argv = ["emulate", "check", "--model", f"ad={files['ir']}", "--model", f"b={files['ir2']}"]
-    argv += ["--events", str(files["bg"]), "--menu", str(menu_path), "--reference", str(ref)]
-    assert main([*argv, "--no-progress", "--chunk-events", str(CHUNK)]) == 1
+    argv = ["emulate", "check", *common, "--reference", str(ref)]
+    assert main([*argv, "--chunk-events", str(CHUNK)]) == 1
     cap = capsys.readouterr()
     summary = json.loads(cap.out.strip().splitlines()[-1])
     assert summary["n_differing"] == 2 and not summary["ok"]
