@@ -1,4 +1,5 @@
-"""`l1forge firmware build|report`: firmware folders from a qnet IR, and their reports."""
+"""`l1forge firmware build|report|patterns`: firmware folders from a qnet IR, their reports,
+and pattern files (packed input and expected output words) for board tests."""
 
 from __future__ import annotations
 
@@ -38,6 +39,24 @@ def register(subparsers: Any) -> None:
     r.add_argument("--timeout", type=float, default=3600.0, help="yosys timeout (s)")
     r.set_defaults(func=_report)
 
+    p = sub.add_parser("patterns", help="pattern files for board tests and vendor simulators")
+    psub = p.add_subparsers(dest="patterns_command", required=True)
+    w = psub.add_parser("write", help="input.pattern + expected.pattern (emulator) of N events")
+    w.add_argument("--qnet", required=True, help="qnet IR JSON file")
+    w.add_argument("--events", required=True, help="event file (l1forge HDF5 or ROOT)")
+    w.add_argument("--n", type=int, default=1000, help="events (from the first; default 1000)")
+    w.add_argument("--firmware", help="firmware folder whose packing.json to use")
+    w.add_argument("--out", required=True, help="output folder")
+    w.set_defaults(func=_patterns_write)
+    c = psub.add_parser(
+        "compare", help="a captured output pattern against the emulator (exit 1 on a difference)"
+    )
+    c.add_argument("captured", help="captured output pattern file")
+    c.add_argument("--expected", help="expected output pattern (from `patterns write`)")
+    c.add_argument("--inputs", help="input pattern the outputs were captured for")
+    c.add_argument("--qnet", help="qnet IR to emulate the input pattern with")
+    c.set_defaults(func=_patterns_compare)
+
 
 def _build(args: argparse.Namespace) -> int:
     from l1forge.firmware.build import BuildOptions, build
@@ -72,3 +91,61 @@ def _report(args: argparse.Namespace) -> int:
     keys = ("latency_cycles", "latency_ns", "clock_mhz", "initiation_interval", "resources")
     print(json.dumps({k: out[k] for k in keys} | {"target": out["target"]}))
     return 0
+
+
+def _patterns_write(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from l1forge.firmware import packing, patterns
+    from l1forge.models.eventfiles import open_event_file
+    from l1forge.models.qnet import load
+
+    from l1forge.errors import ConfigError, DataFormatError
+
+    if args.n < 1:
+        raise ConfigError("--n must be >= 1")
+    net = load(args.qnet)
+    spec = None
+    if args.firmware:
+        spec = packing.load(Path(args.firmware) / "packing.json")
+        if spec.network != net.name or spec.input.n_values != net.input_specs[0].size:
+            raise DataFormatError(
+                f"{args.firmware}/packing.json describes network {spec.network!r}, "
+                f"{args.qnet} is {net.name!r}"
+            )
+    ef = open_event_file(args.events)
+    n_in = net.input_specs[0].size
+    chunk = next(ef.chunks(args.n), None)
+    if chunk is None:
+        raise DataFormatError(f"{ef.path}: no events")
+    if chunk.inputs.shape[1] != n_in:
+        raise DataFormatError(
+            f"{args.qnet}: network takes {n_in} inputs, events in {ef.path} have "
+            f"{chunk.inputs.shape[1]}"
+        )
+    fmt = net.input_specs[0].fixed
+    if not fmt.contains(chunk.inputs):
+        raise DataFormatError(f"{ef.path}: inputs outside the IR's format {fmt.hls_type()}")
+    source = f"{ef.path} rows 0..{len(chunk) - 1}"
+    paths = patterns.write_patterns(args.qnet, chunk.inputs.astype("int64"), args.out, spec, source)
+    print(json.dumps({"events": len(chunk)} | {k: str(v) for k, v in paths.items()}))
+    return 0
+
+
+def _patterns_compare(args: argparse.Namespace) -> int:
+    import sys
+
+    from l1forge.firmware import patterns
+
+    from l1forge.errors import ConfigError
+
+    if args.expected and not (args.inputs or args.qnet):
+        result = patterns.compare_expected(args.captured, args.expected)
+    elif args.inputs and args.qnet and not args.expected:
+        result = patterns.compare_emulator(args.captured, args.inputs, args.qnet)
+    else:
+        raise ConfigError("give either --expected, or --inputs and --qnet")
+    for line in result.first:
+        print(f"l1forge firmware patterns compare: {line}", file=sys.stderr)
+    print(json.dumps(result.to_json() | {"captured": args.captured}))
+    return 0 if result.ok else 1

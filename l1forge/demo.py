@@ -2,8 +2,10 @@
 
 Pythia events -> anomaly-detector training and its qnet IR -> firmware (Verilog, wrappers,
 lint, synthesis report) -> a reduced co-design study -> a short run of the online daemon
-(emulator backend, the trained IR, replay of the demo minimum-bias events). Each stage prints
-its JSON summary; the demo ends with one JSON object that points at every output.
+(emulator backend, the trained IR, replay of the demo minimum-bias events) -> the online run's
+menu calibrated offline with `l1forge emulate calibrate` and its rate/efficiency table
+(`l1forge emulate rates`). Each stage prints its JSON summary; the demo ends with one JSON
+object that points at every output.
 """
 
 from __future__ import annotations
@@ -84,6 +86,78 @@ def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, 
     }
 
 
+def menu_stage(out: Path, data: Path, qnet: Path) -> dict[str, Any]:
+    """The embedded default run's menu, calibrated on the demo's minimum-bias events, and its
+    table of rates and signal efficiencies (printed by the `rates` stage)."""
+    import math
+
+    from l1forge.online.config import load_run_config
+    from l1forge.online.menu import Menu, Seed, default_menu
+
+    cfg = load_run_config(
+        None, {"source.paths": [str(data / "background.h5")], "backend.models": {"ad": str(qnet)}}
+    ).menu
+    if cfg.seeds is None:
+        template_menu = default_menu("ad", None, input_rate_hz=cfg.input_rate_hz)
+    else:
+        seeds = tuple(
+            Seed(
+                s.name,
+                s.model,
+                threshold=math.inf if s.threshold is None else s.threshold,
+                prescale=s.prescale,
+                target_rate_hz=s.target_rate_hz,
+            )
+            for s in cfg.seeds
+        )
+        template_menu = Menu(seeds, cfg.input_rate_hz)
+    folder = out / "menu"
+    folder.mkdir(parents=True, exist_ok=True)
+    template = folder / "menu_template.json"
+    template.write_text(json.dumps(template_menu.to_json(), indent=1) + "\n")
+    model = ["--model", f"ad={qnet}", "--no-progress"]
+    menu = folder / "menu.json"
+    zero_bias = str(data / "background.h5")
+    _stage(
+        "calibrate",
+        [
+            "emulate",
+            "calibrate",
+            *model,
+            "--zero-bias",
+            zero_bias,
+            "--template",
+            str(template),
+            "--out",
+            str(menu),
+        ],
+    )
+    rates = folder / "rates"
+    _stage(
+        "rates",
+        [
+            "emulate",
+            "rates",
+            *model,
+            "--menu",
+            str(menu),
+            "--zero-bias",
+            zero_bias,
+            "--signal",
+            str(data / "signals.h5"),
+            "--out",
+            str(rates),
+        ],
+    )
+    table = json.loads((rates / "rates.json").read_text())
+    return {
+        "menu": str(menu),
+        "table": str(rates / "rates.json"),
+        "rates_hz": {s["seed"]: s["rate"]["rate_hz"] for s in table["seeds"]},
+        "total_rate_hz": table["total"]["rate"]["rate_hz"],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from l1forge.sim.generate import demo_dataset
 
@@ -120,8 +194,10 @@ def run(args: argparse.Namespace) -> int:
             ["codesign", "run", "--config", str(study_path), "--out", str(out / "codesign")],
         )
     online = online_stage(out, data, qnet, args.online_events)
+    menu = menu_stage(out, data, qnet)
     summary = {
         "online": online,
+        "menu": menu,
         "events": str(data),
         "anomaly_detector": str(ad / "summary.json"),
         "qnet_ir": str(qnet),

@@ -181,3 +181,36 @@ def event_file_length(path: str | Path) -> int:
         if obj.dtype != dtype or obj.shape != (n, *shape):
             raise DataFormatError(f"{path}: objects_hw is not {np.dtype(dtype)} {(n, *shape)}")
     return n
+
+
+def iter_event_columns(
+    path: str | Path, columns: tuple[str, ...], chunk_events: int
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(first row, {column: array}) of ``chunk_events`` rows at a time, for files larger than
+    memory; a chunk that cannot be read (a truncated file) raises DataFormatError naming it."""
+    path = Path(path)
+    unknown = [c for c in columns if c not in ARRAYS]
+    if unknown or chunk_events < 1:
+        raise ValueError(f"columns must be among {sorted(ARRAYS)} and chunk_events >= 1")
+    with _open_checked(path) as f:
+        n = len(f["event"])
+        for name in columns:
+            dtype, shape = ARRAYS[name]
+            if f[name].dtype != dtype or f[name].shape != (n, *shape):
+                raise DataFormatError(f"{path}: {name} is not {np.dtype(dtype)} {(n, *shape)}")
+        for start in range(0, n, chunk_events):
+            stop = min(n, start + chunk_events)
+            try:
+                chunk = {name: f[name][start:stop] for name in columns}
+            except (OSError, ValueError) as exc:
+                raise DataFormatError(
+                    f"{path}: rows {start}..{stop - 1} unreadable (truncated or corrupt): {exc}"
+                ) from exc
+            yield start, chunk
+
+
+def event_file_processes(path: str | Path) -> tuple[str, ...]:
+    """The process names that ``label`` indexes in an event file."""
+    path = Path(path)
+    with _open_checked(path) as f:
+        return tuple(json.loads(f.attrs["processes"]))
