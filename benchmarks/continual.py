@@ -193,8 +193,8 @@ class Base:
 
 def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
     """Stream old then new conditions through a learner; measure every figure."""
-    from l1forge.online.learner import Learner, LearnerConfig
-    from l1forge.online.registry import ModelRegistry
+    from l1forge.online.learning.learner import Learner, LearnerConfig
+    from l1forge.online.learning.registry import ModelRegistry
 
     parts, target = base.parts, TARGET_RATE_HZ
     reg = ModelRegistry(tmp / f"registry-{sc.name}")
@@ -328,7 +328,7 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from l1forge.online.menu import Menu, Seed
+    from l1forge.online.datapath.menu import Menu, Seed
     from l1forge.sim.faults import EnergyScale, inject
 
     t_start = time.perf_counter()

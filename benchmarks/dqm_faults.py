@@ -120,12 +120,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    logging.getLogger("l1forge.online.dqm").setLevel(logging.CRITICAL)
+    logging.getLogger("l1forge.online.dqm.monitor").setLevel(logging.CRITICAL)
 
     from l1forge.models.build import random_mlp
     from l1forge.models.emulator import Emulator
-    from l1forge.online.dqm import DQMMonitor
-    from l1forge.online.dqm_config import load_config
+    from l1forge.online.dqm.config import load_config
+    from l1forge.online.dqm.monitor import DQMMonitor
     from l1forge.sim import faults
 
     t_start = time.perf_counter()

@@ -72,7 +72,7 @@ def _emulator_alone(ir: Path, x: np.ndarray, threads: int) -> float:
 
 def _run(tmp: Path, h5: Path, ir: Path, menu, n_workers: int, n_events: int, run: int) -> dict:
     from l1forge.online.config import run_config_from_dict
-    from l1forge.online.pipeline import Pipeline
+    from l1forge.online.datapath.pipeline import Pipeline
 
     cfg = run_config_from_dict(
         {
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from l1forge.models import qnet
     from l1forge.models.build import random_mlp
-    from l1forge.online.menu import default_menu
-    from l1forge.online.pipeline import _zero_bias_scores
+    from l1forge.online.datapath.menu import default_menu
+    from l1forge.online.datapath.pipeline import _zero_bias_scores
     from l1forge.sim.dataset import read_events
 
     cache = Path(args.cache).expanduser()
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="l1f-bench-") as d:
         tmp = Path(d)
         ir = qnet.save(random_mlp(score=True, seed=0, name="bench_ad"), tmp / "ad.json")
-        logging.getLogger("l1forge.online.menu").setLevel(logging.ERROR)  # few calibration events
+        logging.getLogger("l1forge.online.datapath.menu").setLevel(
+            logging.ERROR
+        )  # few calibration events
         menu = default_menu("ad", None).calibrate(_zero_bias_scores({"ad": str(ir)}, str(h5)))
         x = read_events(h5).inputs
         x = np.resize(x, (2_000_000, x.shape[1]))  # the same events, looped

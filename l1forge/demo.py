@@ -47,7 +47,7 @@ def _stage(name: str, argv: list[str]) -> None:
 
 def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, Any]:
     """`l1forge online run` on the embedded default run, pointed at this demo's outputs."""
-    from l1forge.online.runcontrol import RUN_SUMMARY_FILE, RunNumbers
+    from l1forge.online.control.runcontrol import RUN_SUMMARY_FILE, RunNumbers
 
     online = out / "online"
     sets = {

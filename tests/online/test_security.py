@@ -101,13 +101,13 @@ def test_keys_folder_checks(tmp_path, keys):
 
 
 def test_control_socket_with_curve(tmp_path, keys, stranger_keys, caplog):
-    from l1forge.online.control import (
+    from l1forge.online.control.commands import (
         CommandHandler,
         ControlClient,
         ControlServer,
         ControlTimeout,
     )
-    from l1forge.online.runcontrol import RunControl
+    from l1forge.online.control.runcontrol import RunControl
 
     ctx = zmq.Context()
     server = ControlServer(
