@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from l1forge.models import qnet
     from l1forge.models.build import random_mlp
-    from l1forge.online.datapath.menu import default_menu
-    from l1forge.online.datapath.pipeline import _zero_bias_scores
+    from l1forge.online.datapath.menu import default_menu, zero_bias_scores
     from l1forge.sim.dataset import read_events
 
     cache = Path(args.cache).expanduser()
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("l1forge.online.datapath.menu").setLevel(
             logging.ERROR
         )  # few calibration events
-        menu = default_menu("ad", None).calibrate(_zero_bias_scores({"ad": str(ir)}, str(h5)))
+        menu = default_menu("ad", None).calibrate(zero_bias_scores({"ad": str(ir)}, str(h5)))
         x = read_events(h5).inputs
         x = np.resize(x, (2_000_000, x.shape[1]))  # the same events, looped
         emu2 = _emulator_alone(ir, x, threads=2)

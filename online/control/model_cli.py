@@ -103,7 +103,7 @@ def _switch(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from l1forge.online.learning.learner import import_training_run
+    from l1forge.online.learning.registry import import_training_run
 
     v = import_training_run(_registry(args), args.run_dir, activate=not args.no_activate)
     _print(_summary(v, _registry(args).active_name))

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import zmq
-from l1forge.online.datapath.dispatcher import (
+from l1forge.online.datapath.menu import Menu, seed_counts
+from l1forge.online.datapath.protocol import (
     C_ACK,
     C_FAILED,
     C_NACK,
@@ -29,7 +30,6 @@ from l1forge.online.datapath.dispatcher import (
     META,
     U64,
 )
-from l1forge.online.datapath.menu import Menu, seed_counts
 from l1forge.online.datapath.storage import AcceptedWriter, FileRecord, StorageError
 from l1forge.online.datapath.wire import (
     TOPIC_MONITOR,

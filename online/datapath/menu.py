@@ -20,12 +20,16 @@ import math
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from l1forge.models.evaluate import LHC_INPUT_RATE_HZ, threshold_for_rate
 
 from l1forge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from l1forge.online.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -278,3 +282,61 @@ def default_menu(
         seeds.append(Seed("Classifier", classifier_model, target_rate_hz=classifier_rate_hz))
     seeds.append(Seed("ZeroBias", ZERO_BIAS, prescale=zero_bias_prescale))
     return Menu(tuple(seeds), input_rate_hz)
+
+
+# ---- the menu of a run ----
+
+
+def zero_bias_scores(models: Mapping[str, str], path: str | Path) -> dict[str, np.ndarray]:
+    """Each model's score (its first output, real valued) on the events of an HDF5 file."""
+    from l1forge.models import qnet
+    from l1forge.models.emulator import Emulator
+    from l1forge.online.datapath.backends import outputs_float
+    from l1forge.sim.dataset import read_events
+
+    x = read_events(path).inputs
+    out = {}
+    for name, ir in models.items():
+        net = qnet.load(ir)
+        emu = Emulator(net)
+        try:
+            out[name] = outputs_float(net, emu.run(x))[:, 0]
+        finally:
+            emu.close()
+    return out
+
+
+def build_menu(cfg: RunConfig) -> Menu:
+    """The run's menu: configured seeds (or the default menu), thresholds calibrated from
+    `target_rate_hz` on the calibration file (or the replay file) where none is given."""
+    models = cfg.backend.models
+    if cfg.menu.seeds is None:
+        ad = "ad" if "ad" in models else next(iter(models))
+        cls = "classifier" if "classifier" in models else None
+        menu = default_menu(ad, cls, input_rate_hz=cfg.menu.input_rate_hz)
+    else:
+        seeds = tuple(
+            Seed(
+                s.name,
+                s.model,
+                threshold=math.inf if s.threshold is None else s.threshold,
+                prescale=s.prescale,
+                target_rate_hz=s.target_rate_hz,
+            )
+            for s in cfg.menu.seeds
+        )
+        menu = Menu(seeds, cfg.menu.input_rate_hz)
+    menu.check_models(models)
+    todo = [s.target_rate_hz is not None and s.threshold == math.inf for s in menu.seeds]
+    if not any(todo):
+        return menu
+    path = cfg.menu.calibration or (cfg.source.paths[0] if cfg.source.paths else None)
+    if path is None:
+        raise ConfigError(
+            "menu.calibration: seeds with target_rate_hz need a zero-bias HDF5 file to set "
+            "their thresholds (or give each seed a threshold)"
+        )
+    calibrated = menu.calibrate(zero_bias_scores(models, path))
+    seeds = tuple(c if t else s for s, c, t in zip(menu.seeds, calibrated.seeds, todo, strict=True))
+    log.info("menu calibrated on %s", path)
+    return replace(menu, seeds=seeds)

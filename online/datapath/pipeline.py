@@ -8,18 +8,15 @@ duplicated events, both 0 in a healthy run).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,117 +24,24 @@ import numpy as np
 import zmq
 from l1forge.online.config import RunConfig
 from l1forge.online.datapath.collector import Collector
-from l1forge.online.datapath.dispatcher import (
-    S_BATCH,
-    S_END,
-    SOURCE_META,
-    Dispatcher,
-    ModelFiles,
-    WorkerSetup,
-)
-from l1forge.online.datapath.menu import Menu, Seed, default_menu
-from l1forge.online.datapath.sources import Sequencer, Source, SourceError, make_source
+from l1forge.online.datapath.dispatcher import Dispatcher
+from l1forge.online.datapath.menu import Menu, build_menu
+from l1forge.online.datapath.protocol import ModelFiles, WorkerSetup
+from l1forge.online.datapath.pump import SourcePump
+from l1forge.online.datapath.sources import Sequencer, Source, make_source
 from l1forge.online.datapath.storage import AcceptedWriter
-from l1forge.online.datapath.wire import encode_batch
+from l1forge.online.datapath.summary import RunSummary, summarize
+from l1forge.online.datapath.workerpool import WorkerPool
 
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.errors import ConfigError, L1ForgeError
 
 log = logging.getLogger(__name__)
 
-WORKER_START_TIMEOUT_S = 120.0
 DRAIN_TIMEOUT_S = 300.0
-MAX_RESTARTS_PER_WORKER = 3
 
 
 class PipelineError(L1ForgeError, RuntimeError):
     """The pipeline could not start, or a part of it failed while running."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What one run did, with its completeness proof."""
-
-    run: int
-    n_events_in: int
-    n_processed: int
-    n_accepted: int
-    per_seed: dict[str, int]
-    rates_hz: dict[str, float]  # at the menu's input rate (40 MHz)
-    lost: int
-    duplicated: int
-    duplicates_suppressed: int
-    redelivered_batches: int
-    rejected: dict[str, int]  # source messages rejected, by reason
-    failed_batches: dict[str, int]  # batches no worker could process, by reason
-    n_failed_events: int  # events of those batches (accounted for, not lost)
-    files: list[dict[str, Any]]
-    held_accepted_events: int  # accepted events not in a finished file (storage failure)
-    error: str | None
-    seconds: float
-    events_per_s: float
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    dead_workers: list[str] = field(default_factory=list)
-    max_in_flight_batches: int = 0
-    source_blocked_s: float = 0.0
-    missing_ranges: list[list[int]] = field(default_factory=list)
-    dqm_summary: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
-
-
-def _zero_bias_scores(models: dict[str, str], path: str) -> dict[str, np.ndarray]:
-    from l1forge.models import qnet
-    from l1forge.models.emulator import Emulator
-    from l1forge.online.datapath.backends import outputs_float
-    from l1forge.sim.dataset import read_events
-
-    x = read_events(path).inputs
-    out = {}
-    for name, ir in models.items():
-        net = qnet.load(ir)
-        emu = Emulator(net)
-        try:
-            out[name] = outputs_float(net, emu.run(x))[:, 0]
-        finally:
-            emu.close()
-    return out
-
-
-def build_menu(cfg: RunConfig) -> Menu:
-    """The run's menu: configured seeds (or the default menu), thresholds calibrated from
-    `target_rate_hz` on the calibration file (or the replay file) where none is given."""
-    models = cfg.backend.models
-    if cfg.menu.seeds is None:
-        ad = "ad" if "ad" in models else next(iter(models))
-        cls = "classifier" if "classifier" in models else None
-        menu = default_menu(ad, cls, input_rate_hz=cfg.menu.input_rate_hz)
-    else:
-        seeds = tuple(
-            Seed(
-                s.name,
-                s.model,
-                threshold=math.inf if s.threshold is None else s.threshold,
-                prescale=s.prescale,
-                target_rate_hz=s.target_rate_hz,
-            )
-            for s in cfg.menu.seeds
-        )
-        menu = Menu(seeds, cfg.menu.input_rate_hz)
-    menu.check_models(models)
-    todo = [s.target_rate_hz is not None and s.threshold == math.inf for s in menu.seeds]
-    if not any(todo):
-        return menu
-    path = cfg.menu.calibration or (cfg.source.paths[0] if cfg.source.paths else None)
-    if path is None:
-        raise ConfigError(
-            "menu.calibration: seeds with target_rate_hz need a zero-bias HDF5 file to set "
-            "their thresholds (or give each seed a threshold)"
-        )
-    calibrated = menu.calibrate(_zero_bias_scores(models, path))
-    seeds = tuple(c if t else s for s, c, t in zip(menu.seeds, calibrated.seeds, todo, strict=True))
-    log.info("menu calibrated on %s", path)
-    return replace(menu, seeds=seeds)
 
 
 def _backend_settings(cfg: RunConfig, n_local: int) -> dict[str, Any]:
@@ -182,19 +86,40 @@ class Pipeline:
         self.monitor_endpoint = ""
         self.worker_endpoint = ""
         self.source_endpoint = ""
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._restarts = 0
-        self._lock = threading.Lock()
+        self.ctx: zmq.Context | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.collector: Collector | None = None
+        self._tmp: str | None = None  # the run's ipc sockets and the workers' IR files
         self._stop_source = threading.Event()
         self._abort = threading.Event()
-        self._threads: dict[str, threading.Thread] = {}
-        self._range = (0, 0)  # [first_seq, end_seq) sent so far
-        self.source_blocked_s = 0.0
         self.source_done = threading.Event()
-        self._rejected_seen: dict[str, int] = {}
+        self.workers = WorkerPool(
+            cfg.workers, curve_keys=cfg.network.curve_keys, stopping=self._stop_source
+        )
+        sequencer = Sequencer(
+            self.run,
+            cfg.batch_size,
+            cfg.storage.events_per_lumisection,
+            max_events=cfg.source.n_events,
+        )
+        self.pump = SourcePump(
+            self.run,
+            sequencer,
+            stop=self._stop_source,
+            abort=self._abort,
+            done=self.source_done,
+            on_error=self._fail,
+            metrics=metrics,
+        )
+        self._threads: dict[str, threading.Thread] = {}
         self._t_start = 0.0
         self._started = False
         self._summary: RunSummary | None = None
+
+    @property
+    def source_blocked_s(self) -> float:
+        """Seconds the source waited for a free worker credit (back-pressure)."""
+        return self.pump.blocked_s
 
     # ---- start ----
 
@@ -215,6 +140,8 @@ class Pipeline:
         self.state = "running"
 
     def _start(self, cfg: RunConfig) -> None:
+        ctx, tmp = self.ctx, self._tmp
+        assert ctx is not None and tmp is not None  # made by start()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = self._writer_factory(
             self.run_dir,
@@ -226,7 +153,7 @@ class Pipeline:
         keys = cfg.network.curve_keys
         host = cfg.network.host
         if cfg.workers.transport == "ipc":
-            worker_ep = f"ipc://{self._tmp}/workers"
+            worker_ep = f"ipc://{tmp}/workers"
         else:
             worker_ep = f"tcp://{host}:0"
         n_local = cfg.workers.n
@@ -235,7 +162,7 @@ class Pipeline:
         )
         tag = f"{id(self):x}"
         self.dispatcher = Dispatcher(
-            self.ctx,
+            ctx,
             worker_endpoint=worker_ep,
             source_endpoint=f"inproc://source-{tag}",
             collector_endpoint=f"inproc://collector-{tag}",
@@ -244,14 +171,14 @@ class Pipeline:
             heartbeat_s=cfg.workers.heartbeat_s,
             timeout_s=cfg.workers.timeout_s,
             monitor_fraction=cfg.monitor.fraction,
-            is_alive=self._is_alive,
+            is_alive=self.workers.is_alive,
             metrics=self.metrics,
             curve_keys=keys,
         )
         self.worker_endpoint = self.dispatcher.worker_endpoint
         self.source_endpoint = f"inproc://source-{tag}"
         self.collector = Collector(
-            self.ctx,
+            ctx,
             endpoint=f"inproc://collector-{tag}",
             monitor_endpoint=f"tcp://{host}:{cfg.network.monitor_port}",
             run=self.run,
@@ -265,30 +192,16 @@ class Pipeline:
         )
         self.monitor_endpoint = self.collector.monitor_endpoint
         self._thread("collector", self.collector.run)
-        for i in range(n_local):
-            self._spawn(f"local-{i}")
+        self.workers.start(self.worker_endpoint, n_local, tmp)
         self._thread("dispatcher", self.dispatcher.run)
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        expected = n_local + len(cfg.workers.hosts)  # remote hosts announced in the config
-        while self._configured() < expected:
-            bad = self.dispatcher.status()["worker_setup_errors"]
-            if bad:
-                name, why = next(iter(bad.items()))
-                raise PipelineError(f"worker {name} cannot load the run setup: {why}")
-            dead = [n for n, p in self._procs.items() if p.poll() is not None]
-            if dead:
-                raise PipelineError(f"worker process {dead[0]} exited at start (see its log)")
-            if time.monotonic() > deadline:
-                raise PipelineError(
-                    f"only {self._configured()} of {expected} workers came up in "
-                    f"{WORKER_START_TIMEOUT_S:.0f} s (remote ones connect with "
-                    f"`python -m l1forge.online.datapath.worker --connect {self.worker_endpoint}`)"
-                )
-            time.sleep(0.02)
+        # remote hosts announced in the config count too
+        self.workers.wait_configured(self.dispatcher, n_local + len(cfg.workers.hosts))
         if self._source is None:
-            self._source = make_source(cfg.source, ctx=self.ctx)
+            self._source = make_source(cfg.source, ctx=ctx)
         self._t_start = time.perf_counter()
-        self._thread("source", self._source_loop)
+        self._thread(
+            "source", functools.partial(self.pump.run, ctx, self.source_endpoint, self._source)
+        )
         log.info(
             "run %d running: %d local workers on %s, monitor tap %s",
             self.run,
@@ -302,108 +215,10 @@ class Pipeline:
         self._threads[name] = t
         t.start()
 
-    def _configured(self) -> int:
-        return sum(w["configured"] for w in self.dispatcher.status()["workers"].values())
-
-    def _spawn(self, name: str) -> None:
-        cfg = self.cfg.workers
-        cmd = [
-            sys.executable,
-            "-m",
-            "l1forge.online.datapath.worker",
-            "--connect",
-            self.worker_endpoint,
-        ]
-        cmd += ["--name", name, "--credits", str(cfg.credits)]
-        cmd += ["--heartbeat-s", str(cfg.heartbeat_s), "--parent-pid", str(os.getpid())]
-        cmd += ["--work-dir", self._tmp]  # removed at the end of the run, even after a kill
-        if self.cfg.network.curve_keys and self.worker_endpoint.startswith("tcp://"):
-            cmd += ["--curve-keys", self.cfg.network.curve_keys]
-        # its own process group: a terminal's Ctrl-C reaches only the daemon, which then
-        # stops the workers in order (after the drain) instead of losing them mid-run
-        self._procs[name] = subprocess.Popen(cmd, process_group=0)  # exits if we die
-        log.info("worker %s started (pid %d)", name, self._procs[name].pid)
-
-    def _is_alive(self, name: str) -> bool | None:
-        """Liveness of a local worker process (None for remote ones); restarts dead ones."""
-        proc = self._procs.get(name)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            return True
-        log.error("worker %s (pid %d) exited with %s", name, proc.pid, proc.returncode)
-        if not self._stop_source.is_set() and self._restarts < MAX_RESTARTS_PER_WORKER * max(
-            1, self.cfg.workers.n
-        ):
-            self._restarts += 1
-            self._spawn(f"{name.split('~')[0]}~{self._restarts}")
-        return False
-
-    # ---- the source thread ----
-
-    def _source_loop(self) -> None:
-        cfg = self.cfg
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
-        push.setsockopt(zmq.SNDHWM, 1)
-        push.connect(self.source_endpoint)
-        seq = Sequencer(
-            self.run,
-            cfg.batch_size,
-            cfg.storage.events_per_lumisection,
-            max_events=cfg.source.n_events,
-        )
-        source = self._source
-        assert source is not None
-        try:
-            for chunk in source.chunks(self._stop_source):
-                for b in seq.feed(chunk):
-                    if not self._send(push, b):
-                        return
-                self._count_rejections()
-                if seq.done:
-                    break
-            for b in seq.flush():
-                if not self._send(push, b):
-                    return
-        except (SourceError, DataFormatError, OSError) as exc:
-            self._fail(f"source failed: {exc}")
-        finally:
-            self._count_rejections()
-            end = json.dumps({"first_seq": self._range[0], "end_seq": self._range[1]}).encode()
-            self._send_frames(push, [S_END, end])
-            push.close(0)
-            self.source_done.set()
-            log.info("source done: %d events", self._range[1] - self._range[0])
-
-    def _send(self, push: zmq.Socket, b: Any) -> bool:
-        meta = SOURCE_META.pack(time.perf_counter(), b.first_seq, len(b))
-        if not self._send_frames(push, [S_BATCH, meta, *encode_batch(b)]):
-            return False
-        with self._lock:
-            self._range = (self._range[0], b.first_seq + len(b))
-        if self.metrics is not None:
-            self.metrics.events_in.inc(len(b))
-        return True
-
-    def _send_frames(self, push: zmq.Socket, frames: list) -> bool:
-        """Blocking send (back-pressure) that gives up only when the run is aborted."""
-        t0 = time.perf_counter()
-        while not push.poll(100, zmq.POLLOUT):
-            if self._abort.is_set():
-                return False
-        self.source_blocked_s += time.perf_counter() - t0
-        push.send_multipart(frames, copy=False)
-        return True
-
-    def _count_rejections(self) -> None:
-        if self.metrics is None or self._source is None:
-            return
-        for reason, n in self._source.rejected().items():
-            delta = n - self._rejected_seen.get(reason, 0)
-            if delta:
-                self.metrics.rejected_messages.labels(reason=reason).inc(delta)
-                self._rejected_seen[reason] = n
+    def _running(self) -> tuple[Dispatcher, Collector]:
+        if self.dispatcher is None or self.collector is None:
+            raise PipelineError(f"the pipeline of run {self.run} is not started")
+        return self.dispatcher, self.collector
 
     # ---- errors ----
 
@@ -424,8 +239,9 @@ class Pipeline:
         """Load and validate the IR here, then on every worker (swap between batches)."""
         if name not in self.model_names:
             raise ConfigError(f"set_model: this run has no model {name!r} ({self.model_names})")
+        dispatcher, _ = self._running()
         model = ModelFiles.read(name, path)
-        answers = self.dispatcher.broadcast_model(model, timeout_s)
+        answers = dispatcher.broadcast_model(model, timeout_s)
         self.models = tuple(model if m.name == name else m for m in self.models)
         return {"model": name, "sha256": model.sha256, "workers": answers}
 
@@ -439,18 +255,19 @@ class Pipeline:
                 f"set_menu: a running run keeps its seeds {self.menu.names}; got {menu.names} "
                 "(change seeds between runs)"
             )
+        dispatcher, collector = self._running()
         text = json.dumps(menu.to_json())
-        answers = self.dispatcher.broadcast_menu(text, timeout_s)
+        answers = dispatcher.broadcast_menu(text, timeout_s)
         self.menu = menu
-        self.collector.set_menu(menu)
+        collector.set_menu(menu)
         return {"menu": menu.to_json(), "workers": answers}
 
     # ---- status and stop ----
 
     def status(self) -> dict[str, Any]:
-        d = self.dispatcher.status() if hasattr(self, "dispatcher") else {}
-        c = self.collector.status() if hasattr(self, "collector") else {}
-        first, end = self._range
+        d = self.dispatcher.status() if self.dispatcher is not None else {}
+        c = self.collector.status() if self.collector is not None else {}
+        first, end = self.pump.range
         elapsed = time.perf_counter() - self._t_start if self._t_start else 0.0
         return {
             "state": self.state,
@@ -478,6 +295,7 @@ class Pipeline:
             return self._summary
         if not self._started:
             raise PipelineError(f"stop: the pipeline of run {self.run} did not start")
+        dispatcher, collector = self._running()
         self._stop_source.set()
         if not drain:
             self._abort.set()
@@ -487,18 +305,28 @@ class Pipeline:
             if src.is_alive():
                 self._abort.set()
                 src.join(10)
-        drained = self.dispatcher.drained.wait(timeout_s if drain else 0)
+        drained = dispatcher.drained.wait(timeout_s if drain else 0)
         if drain and not drained:
             log.error("run %d: in-flight batches did not drain in %.0f s", self.run, timeout_s)
-        told = {w["pid"] for w in self.dispatcher.status()["workers"].values()}
-        self.dispatcher.request_stop(stop_workers=True)
+        told = {w["pid"] for w in dispatcher.status()["workers"].values()}
+        dispatcher.request_stop(stop_workers=True)
         self._join("dispatcher")
-        self._stop_workers(told)
-        self.collector.request_stop()
+        self.workers.stop(told)
+        collector.request_stop()
         self._join("collector")
-        first, end = self._range
-        proof = self.collector.finish(first, end)
-        summary = self._summarize(proof)
+        first, end = self.pump.range
+        proof = collector.finish(first, end)
+        summary = summarize(
+            self.run,
+            proof,
+            collector.status(),
+            dispatcher.status(),
+            records=collector.records,
+            rejected=self._source.rejected() if self._source is not None else {},
+            error=self.error,
+            seconds=time.perf_counter() - self._t_start,
+            source_blocked_s=self.source_blocked_s,
+        )
         self._teardown()
         if self.state != "error":
             self.state = "stopped"
@@ -520,73 +348,25 @@ class Pipeline:
             if t.is_alive():
                 log.error("the %s thread did not stop", name)
 
-    def _stop_workers(self, told: set[int]) -> None:
-        """Wait for the workers told to STOP; terminate the others (e.g. one still starting)."""
-        deadline = time.monotonic() + 10
-        for name, p in self._procs.items():
-            if p.pid not in told and p.poll() is None:
-                p.terminate()
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s did not stop; terminating it", name)
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-
     def _teardown(self) -> None:
         self._stop_source.set()
         self._abort.set()
         self._join("source")
-        if hasattr(self, "dispatcher"):
+        if self.dispatcher is not None:
             self.dispatcher.request_stop(stop_workers=True)
             self._join("dispatcher")
-        if hasattr(self, "collector"):
+        if self.collector is not None:
             self.collector.request_stop()
             self._join("collector")
-        for p in self._procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait(5)
+        self.workers.kill()
         if self._source is not None:
             self._source.close()
-        if hasattr(self, "ctx"):
+        if self.ctx is not None:
             self.ctx.destroy(linger=0)
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def _summarize(self, proof: Any) -> RunSummary:
-        c = self.collector.status()
-        d = self.dispatcher.status()
-        seconds = time.perf_counter() - self._t_start
-        return RunSummary(
-            run=self.run,
-            n_events_in=proof.n_expected,
-            n_processed=c["events_processed"],
-            n_accepted=c["events_accepted"],
-            per_seed=c["seed_counts"],
-            rates_hz=c["seed_rates_hz"],
-            lost=proof.lost,
-            duplicated=proof.duplicated,
-            duplicates_suppressed=proof.duplicates_suppressed,
-            redelivered_batches=d["batches_redelivered"],
-            rejected=self._source.rejected() if self._source is not None else {},
-            failed_batches=c["failed_batches"],
-            n_failed_events=proof.n_failed,
-            files=[asdict(r) for r in sorted(self.collector.records, key=lambda r: r.lumisection)],
-            held_accepted_events=c["held_accepted_events"],
-            error=self.error,
-            seconds=seconds,
-            events_per_s=c["events_processed"] / seconds if seconds > 0 else 0.0,
-            latency_ms=c.get("latency_ms", {}),
-            dead_workers=d["dead_workers"],
-            max_in_flight_batches=d["max_in_flight_batches"],
-            source_blocked_s=self.source_blocked_s,
-            missing_ranges=[list(r) for r in proof.missing_ranges],
-        )
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def held_events(self) -> dict[str, np.ndarray]:
         """Accepted events kept in memory after a storage failure (seq, seed_bits)."""
-        return self.collector.held_events()
+        _, collector = self._running()
+        return collector.held_events()

@@ -415,30 +415,25 @@ class Sequencer:
 
 
 def _pythia_main(args: argparse.Namespace) -> int:
-    from l1forge.sim.generate import PileupLibrary, ShardSpec, generate_shard
-    from l1forge.sim.l1objects import DetectorResponse, to_hardware
-    from l1forge.sim.processes import get_process
+    from l1forge.sim.stream import ShardStream
 
-    response = DetectorResponse()
-    procs = [get_process(p) for p in args.process]
-    library = None
-    if args.pileup > 0:
-        library = PileupLibrary.generate(args.seed, args.library_events, response)
+    stream = ShardStream(
+        args.process,
+        pileup=args.pileup,
+        seed=args.seed,
+        shard_events=args.shard_events,
+        library_events=args.library_events,
+    )
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 2)
     sock.setsockopt(zmq.SNDTIMEO, 1000)
     sock.connect(args.push)
-    index, seq = 0, 0
+    seq = 0
     try:
         while os.getppid() == args.parent_pid or args.parent_pid == 0:
-            proc = procs[index % len(procs)]
-            spec = ShardSpec(
-                proc, args.shard_events, index, args.seed, args.pileup, response, library
-            )
-            res = generate_shard(spec)
-            hw = to_hardware(res.objects_phys).astype(np.int16)
+            hw = stream.next_shard()
             n = len(hw)
             event = np.arange(seq + 1, seq + n + 1, dtype=np.uint64)
             frames = encode_batch(EventBatch(0, seq, 0, event, hw))
@@ -449,7 +444,6 @@ def _pythia_main(args: argparse.Namespace) -> int:
                 except zmq.Again:  # the daemon is busy: retry unless it went away
                     if os.getppid() != args.parent_pid and args.parent_pid != 0:
                         return 0
-            index += 1
             seq += n
     finally:
         sock.close(0)

@@ -73,6 +73,7 @@ _CODE_OF = {v: k for k, v in DTYPE_CODES.items()}
 # shape[3], n_accepted, latency_s, worker, payload_bytes, payload_crc32, header_crc32
 _HEADER = struct.Struct("<4sHBBQQQIBBH3IId32sQII")
 HEADER_SIZE = _HEADER.size
+_FIRST_SEQ_OFFSET = struct.calcsize("<4sHBBQ")  # after magic, version, kind, flags, run
 _HW_LO = np.array([0, ETA_MIN_HW, PHI_MIN_HW], dtype=np.int32)
 _HW_HI = np.array([PT_MAX_HW, ETA_MAX_HW, PHI_MAX_HW], dtype=np.int32)
 _U64 = np.dtype("<u8")
@@ -290,6 +291,13 @@ def _buffer(frame: Any) -> memoryview:
         return view.cast("B") if view.nbytes else memoryview(b"")
     except TypeError as exc:
         raise WireError("header", f"a frame is not a contiguous byte buffer: {exc}") from exc
+
+
+def peek_first_seq(frame: Any) -> int:
+    """The ``first_seq`` field of a header frame, unvalidated: names a batch in the error report
+    when the message itself is rejected (a short frame gives what bytes it has)."""
+    buf = _buffer(frame)
+    return int.from_bytes(bytes(buf[_FIRST_SEQ_OFFSET : _FIRST_SEQ_OFFSET + 8]), "little")
 
 
 def _parse_header(frame: Any, kind: int) -> _Header:

@@ -30,7 +30,8 @@ import zmq
 from l1forge.models import qnet
 from l1forge.models.qnet import QNet
 from l1forge.online.datapath.backends import Backend, make_backend, outputs_float
-from l1forge.online.datapath.dispatcher import (
+from l1forge.online.datapath.menu import Menu
+from l1forge.online.datapath.protocol import (
     D_BATCH,
     D_CONFIG,
     D_HEARTBEAT,
@@ -46,8 +47,13 @@ from l1forge.online.datapath.dispatcher import (
     W_READY,
     W_RESULT,
 )
-from l1forge.online.datapath.menu import Menu
-from l1forge.online.datapath.wire import ResultBatch, WireError, decode_batch, encode_results
+from l1forge.online.datapath.wire import (
+    ResultBatch,
+    WireError,
+    decode_batch,
+    encode_results,
+    peek_first_seq,
+)
 from l1forge.online.security import connect_client
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
@@ -287,7 +293,7 @@ def _batch(sock: zmq.Socket, worker: TriggerWorker, frames: list) -> None:
         try:
             seq = decode_batch(frames).first_seq
         except WireError:
-            seq = int.from_bytes(bytes(frames[0].buffer[16:24]), "little") if frames else 0
+            seq = peek_first_seq(frames[0]) if frames else 0
         reason = getattr(exc, "reason", type(exc).__name__)
         doc = {"reason": f"worker:{reason}", "message": str(exc)}
         log.error("worker %s: batch %d failed: %s", worker.name, seq, exc)

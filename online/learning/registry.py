@@ -32,7 +32,7 @@ from typing import Any
 from l1forge.models import qnet
 from l1forge.models.qnet import QNet
 
-from l1forge.errors import DataFormatError, L1ForgeError
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +265,38 @@ class ModelRegistry:
         manifest = build(v.load_net(), out, BuildOptions(**options))
         log.info("firmware folder for %s: %s (%s)", name, out, manifest.get("name"))
         return out
+
+
+# ---- bootstrap: a training run as the first version ----
+
+
+def import_training_run(
+    registry: ModelRegistry, run_dir: str | Path, *, activate: bool = True, menu: Any = None
+) -> ModelVersion:
+    """Register the output of ``l1forge train ad`` (IR, last checkpoint, config) as a version."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    ckpts = sorted((run_dir / "checkpoints").glob("epoch*.weights.h5"))
+    if not summary_path.is_file() or not ckpts:
+        raise ConfigError(
+            f"{run_dir}: not a finished `l1forge train ad` folder (summary.json and "
+            "checkpoints/epoch*.weights.h5 are needed)"
+        )
+    summary = json.loads(summary_path.read_text())
+    net = qnet.load(run_dir / "encoder.qnet.json")
+    provenance = {
+        "kind": "training_run",
+        "model": summary.get("kind", "ad"),
+        "net_config": summary["config"]["network"],
+        "training": summary["config"]["training"],
+        "source": str(run_dir.resolve()),
+        "checkpoint": ckpts[-1].name,
+        "metrics": {"score": summary.get("score")},
+    }
+    return registry.register(
+        net,
+        provenance,
+        weights=ckpts[-1],
+        menu=menu.to_json() if menu is not None else None,
+        activate=activate,
+    )

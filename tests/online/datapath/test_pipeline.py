@@ -18,8 +18,8 @@ from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.datapath.backends import outputs_float
-from l1forge.online.datapath.menu import Menu
-from l1forge.online.datapath.pipeline import Pipeline, PipelineError, build_menu
+from l1forge.online.datapath.menu import Menu, build_menu
+from l1forge.online.datapath.pipeline import Pipeline, PipelineError
 from l1forge.online.datapath.storage import TREE, verify_run_files
 from l1forge.online.datapath.wire import TOPIC_MONITOR, TOPIC_ZERO_BIAS, decode_results
 from l1forge.online.web.metrics import make_metrics

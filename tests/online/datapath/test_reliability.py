@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from l1forge.online.datapath.dispatcher import (
+from l1forge.online.datapath.pipeline import Pipeline
+from l1forge.online.datapath.protocol import (
     D_BATCH,
     D_CONFIG,
     D_STOP,
@@ -24,7 +25,6 @@ from l1forge.online.datapath.dispatcher import (
     W_READY,
     W_RESULT,
 )
-from l1forge.online.datapath.pipeline import Pipeline
 from l1forge.online.datapath.storage import AcceptedWriter, verify_run_files
 from l1forge.online.datapath.wire import (
     MAX_EVENTS_PER_MESSAGE,

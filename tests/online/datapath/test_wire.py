@@ -157,6 +157,17 @@ def test_header_layout_is_the_documented_one():
     assert v["header_crc"] == zlib.crc32(frames[0][:-4])
 
 
+def test_first_seq_can_be_read_from_a_rejected_header():
+    """What the worker reports as the batch of a message it cannot decode."""
+    b = event_batch(4, dtype=np.int16)
+    header = bytearray(encode_batch(b)[0])
+    header[0] ^= 0xFF  # bad magic: decoding refuses it, the sequence number is still named
+    with pytest.raises(WireError):
+        decode_batch([bytes(header), *encode_batch(b)[1:]])
+    assert wire.peek_first_seq(bytes(header)) == b.first_seq == 1000
+    assert wire.peek_first_seq(zmq.Frame(bytes(header))) == 1000
+
+
 def test_encode_does_not_copy_the_payload():
     b = event_batch(100)
     frames = encode_batch(b)

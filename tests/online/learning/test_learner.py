@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.menu import Menu, Seed
+from l1forge.online.learning.acceptance import rate_agreement
 from l1forge.online.learning.drift import DriftConfig
 from l1forge.online.learning.learner import (
     Learner,
     LearnerConfig,
-    ReplayBuffer,
-    import_training_run,
-    rate_agreement,
     run_subscriber,
     score,
 )
-from l1forge.online.learning.registry import ModelRegistry
+from l1forge.online.learning.registry import ModelRegistry, import_training_run
+from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.sim.faults import EnergyScale, inject
 from numpy.testing import assert_array_equal
 from scipy import stats
@@ -186,14 +185,15 @@ def test_drift_recalibrates_then_fine_tunes_bitexact_and_swaps(tmp_path, trained
 
 def _check_weights_match_ir(version) -> None:
     from l1forge.models import networks
+    from l1forge.models.finetune import scaling_of
     from l1forge.models.vectors import bitexact_vectors
-    from l1forge.online.learning.learner import _scaling_of, net_config_of
+    from l1forge.online.learning.learner import net_config_of
 
     net = version.load_net()
     cfg = net_config_of(version)
-    m = networks.vae_models(cfg, _scaling_of(net), 0.01)
+    m = networks.vae_models(cfg, scaling_of(net), 0.01)
     m.vae.load_weights(str(version.weights_path))
-    deploy = networks.deploy_model(cfg, _scaling_of(net), m.hardware)
+    deploy = networks.deploy_model(cfg, scaling_of(net), m.hardware)
     x = bitexact_vectors(net, 2000, seed=3)
     assert_array_equal(networks.exact_predict(deploy, x), Emulator(net).run_float(x))
 
@@ -393,13 +393,14 @@ def test_distillation_and_anchor_keep_the_child_near_its_parent(trained_run, tmp
     than the same fine-tune without them (seeded, so deterministic)."""
     import dataclasses
 
-    from l1forge.online.learning.learner import _flat_inputs, fine_tune, net_config_of
+    from l1forge.models.finetune import fine_tune, flat_inputs
+    from l1forge.online.learning.learner import net_config_of
 
     reg = ModelRegistry(tmp_path / "registry")
     v1 = import_training_run(reg, trained_run)
     parent = v1.load_net()
-    x_new = _flat_inputs(inject(DRIFT, zero_bias_like(1500, seed=80)))
-    x_old = _flat_inputs(zero_bias_like(1500, seed=81))
+    x_new = flat_inputs(inject(DRIFT, zero_bias_like(1500, seed=80)))
+    x_old = flat_inputs(zero_bias_like(1500, seed=81))
     x_check = zero_bias_like(1000, seed=82)
     s_parent = score(parent, x_check)
 
