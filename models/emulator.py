@@ -283,6 +283,14 @@ class Emulator:
         return {k: v.astype(np.int64) for k, v in vals.items()}
 
     def close(self) -> None:
+        """Stop the worker threads (if any ran); the emulator can still run, single-threaded
+        until it starts them again."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 from scipy.stats import rankdata
 
 log = logging.getLogger(__name__)
 
-LHC_INPUT_RATE_HZ = 40e6  # bunch-crossing rate seen by the Level-1 trigger
 FPR_POINTS = (1e-5, 1e-4)
 
 

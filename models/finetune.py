@@ -225,7 +225,8 @@ def verify_bitexact(deploy: Any, net: QNet, n_random: int, seed: int = 0) -> int
 
     x = bitexact_vectors(net, n_random, seed=seed)
     y_keras = exact_predict(deploy, x)
-    y_emu = Emulator(net).run_float(x)
+    with Emulator(net) as emu:
+        y_emu = emu.run_float(x)
     if y_keras.shape != y_emu.shape or not np.array_equal(y_keras, y_emu):
         bad = int(np.count_nonzero(np.any(y_keras != y_emu, axis=1)))
         raise VerificationError(

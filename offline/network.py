@@ -23,7 +23,7 @@ from l1forge.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class QuantMLPConfig:
     """Network shape and fixed-point choices; bits are ap_fixed widths."""
 
     hidden: int = 16
@@ -60,7 +60,7 @@ class NetConfig:
 class QuantMLP(nn.Module):
     """Two-layer quantized MLP reading ``n_in`` ADC counts of ``input_bits`` bits."""
 
-    def __init__(self, n_in: int, cfg: NetConfig, seed: int = 0):
+    def __init__(self, n_in: int, cfg: QuantMLPConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.n_in = n_in

@@ -19,8 +19,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from l1forge.online.config import (
 from l1forge.online.web.metrics import PipelineMetrics
 
 from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.fileio import probe_writable, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +59,6 @@ class TransitionError(L1ForgeError, RuntimeError):
 
 class RunFailedError(L1ForgeError, RuntimeError):
     """Starting, running or stopping the pipeline failed; run control is now in state error."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so a reader sees the old or the new file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunNumbers:
@@ -109,9 +93,7 @@ def check_writable(folder: str | Path, key: str) -> Path:
     """Create `folder` if needed and prove a file can be written there; ConfigError names it."""
     p = Path(folder)
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=p, prefix=".l1forge-write-test-"):
-            pass
+        probe_writable(p)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(

@@ -19,12 +19,11 @@ from l1forge.models import qnet
 from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
+from l1forge.online.config import BACKEND_KINDS
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
-
-BACKEND_KINDS = ("emulator", "rtl", "pynq")
 
 
 class ModelSwapError(L1ForgeError, ValueError):

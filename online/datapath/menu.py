@@ -298,11 +298,8 @@ def zero_bias_scores(models: Mapping[str, str], path: str | Path) -> dict[str, n
     out = {}
     for name, ir in models.items():
         net = qnet.load(ir)
-        emu = Emulator(net)
-        try:
+        with Emulator(net) as emu:
             out[name] = outputs_float(net, emu.run(x))[:, 0]
-        finally:
-            emu.close()
     return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import numpy as np
 from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS, to_physical
 
 from l1forge.errors import DataFormatError, L1ForgeError
+from l1forge.fileio import probe_writable, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,6 @@ def manifest_name(run: int) -> str:
     return f"run{run:06d}_files.json"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _remove(path: Path) -> None:
     """Best-effort removal of a partial file while a storage error is being reported."""
     with contextlib.suppress(OSError):
@@ -126,10 +118,7 @@ class AcceptedWriter:
         self._records: list[FileRecord] = []
         self._closed = False
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / f".write_probe_{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_writable(self.out_dir)
         except OSError as exc:
             raise StorageError(
                 f"output folder {self.out_dir} is not writable ({exc.strerror or exc}): "
@@ -299,10 +288,8 @@ class AcceptedWriter:
         path = self.out_dir / manifest_name(self.run)
         tmp = path.with_name(path.name + ".part")
         try:
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(doc, indent=1) + "\n", tmp=tmp)
         except OSError as exc:
-            _remove(tmp)
             raise StorageError(f"cannot write the manifest {path}: {exc.strerror or exc}") from exc
 
     def close(self) -> list[FileRecord]:

@@ -55,12 +55,11 @@ from l1forge.online.datapath.wire import (
     peek_first_seq,
 )
 from l1forge.online.security import connect_client
+from l1forge.sim.l1objects import N_INPUTS
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
-
-N_INPUTS = 57
 
 
 @dataclass

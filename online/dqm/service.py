@@ -21,7 +21,7 @@ import zmq
 from l1forge.online.datapath.wire import TOPIC_MONITOR, ResultBatch, WireError, decode_results
 from l1forge.online.dqm.config import DQMConfig, load_config
 from l1forge.online.dqm.monitor import DQMMonitor, DQMRunResult, compared_values
-from l1forge.sim.l1objects import to_physical
+from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ, to_physical
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
@@ -65,7 +65,7 @@ class DQMService:
         seed_names: Sequence[str] = (),
         score_names: Sequence[str] = ("score",),
         lag_lumisections: int = 1,
-        input_rate_hz: float = 40e6,
+        input_rate_hz: float = LHC_INPUT_RATE_HZ,
         curve_keys: str | Path | None = None,
         context: zmq.Context | None = None,
     ):

@@ -41,89 +41,14 @@ from l1forge.online.learning.acceptance import (
     rate_reasons,
     rate_seeds,
 )
-from l1forge.online.learning.drift import DriftConfig, DriftDetector, DriftReport, expected_fraction
+from l1forge.online.learning.drift import DriftDetector, DriftReport, expected_fraction
 from l1forge.online.learning.registry import ModelRegistry, ModelVersion
 from l1forge.online.learning.replay import ReplayBuffer
+from l1forge.online.learning.settings import LearnerConfig
 
 from l1forge.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LearnerConfig:
-    """Windows, fine-tuning and acceptance settings of the continual learner."""
-
-    check_events: int = 5000  # zero-bias events per drift-test window
-    adapt_events: int = 15000  # events of the new conditions collected before fine-tuning
-    holdout_fraction: float = 0.2  # of those, kept out of training for the acceptance checks
-    replay_capacity: int = 20000  # reservoir of older events
-    replay_fraction: float = 0.5  # share of replayed events in the fine-tuning set
-    epochs: int = 30  # the setting measured in benchmarks/continual.py
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    beta_kl: float | None = None  # None: the parent's training value (0.5 when unknown)
-    seed: int = 0
-    max_rate_error: float = 0.10  # relative, or 3 Poisson sigma when that is larger
-    max_tpr_loss: float = 0.10  # relative loss of held-out signal efficiency vs the parent
-    verify_vectors: int = 20000  # random vectors besides the corners for the bit-exact check
-    # input scaling of the fine-tuned firmware: refitted on the "new" events, on the training
-    # "mix" (new + replayed), or the parent's ("none")
-    refit_scaling: str = "new"
-    # against forgetting: distillation of the parent's latent means (mu) on replayed old events,
-    # as a fraction of the parent's mean sum(mu**2) there, and an L2 anchor of the weights to
-    # the parent's (relative to the parent's mean squared weight); 0 switches a term off
-    distill_weight: float = 0.0
-    anchor_weight: float = 0.0
-    distill_target: str = "mu"  # "mu": every latent mean; "score": only sum(mu**2)
-    reinit: bool = False  # train from fresh weights instead of the parent's (a retraining)
-    # held-out signal efficiency on the old conditions (``reference_signal`` at thresholds
-    # calibrated on the reference zero bias): relative loss vs the parent allowed
-    max_old_tpr_loss: float = 0.10
-    old_check_seeds: tuple[str, ...] = ()  # the rate seeds that check; empty: every rate seed
-    # several fine-tune settings tried per adaptation (overrides of these fields, e.g.
-    # {"seed": 2} or {"reinit": True, "replay_fraction": 0.0}); every one trained is registered.
-    # candidate_choice "first": tried in order, the first that passes goes live (the rest are not
-    # trained); "best": all are trained, the passing one with the best held-out efficiency wins.
-    # Default: the fine-tune, then retrainings on the new events alone (benchmarks/continual.py)
-    candidates: tuple[Mapping[str, Any], ...] = (
-        {},
-        {"reinit": True, "replay_fraction": 0.0},
-        {"reinit": True, "replay_fraction": 0.0, "seed": 2},
-    )
-    candidate_choice: str = "first"
-    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
-
-    def __post_init__(self) -> None:
-        if self.check_events < self.drift.min_events:
-            raise ConfigError("learner.check_events must be >= drift.min_events")
-        if not 0.0 < self.holdout_fraction < 0.9 or not 0.0 <= self.replay_fraction < 1.0:
-            raise ConfigError("learner.holdout_fraction in (0, 0.9), replay_fraction in [0, 1)")
-        if self.refit_scaling not in ("new", "mix", "none"):
-            raise ConfigError("learner.refit_scaling: one of 'new', 'mix', 'none'")
-        if self.adapt_events < self.check_events:
-            raise ConfigError("learner.adapt_events must be >= learner.check_events")
-        if self.distill_weight < 0.0 or self.anchor_weight < 0.0:
-            raise ConfigError("learner.distill_weight and learner.anchor_weight must be >= 0")
-        if self.candidate_choice not in ("first", "best"):
-            raise ConfigError("learner.candidate_choice: one of 'first', 'best'")
-        if self.distill_target not in ("mu", "score"):
-            raise ConfigError("learner.distill_target: one of 'mu', 'score'")
-        for over in self.candidates:
-            bad = set(over) - (_CANDIDATE_FIELDS - {"candidates", "drift"})
-            if bad:
-                raise ConfigError(
-                    f"learner.candidates: {sorted(bad)} cannot vary per candidate; use fields "
-                    "such as seed, epochs, learning_rate, replay_fraction, distill_weight, reinit"
-                )
-            dataclasses.replace(self, candidates=(), **over)  # validates the values
-
-    def settings(self) -> list[LearnerConfig]:
-        """The fine-tune configurations tried in one adaptation."""
-        return [dataclasses.replace(self, candidates=(), **o) for o in self.candidates] or [self]
-
-
-_CANDIDATE_FIELDS = {f.name for f in dataclasses.fields(LearnerConfig)}
 
 
 @dataclass(frozen=True)
@@ -145,8 +70,10 @@ class State(enum.Enum):
 
 def score(net: QNet, x: np.ndarray, emulator: Emulator | None = None) -> np.ndarray:
     """Real-valued first output (the anomaly score) of ``net`` for hardware inputs."""
-    emu = emulator or Emulator(net)
-    return emu.run_float(flat_inputs(x))[:, 0]
+    if emulator is not None:
+        return emulator.run_float(flat_inputs(x))[:, 0]
+    with Emulator(net) as emu:
+        return emu.run_float(flat_inputs(x))[:, 0]
 
 
 def seed_fractions(menu: Any, model: str) -> dict[str, tuple[float, float]]:
@@ -327,15 +254,15 @@ class Learner:
     def _signal_tpr(self, net: QNet, menu: Any, old: bool = False) -> dict[str, dict[str, float]]:
         """Signal efficiency per rate seed and process at the thresholds of ``menu`` (on
         ``reference_signal`` as it is when ``old``)."""
-        emu = Emulator(net)
         out: dict[str, dict[str, float]] = {}
-        for name, x in (self.reference_signal if old else self.signal_holdout).items():
-            xs = self.transform_signal(x) if self.transform_signal and not old else x
-            s = score(net, xs, emu)
-            out[name] = {
-                seed.name: float(np.mean(s > seed.threshold))
-                for seed in rate_seeds(menu, self.model)
-            }
+        with Emulator(net) as emu:
+            for name, x in (self.reference_signal if old else self.signal_holdout).items():
+                xs = self.transform_signal(x) if self.transform_signal and not old else x
+                s = score(net, xs, emu)
+                out[name] = {
+                    seed.name: float(np.mean(s > seed.threshold))
+                    for seed in rate_seeds(menu, self.model)
+                }
         return out
 
     def _adapt(self) -> AdaptationResult:

@@ -17,7 +17,6 @@ a torn pointer. Versions are never modified after registration except for an add
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from l1forge.models import qnet
 from l1forge.models.qnet import QNet
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.fileio import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,28 +81,6 @@ class ModelVersion:
 
     def menu(self) -> dict[str, Any] | None:
         return json.loads(self.menu_path.read_text()) if self.menu_path else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write ``doc`` to a temporary file in the same folder, fsync it, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(doc, indent=1) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class ModelRegistry:
@@ -164,7 +142,7 @@ class ModelRegistry:
             f = v.path / rel
             if not f.is_file():
                 raise RegistryError(f"{name}: file {rel} is missing")
-            if _sha256(f) != digest:
+            if sha256_file(f) != digest:
                 raise RegistryError(f"{name}: {rel} does not match its recorded sha256")
         try:
             v.load_net()
@@ -198,7 +176,7 @@ class ModelRegistry:
                 "parent": parent,
                 "network": net.name,
                 "registered_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "sha256": {f: _sha256(tmp / f) for f in files},
+                "sha256": {f: sha256_file(tmp / f) for f in files},
             }
             (tmp / PROVENANCE_FILE).write_text(json.dumps(doc, indent=1, default=str) + "\n")
             name = self._rename_into_place(tmp)
@@ -225,12 +203,19 @@ class ModelRegistry:
                 n += 1
         raise RegistryError(f"{self.versions_dir}: could not find a free version name")
 
+    def _write_pointer(self, name: str, history: list[str]) -> None:
+        doc = {"active": name, "history": history}
+        write_atomic(self.folder / ACTIVE_FILE, json.dumps(doc, indent=1) + "\n")
+
     def promote(self, name: str) -> ModelVersion:
         """Make ``name`` the active version (atomic pointer update)."""
         v = self.get(name)
         ptr = self._pointer()
         history = [*ptr.get("history", []), name]
-        _write_json_atomic(self.folder / ACTIVE_FILE, {"active": name, "history": history})
+        write_atomic(
+            self.folder / ACTIVE_FILE,
+            json.dumps({"active": name, "history": history}, indent=1) + "\n",
+        )
         log.info("model %s is now active", name)
         return v
 
@@ -246,7 +231,10 @@ class ModelRegistry:
         history.pop()
         name = history[-1]
         self.get(name)
-        _write_json_atomic(self.folder / ACTIVE_FILE, {"active": name, "history": history})
+        write_atomic(
+            self.folder / ACTIVE_FILE,
+            json.dumps({"active": name, "history": history}, indent=1) + "\n",
+        )
         log.info("rolled back to model %s", name)
         return self.get(name)
 

@@ -9,7 +9,6 @@ forbids it), since trigger machines have no internet access.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from l1forge.online.security import is_loopback
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from l1forge.errors import ConfigError, L1ForgeError
@@ -40,21 +40,10 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 
 class RemoteBindError(ConfigError):
     """A non-loopback address was asked for without ``allow_remote=True``."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) stays on this machine."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -11,7 +11,7 @@ from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import load
 from l1forge.offline import codesign
 from l1forge.offline.config import from_dict
-from l1forge.offline.evaluate import sample_events
+from l1forge.offline.reevaluate import sample_events
 from l1forge.sim.calo import Geometry
 from numpy.testing import assert_array_equal
 

@@ -19,12 +19,12 @@ from l1forge.online.learning.acceptance import rate_agreement
 from l1forge.online.learning.drift import DriftConfig
 from l1forge.online.learning.learner import (
     Learner,
-    LearnerConfig,
     run_subscriber,
     score,
 )
 from l1forge.online.learning.registry import ModelRegistry, import_training_run
 from l1forge.online.learning.replay import ReplayBuffer
+from l1forge.online.learning.settings import LearnerConfig
 from l1forge.sim.faults import EnergyScale, inject
 from numpy.testing import assert_array_equal
 from scipy import stats

@@ -57,9 +57,8 @@ def evaluate_network(
 ) -> Evaluation:
     """Run the exported network through the bit-exact emulator on fresh reference events."""
     ev = sample_events(geom, u, n_events, seed)
-    emu = Emulator(net)
-    out = emu.run_float(ev.adc.reshape(n_events, -1))
-    emu.close()
+    with Emulator(net) as emu:
+        out = emu.run_float(ev.adc.reshape(n_events, -1))
     scale = float(net.provenance.get("energy_scale_gev", 1.0))
     util, eff, res = utility_from(ev.e_true_gev, ev.is_pi0, out[:, 0] * scale, out[:, 1], u)
     return Evaluation(util, eff, u.pi0_rate, res, n_events, seed)
