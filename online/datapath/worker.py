@@ -29,24 +29,9 @@ import numpy as np
 import zmq
 from l1forge.models import qnet
 from l1forge.models.qnet import QNet
+from l1forge.online.datapath import protocol as msg
 from l1forge.online.datapath.backends import Backend, make_backend, outputs_float
 from l1forge.online.datapath.menu import Menu
-from l1forge.online.datapath.protocol import (
-    D_BATCH,
-    D_CONFIG,
-    D_HEARTBEAT,
-    D_SET_MENU,
-    D_SET_MODEL,
-    D_STOP,
-    D_WHO,
-    U64,
-    W_ACK,
-    W_CONFIGURED,
-    W_FAILED,
-    W_HEARTBEAT,
-    W_READY,
-    W_RESULT,
-)
 from l1forge.online.datapath.wire import (
     ResultBatch,
     WireError,
@@ -200,7 +185,7 @@ def serve(
     sock.setsockopt(zmq.RCVHWM, 0)
     connect_client(sock, connect, curve_keys)
     hello = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "credits": credits}
-    sock.send_multipart([W_READY, json.dumps(hello).encode()])
+    sock.send_multipart([msg.W_READY, json.dumps(hello).encode()])
     awaiting_config = True
     tmp = Path(tempfile.mkdtemp(prefix="l1f-worker-", dir=work_dir))
     worker = TriggerWorker(name, tmp)
@@ -222,9 +207,9 @@ def serve(
                 frames = sock.recv_multipart(copy=False)
                 last_heard = time.monotonic()
                 kind = frames[0].bytes
-                if kind == D_BATCH:
+                if kind == msg.D_BATCH:
                     _batch(sock, worker, frames[1:])
-                elif kind == D_CONFIG:
+                elif kind == msg.D_CONFIG:
                     awaiting_config = False
                     try:
                         info = worker.configure(
@@ -232,20 +217,20 @@ def serve(
                         )
                     except (L1ForgeError, OSError, ValueError) as exc:
                         info = {"error": str(exc)}
-                    sock.send_multipart([W_CONFIGURED, json.dumps(info).encode()])
-                elif kind in (D_SET_MODEL, D_SET_MENU):
+                    sock.send_multipart([msg.W_CONFIGURED, json.dumps(info).encode()])
+                elif kind in (msg.D_SET_MODEL, msg.D_SET_MENU):
                     _update(sock, worker, kind, frames)
-                elif kind == D_STOP:
+                elif kind == msg.D_STOP:
                     code = 0
                     break
-                elif kind == D_WHO and not awaiting_config:  # declared dead: register again
-                    sock.send_multipart([W_READY, json.dumps(hello).encode()])
+                elif kind == msg.D_WHO and not awaiting_config:  # declared dead: register again
+                    sock.send_multipart([msg.W_READY, json.dumps(hello).encode()])
                     awaiting_config = True
-                elif kind != D_HEARTBEAT:
+                elif kind != msg.D_HEARTBEAT:
                     log.warning("worker %s: unknown message %r", name, kind[:16])
             now = time.monotonic()
             if now - last_sent >= heartbeat_s:
-                sock.send_multipart([W_HEARTBEAT])
+                sock.send_multipart([msg.W_HEARTBEAT])
                 last_sent = now
             if give_up_s is not None and now - last_heard > give_up_s:
                 log.warning("worker %s: nothing from the dispatcher for %.0f s", name, give_up_s)
@@ -278,7 +263,7 @@ def _pulse(
     try:
         while not stop.wait(heartbeat_s):
             try:
-                sock.send_multipart([W_HEARTBEAT, ident], zmq.NOBLOCK)
+                sock.send_multipart([msg.W_HEARTBEAT, ident], zmq.NOBLOCK)
             except zmq.Again:
                 pass  # the dispatcher is unreachable: nothing to tell it
     finally:
@@ -296,23 +281,25 @@ def _batch(sock: zmq.Socket, worker: TriggerWorker, frames: list) -> None:
         reason = getattr(exc, "reason", type(exc).__name__)
         doc = {"reason": f"worker:{reason}", "message": str(exc)}
         log.error("worker %s: batch %d failed: %s", worker.name, seq, exc)
-        sock.send_multipart([W_FAILED, U64.pack(seq), json.dumps(doc).encode()])
+        sock.send_multipart([msg.W_FAILED, msg.U64.pack(seq), json.dumps(doc).encode()])
         return
-    sock.send_multipart([W_RESULT, U64.pack(result.first_seq), *encode_results(result)], copy=False)
+    sock.send_multipart(
+        [msg.W_RESULT, msg.U64.pack(result.first_seq), *encode_results(result)], copy=False
+    )
 
 
 def _update(sock: zmq.Socket, worker: TriggerWorker, kind: bytes, frames: list) -> None:
     head = json.loads(frames[1].bytes)
     answer: dict[str, Any] = {"token": head.get("token"), "worker": worker.name}
     try:
-        if kind == D_SET_MODEL:
+        if kind == msg.D_SET_MODEL:
             sha = worker.set_model(head["name"], frames[2].bytes, frames[3].bytes)
             answer.update(ok=True, name=head["name"], sha256=sha)
         else:
             answer.update(ok=True, sha256=worker.set_menu(head["menu"]))
     except (L1ForgeError, OSError, ValueError, KeyError, IndexError) as exc:
         answer.update(ok=False, error=str(exc))
-    sock.send_multipart([W_ACK, json.dumps(answer).encode()])
+    sock.send_multipart([msg.W_ACK, json.dumps(answer).encode()])
 
 
 def main(argv: list[str] | None = None) -> int:
