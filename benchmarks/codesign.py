@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+
 from l1forge.offline import codesign
 from l1forge.offline.bayesopt import run_bayesopt
 from l1forge.offline.config import StudyConfig, from_dict

@@ -110,6 +110,7 @@ def _pileup_data(n_background: int, n_signal: int):
 def _train_from_scratch(x: np.ndarray, out: Path, seed: int):
     """Train the VAE on hardware events (N, 19, 3); returns (IR, Keras weights path, config)."""
     import tensorflow as tf
+
     from l1forge.models import networks
     from l1forge.models.config import config_to_dict, make_config
     from l1forge.models.export import export_qnet

@@ -28,6 +28,7 @@ def _rate(fn, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     import tensorflow as tf
+
     from l1forge.models import hls, networks
     from l1forge.models.config import NetConfig
     from l1forge.models.emulator import Emulator

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from l1forge import __version__
 from l1forge.firmware import packing, verilog, wrappers
 from l1forge.models.qnet import QNet
-
-from l1forge import __version__
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

@@ -40,10 +40,9 @@ def register(subparsers: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from l1forge.errors import ConfigError
     from l1forge.firmware.build import BuildOptions, build
     from l1forge.models.qnet import load
-
-    from l1forge.errors import ConfigError
 
     if args.check_vectors < 0:
         raise ConfigError("--check-vectors must be >= 0")

@@ -10,6 +10,7 @@ activations near the ReLU boundary).
 from __future__ import annotations
 
 import numpy as np
+
 from l1forge.models.qnet import QNet
 
 

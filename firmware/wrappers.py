@@ -16,9 +16,8 @@ import sysconfig
 from importlib import resources
 from pathlib import Path
 
-from l1forge.firmware.packing import PackingSpec
-
 from l1forge.errors import L1ForgeError, MissingToolError
+from l1forge.firmware.packing import PackingSpec
 
 
 class HdlCheckError(L1ForgeError):

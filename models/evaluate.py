@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 from scipy.stats import rankdata
+
+from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 
 log = logging.getLogger(__name__)
 

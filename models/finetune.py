@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from l1forge.models.emulator import Emulator
-from l1forge.models.qnet import QNet
 
 from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.models.emulator import Emulator
+from l1forge.models.qnet import QNet
 
 
 class VerificationError(L1ForgeError, RuntimeError):
@@ -99,6 +99,7 @@ def fine_tune(
     (older conditions) carry the distillation term when ``cfg.distill_weight`` > 0.
     """
     import tensorflow as tf
+
     from l1forge.models import networks
     from l1forge.models.config import Config, TrainConfig, config_to_dict
     from l1forge.models.export import export_qnet

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
 
 from l1forge.errors import DataFormatError
 from l1forge.fileio import sha256_file
+from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
 
 FORMAT_NAME = "qnet"
 FORMAT_VERSION = 1

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.config import Config, config_to_dict
 
 from l1forge.errors import DataFormatError
+from l1forge.models.config import Config, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg.network.kind``, export the IR, evaluate on the emulator; return the summary."""
     import tensorflow as tf
+
     from l1forge.models import evaluate, networks, qnet
     from l1forge.models.emulator import Emulator
     from l1forge.models.export import export_qnet

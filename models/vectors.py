@@ -9,6 +9,7 @@ from the integer weights.
 from __future__ import annotations
 
 import numpy as np
+
 from l1forge.models.qnet import QNet
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from l1forge.offline.network import QuantMLPConfig
-from l1forge.sim.materials import ABSORBERS, ACTIVE
 
 from l1forge.errors import ConfigError
+from l1forge.offline.network import QuantMLPConfig
+from l1forge.sim.materials import ABSORBERS, ACTIVE
 
 METHODS = ("joint", "factorized", "reference")
 

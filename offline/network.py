@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
+from l1forge.errors import ConfigError
 from l1forge.models.build import NetBuilder
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
 from l1forge.models.torch_quant import quantize_int, quantize_ste
-from torch import nn
-
-from l1forge.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import QNet
 from l1forge.offline.config import UtilityConfig

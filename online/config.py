@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from l1forge.errors import ConfigError
 from l1forge.firmware.sim import SIMULATORS
 from l1forge.online.security import is_loopback
 from l1forge.online.validation import integer as _int
 from l1forge.online.validation import number as _float
 from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
-
-from l1forge.errors import ConfigError
 
 SOURCE_KINDS = ("replay", "pythia", "zmq")
 BACKEND_KINDS = ("emulator", "rtl", "pynq")  # what online.datapath.backends.make_backend builds

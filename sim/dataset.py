@@ -11,10 +11,10 @@ from typing import Any
 
 import h5py
 import numpy as np
-from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 from l1forge.errors import DataFormatError, L1ForgeError
 from l1forge.fileio import probe_writable
+from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 FILE_FORMAT = "l1forge-events"
 FILE_VERSION = 1

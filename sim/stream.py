@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from l1forge.sim.generate import PileupLibrary, ShardSpec, generate_shard
 from l1forge.sim.l1objects import DetectorResponse, to_hardware
 from l1forge.sim.processes import get_process

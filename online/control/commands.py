@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.online.config import (
     RunConfig,
     apply_overrides,
@@ -38,8 +40,6 @@ from l1forge.online.security import (
     log_refusals,
     watch_handshakes,
 )
-
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

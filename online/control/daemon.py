@@ -17,6 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from l1forge.errors import L1ForgeError
+from l1forge.fileio import write_atomic
 from l1forge.online.config import RunConfig
 from l1forge.online.control.commands import CommandHandler, ControlServer
 from l1forge.online.control.runcontrol import (
@@ -27,9 +29,6 @@ from l1forge.online.control.runcontrol import (
 )
 from l1forge.online.security import is_loopback, stop_authenticator
 from l1forge.online.web.metrics import make_metrics
-
-from l1forge.errors import L1ForgeError
-from l1forge.fileio import write_atomic
 
 log = logging.getLogger(__name__)
 

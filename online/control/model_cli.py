@@ -126,12 +126,12 @@ def _inputs(path: str) -> dict[str, Any]:
 
 def _learn(args: argparse.Namespace) -> int:
     import numpy as np
+
+    from l1forge.errors import ConfigError
     from l1forge.online.control.daemon import read_endpoints
     from l1forge.online.datapath.menu import Menu
     from l1forge.online.learning.learner import Learner, run_subscriber
     from l1forge.online.learning.settings import LearnerConfig
-
-    from l1forge.errors import ConfigError
 
     reg = _registry(args)
     active = reg.active

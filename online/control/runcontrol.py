@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.fileio import probe_writable, write_atomic
 from l1forge.online.config import (
     RunConfig,
     run_config_from_dict,
@@ -32,9 +34,6 @@ from l1forge.online.config import (
     run_config_to_yaml,
 )
 from l1forge.online.web.metrics import PipelineMetrics
-
-from l1forge.errors import ConfigError, L1ForgeError
-from l1forge.fileio import probe_writable, write_atomic
 
 log = logging.getLogger(__name__)
 

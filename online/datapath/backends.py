@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.models import qnet
 from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
 from l1forge.online.config import BACKEND_KINDS
-
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

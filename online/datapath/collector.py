@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+
 from l1forge.online.datapath.menu import Menu, seed_counts
 from l1forge.online.datapath.protocol import (
     C_ACK,

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+
+from l1forge.errors import ConfigError, L1ForgeError
 from l1forge.online.datapath.protocol import (
     C_FAILED,
     C_NACK,
@@ -46,8 +48,6 @@ from l1forge.online.datapath.protocol import (
     ModelFiles,
     WorkerSetup,
 )
-
-from l1forge.errors import ConfigError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

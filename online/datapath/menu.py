@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from l1forge.models.evaluate import LHC_INPUT_RATE_HZ, threshold_for_rate
 
 from l1forge.errors import ConfigError
+from l1forge.models.evaluate import LHC_INPUT_RATE_HZ, threshold_for_rate
 
 if TYPE_CHECKING:
     from l1forge.online.config import RunConfig

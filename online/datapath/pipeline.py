@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+from l1forge.errors import ConfigError, L1ForgeError
 from l1forge.online.config import RunConfig
 from l1forge.online.datapath.collector import Collector
 from l1forge.online.datapath.dispatcher import Dispatcher
@@ -32,8 +34,6 @@ from l1forge.online.datapath.sources import Sequencer, Source, make_source
 from l1forge.online.datapath.storage import AcceptedWriter
 from l1forge.online.datapath.summary import RunSummary, summarize
 from l1forge.online.datapath.workerpool import WorkerPool
-
-from l1forge.errors import ConfigError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+
+from l1forge.errors import DataFormatError
 from l1forge.online.datapath.protocol import S_BATCH, S_END, SOURCE_META
 from l1forge.online.datapath.sources import Sequencer, Source, SourceError
 from l1forge.online.datapath.wire import EventBatch, encode_batch
-
-from l1forge.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Protocol
 import h5py
 import numpy as np
 import zmq
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.online.datapath.wire import EventBatch, WireError, decode_batch, encode_batch
 from l1forge.sim.dataset import event_file_length
 from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
-
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS, to_physical
 
 from l1forge.errors import DataFormatError, L1ForgeError
 from l1forge.fileio import probe_writable, sha256_file, write_atomic
+from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS, to_physical
 
 log = logging.getLogger(__name__)
 

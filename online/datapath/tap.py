@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from l1forge.online.security import CurveKeys, connect_client
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from l1forge.errors import DataFormatError
 from l1forge.sim.l1objects import (
     ETA_MAX_HW,
     ETA_MIN_HW,
@@ -37,8 +39,6 @@ from l1forge.sim.l1objects import (
     PHI_MIN_HW,
     PT_MAX_HW,
 )
-
-from l1forge.errors import DataFormatError
 
 MAGIC = b"L1FW"
 WIRE_VERSION = 1

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.models import qnet
 from l1forge.models.qnet import QNet
 from l1forge.online.datapath import protocol as msg
@@ -41,8 +43,6 @@ from l1forge.online.datapath.wire import (
 )
 from l1forge.online.security import connect_client
 from l1forge.sim.l1objects import N_INPUTS
-
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

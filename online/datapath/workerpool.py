@@ -16,9 +16,8 @@ import threading
 import time
 from typing import Any
 
-from l1forge.online.config import WorkersConfig
-
 from l1forge.errors import L1ForgeError
+from l1forge.online.config import WorkersConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from l1forge.online.dqm.config import Check, Thresholds
 from scipy import special, stats
+
+from l1forge.online.dqm.config import Check, Thresholds
 
 ALARM_KINDS = (
     "dead_region",

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from l1forge.online.validation import integer as _int
-from l1forge.online.validation import number as _float
 
 from l1forge.errors import ConfigError
+from l1forge.online.validation import integer as _int
+from l1forge.online.validation import number as _float
 
 OBJECT_KINDS = ("met", "egamma", "muon", "jet")
 PARTICLE_KINDS = ("egamma", "muon", "jet")

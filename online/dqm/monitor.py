@@ -17,11 +17,11 @@ from pathlib import Path
 
 import hist
 import numpy as np
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.online.dqm.compare import Alarm, compare_1d, compare_map
 from l1forge.online.dqm.config import PARTICLE_KINDS, DQMConfig, load_config
 from l1forge.sim.l1objects import EGAMMA, JET, MET, MUON, N_FEATURES, N_OBJECTS
-
-from l1forge.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 

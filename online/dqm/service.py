@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.online.datapath.wire import TOPIC_MONITOR, ResultBatch, WireError, decode_results
 from l1forge.online.dqm.config import DQMConfig, load_config
 from l1forge.online.dqm.monitor import DQMMonitor, DQMRunResult, compared_values
 from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ, to_physical
-
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 log = logging.getLogger(__name__)
 

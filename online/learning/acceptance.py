@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from l1forge.models.qnet import QNet
 from l1forge.online.learning.drift import expected_fraction
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.models.emulator import Emulator
 from l1forge.models.finetune import fine_tune, flat_inputs, verify_bitexact
 from l1forge.models.qnet import QNet
@@ -45,8 +47,6 @@ from l1forge.online.learning.drift import DriftDetector, DriftReport, expected_f
 from l1forge.online.learning.registry import ModelRegistry, ModelVersion
 from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
-
-from l1forge.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from l1forge.models import qnet
-from l1forge.models.qnet import QNet
-
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.fileio import sha256_file, write_atomic
+from l1forge.models import qnet
+from l1forge.models.qnet import QNet
 
 log = logging.getLogger(__name__)
 

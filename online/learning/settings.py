@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from l1forge.online.learning.drift import DriftConfig
-
 from l1forge.errors import ConfigError
+from l1forge.online.learning.drift import DriftConfig
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-from l1forge.online.security import is_loopback
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.online.security import is_loopback
 
 log = logging.getLogger(__name__)
 

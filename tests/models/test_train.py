@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.models import evaluate
 from l1forge.models.config import make_config
 from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import load
 from l1forge.models.train import Inputs, train
-from numpy.testing import assert_array_equal
 
 
 def test_auc_and_thresholds():

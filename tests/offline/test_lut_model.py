@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.models.build import NetBuilder
 from l1forge.models.fixed import Fixed
 from l1forge.offline.lut_model import calibrate, ir_features, significant_bits
 from l1forge.offline.network import QuantMLP, QuantMLPConfig
-from numpy.testing import assert_array_equal
 
 
 def test_significant_bits():

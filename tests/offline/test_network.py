@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_array_equal
+
 from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed, quantize_real
 from l1forge.models.qnet import load, save
 from l1forge.models.torch_quant import quantize_ste
 from l1forge.offline.network import QuantMLP, QuantMLPConfig
-from numpy.testing import assert_array_equal
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import zmq
+
 from l1forge.online import security
 from l1forge.online.security import SecurityError
 

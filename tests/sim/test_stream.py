@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.testing import assert_array_equal
+
 from l1forge.sim.generate import ShardSpec, generate_shard
 from l1forge.sim.l1objects import DetectorResponse, to_hardware
 from l1forge.sim.processes import get_process
 from l1forge.sim.stream import ShardStream
-from numpy.testing import assert_array_equal
 
 
 def test_a_stream_is_reproducible_and_takes_the_processes_in_turn():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from l1forge.online.control.commands import ControlClient
 from l1forge.online.control.daemon import read_endpoints
 from l1forge.online.datapath.storage import verify_run_files

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import zmq
+
 from l1forge.online.control import commands
 from l1forge.online.control.commands import (
     CommandHandler,

@@ -7,6 +7,8 @@ import json
 
 import pytest
 import yaml
+
+from l1forge.errors import ConfigError
 from l1forge.online.config import load_run_config, run_config_from_dict
 from l1forge.online.control.runcontrol import (
     RUN_CONFIG_FILE,
@@ -18,8 +20,6 @@ from l1forge.online.control.runcontrol import (
     TransitionError,
 )
 from l1forge.online.web.metrics import make_metrics
-
-from l1forge.errors import ConfigError
 
 
 def _write_yaml(tmp_path, events, ir):

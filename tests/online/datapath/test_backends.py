@@ -6,6 +6,9 @@ import threading
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
+from l1forge.errors import ConfigError, DataFormatError, MissingToolError
 from l1forge.firmware import packing
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models import qnet
@@ -20,9 +23,6 @@ from l1forge.online.datapath.backends import (
     outputs_float,
 )
 from l1forge.sim.dataset import read_events
-from numpy.testing import assert_array_equal
-
-from l1forge.errors import ConfigError, DataFormatError, MissingToolError
 
 
 @pytest.fixture(scope="module")

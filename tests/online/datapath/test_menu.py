@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+from l1forge.errors import ConfigError
 from l1forge.models import qnet
 from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.backends import outputs_float
@@ -22,9 +25,6 @@ from l1forge.online.datapath.menu import (
     seed_counts,
 )
 from l1forge.sim.dataset import read_events
-from numpy.testing import assert_array_equal
-
-from l1forge.errors import ConfigError
 
 N_STAT = 2_000_000
 INPUT_HZ = 40e6

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import uproot
 import zmq
+
+from l1forge.errors import DataFormatError
 from l1forge.models import qnet
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
@@ -24,8 +26,6 @@ from l1forge.online.datapath.storage import TREE, verify_run_files
 from l1forge.online.datapath.wire import TOPIC_MONITOR, TOPIC_ZERO_BIAS, decode_results
 from l1forge.online.web.metrics import make_metrics
 from l1forge.sim.dataset import read_events
-
-from l1forge.errors import DataFormatError
 
 N_RUN = 6000  # events per test run (the 1700-event file replayed in a loop)
 BATCH = 256

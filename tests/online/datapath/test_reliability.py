@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+
 from l1forge.online.datapath.pipeline import Pipeline
 from l1forge.online.datapath.protocol import (
     D_BATCH,

@@ -8,6 +8,8 @@ import h5py
 import numpy as np
 import pytest
 import zmq
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.online.config import SourceConfig
 from l1forge.online.datapath.sources import (
     Chunk,
@@ -20,8 +22,6 @@ from l1forge.online.datapath.sources import (
 from l1forge.online.datapath.wire import EventBatch, encode_batch
 from l1forge.sim.dataset import read_events
 from l1forge.sim.l1objects import ETA_MAX_HW, ETA_MIN_HW, PHI_MAX_HW, PHI_MIN_HW, PT_MAX_HW
-
-from l1forge.errors import ConfigError, DataFormatError
 
 
 def chunks_of(n: int, sizes: list[int], seed: int = 0) -> list[Chunk]:

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+from numpy.testing import assert_array_equal
+
+from l1forge.errors import DataFormatError, L1ForgeError
 from l1forge.online.datapath.storage import (
     AcceptedWriter,
     StorageError,
@@ -20,9 +23,6 @@ from l1forge.online.datapath.storage import (
 )
 from l1forge.sim.dataset import read_events
 from l1forge.sim.l1objects import to_physical
-from numpy.testing import assert_array_equal
-
-from l1forge.errors import DataFormatError, L1ForgeError
 
 RUN = 42
 SEEDS = ("AD_Loose", "AD_Tight", "ZeroBias")

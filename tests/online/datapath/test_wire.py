@@ -11,6 +11,9 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+from l1forge.errors import DataFormatError
 from l1forge.online.datapath import wire
 from l1forge.online.datapath.wire import (
     HEADER_SIZE,
@@ -26,9 +29,6 @@ from l1forge.online.datapath.wire import (
     encode_batch,
     encode_results,
 )
-from numpy.testing import assert_array_equal
-
-from l1forge.errors import DataFormatError
 
 # The layout documented in wire.py, written out independently so a change to it fails here.
 LAYOUT = struct.Struct("<4sHBBQQQIBBH3IId32sQII")

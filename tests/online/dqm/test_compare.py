@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from l1forge.online.dqm.compare import (
     Alarm,
     beta_binomial_pulls,
@@ -18,7 +20,6 @@ from l1forge.online.dqm.compare import (
     window_sums,
 )
 from l1forge.online.dqm.config import Check, Thresholds
-from scipy import stats
 
 CHECK = Check(
     min_entries=100,

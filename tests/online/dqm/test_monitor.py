@@ -15,6 +15,8 @@ import pytest
 import uproot
 import yaml
 import zmq
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.wire import ResultBatch, encode_results
@@ -32,8 +34,6 @@ from l1forge.online.dqm.service import DQMService, DQMServiceError, seed_matrix
 from l1forge.sim import faults
 from l1forge.sim.dataset import read_events
 from l1forge.sim.l1objects import to_physical
-
-from l1forge.errors import ConfigError, DataFormatError
 
 PER_LS = 2000
 INJECT_AT = 4  # warm-up is 3 lumisections: the fourth and later are compared

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from l1forge.models.build import random_mlp
 from l1forge.online.datapath.menu import Menu, Seed
 from l1forge.online.learning.acceptance import (

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from l1forge.errors import ConfigError
 from l1forge.models.build import NetBuilder
 from l1forge.models.emulator import Emulator
 from l1forge.models.evaluate import threshold_at_fpr
@@ -19,8 +21,6 @@ from l1forge.models.fixed import Fixed
 from l1forge.online.learning.drift import DriftConfig, DriftDetector, expected_fraction, rate_check
 from l1forge.sim.faults import EnergyScale, inject
 from l1forge.sim.l1objects import to_hardware
-
-from l1forge.errors import ConfigError
 
 FRACTIONS = {"loose": 0.05, "tight": 0.01}  # zero-bias pass fractions of two seeds
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+from scipy import stats
+
 from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.menu import Menu, Seed
 from l1forge.online.learning.acceptance import rate_agreement
@@ -26,8 +29,6 @@ from l1forge.online.learning.registry import ModelRegistry, import_training_run
 from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
 from l1forge.sim.faults import EnergyScale, inject
-from numpy.testing import assert_array_equal
-from scipy import stats
 
 from .test_drift import zero_bias_like
 
@@ -241,6 +242,7 @@ def test_learner_reads_the_zero_bias_tap(tmp_path, trained_run):
     """Zero-bias ResultBatches published on a PUB socket reach the learner; bad frames are
     counted, not fatal."""
     import zmq
+
     from l1forge.online.datapath.wire import ResultBatch, encode_results
 
     _, _, learner = _learner(tmp_path, trained_run, CFG)
@@ -310,6 +312,7 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
     """A running pipeline on drifted events: the learner on its zero-bias tap recalibrates the
     menu and swaps a fine-tuned network into the workers without stopping the run."""
     import zmq
+
     from l1forge.online.config import run_config_from_dict
     from l1forge.online.datapath.pipeline import Pipeline
     from l1forge.online.datapath.wire import TOPIC_ZERO_BIAS, decode_results

@@ -7,12 +7,13 @@ import os
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.menu import default_menu
 from l1forge.online.learning import registry as registry_mod
 from l1forge.online.learning.registry import ModelRegistry, RegistryError
-from numpy.testing import assert_array_equal
 
 
 def _nets(n: int):

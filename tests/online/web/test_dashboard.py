@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.datapath.backends import EmulatorBackend
 from l1forge.online.datapath.menu import Menu, Seed, seed_counts

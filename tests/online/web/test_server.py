@@ -11,12 +11,12 @@ from importlib import resources
 
 import numpy as np
 import pytest
-from l1forge.online.security import is_loopback
-from l1forge.online.web.server import RemoteBindError, WebServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from l1forge.errors import ConfigError
+from l1forge.online.security import is_loopback
+from l1forge.online.web.server import RemoteBindError, WebServer
 
 TIMEOUT_S = 10
 
