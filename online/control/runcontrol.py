@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from l1forge.errors import ConfigError, L1ForgeError
 from l1forge.fileio import probe_writable, write_atomic
@@ -50,6 +50,20 @@ class RunState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     ERROR = "error"
+
+
+class RunStatus(TypedDict):
+    """What ``RunControl.status`` answers (the control socket's ``status``, ``/status``)."""
+
+    state: str
+    run: int
+    last_run: int
+    run_dir: str | None
+    config_sha256: str | None
+    error: str | None
+    seconds: NotRequired[float]  # while running
+    pipeline: NotRequired[dict[str, Any]]  # while running: Pipeline.status()
+    summary: NotRequired[dict[str, Any]]  # once a run stopped: its run_summary.json
 
 
 class TransitionError(L1ForgeError, RuntimeError):
@@ -229,10 +243,10 @@ class RunControl:
         """The summary of the last stopped run."""
         return self._summary
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RunStatus:
         """A JSON-able snapshot: state, run, its folder, the pipeline's counters when running."""
         pipeline = self._pipeline
-        doc: dict[str, Any] = {
+        doc: RunStatus = {
             "state": str(self._state),
             "run": self._run,
             "last_run": self.numbers.last(),
