@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 
 import zmq
 
@@ -48,35 +48,11 @@ from l1forge.online.datapath.protocol import (
     ModelFiles,
     WorkerSetup,
 )
+from l1forge.online.datapath.status import DispatcherStatus
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # a batch whose results are unreadable this often is reported as failed
-
-
-class WorkerStatus(TypedDict):
-    """One connected worker, as ``Dispatcher.status`` reports it."""
-
-    pid: int
-    host: str
-    in_flight: int
-    batches_done: int
-    configured: bool
-
-
-class DispatcherStatus(TypedDict):
-    """The broker's counters (part of the pipeline's status and of the run summary)."""
-
-    workers: dict[str, WorkerStatus]
-    workers_alive: int
-    dead_workers: list[str]
-    worker_setup_errors: dict[str, str]
-    in_flight_batches: int
-    max_in_flight_batches: int
-    queued_batches: int
-    batches_dispatched: int
-    batches_redelivered: int
-    unknown_worker_messages: int
 
 
 class DispatcherError(L1ForgeError, RuntimeError):
