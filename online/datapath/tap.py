@@ -1,4 +1,4 @@
-"""A subscriber to the collector's monitoring tap (a PUB socket), shared by its consumers.
+"""A subscriber to the collector's monitoring tap (a PUB socket), for the tap's consumers.
 
 The tap publishes ``[topic, *wire.encode_results(ResultBatch)]``: topic ``wire.TOPIC_MONITOR``
 (sampled batches with every event's objects, for DQM) and ``wire.TOPIC_ZERO_BIAS`` (accepted
