@@ -17,10 +17,11 @@ import time
 
 import numpy as np
 import torch
+
 from l1forge.offline import codesign
 from l1forge.offline.bayesopt import run_bayesopt
 from l1forge.offline.config import StudyConfig, from_dict
-from l1forge.offline.evaluate import evaluate_network
+from l1forge.offline.reevaluate import evaluate_network
 from l1forge.sim import calo, calo_torch
 
 log = logging.getLogger("benchmarks.codesign")
@@ -38,9 +39,9 @@ LUT_CASES = [(18, 4, 3.0, 6), (18, 8, 5.0, 8), (50, 4, 4.0, 10), (18, 12, 6.0, 8
 
 def _lut_calibration(n: int):
     from l1forge.offline.lut_model import calibrate
-    from l1forge.offline.network import NetConfig, QuantMLP
+    from l1forge.offline.network import QuantMLP, QuantMLPConfig
 
-    nets = [QuantMLP(i, NetConfig(hidden=h, weight_frac_bits=f), seed=k).export(b)
+    nets = [QuantMLP(i, QuantMLPConfig(hidden=h, weight_frac_bits=f), seed=k).export(b)
             for k, (i, h, f, b) in enumerate(LUT_CASES[:n])]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         return calibrate(nets, tmp)

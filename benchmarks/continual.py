@@ -110,6 +110,7 @@ def _pileup_data(n_background: int, n_signal: int):
 def _train_from_scratch(x: np.ndarray, out: Path, seed: int):
     """Train the VAE on hardware events (N, 19, 3); returns (IR, Keras weights path, config)."""
     import tensorflow as tf
+
     from l1forge.models import networks
     from l1forge.models.config import config_to_dict, make_config
     from l1forge.models.export import export_qnet
@@ -193,8 +194,9 @@ class Base:
 
 def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
     """Stream old then new conditions through a learner; measure every figure."""
-    from l1forge.online.learner import Learner, LearnerConfig
-    from l1forge.online.registry import ModelRegistry
+    from l1forge.online.learning.learner import Learner
+    from l1forge.online.learning.registry import ModelRegistry
+    from l1forge.online.learning.settings import LearnerConfig
 
     parts, target = base.parts, TARGET_RATE_HZ
     reg = ModelRegistry(tmp / f"registry-{sc.name}")
@@ -328,7 +330,7 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from l1forge.online.menu import Menu, Seed
+    from l1forge.online.datapath.menu import Menu, Seed
     from l1forge.sim.faults import EnergyScale, inject
 
     t_start = time.perf_counter()

@@ -196,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of the fault injection")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    logging.getLogger("l1forge.online.dqm").setLevel(logging.CRITICAL)
+    logging.getLogger("l1forge.online.dqm.monitor").setLevel(logging.CRITICAL)
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     from l1forge.models.emulator import Emulator
-    from l1forge.online.dqm import DQMMonitor, DQMReference, compared_values
-    from l1forge.online.dqm_config import load_config
+    from l1forge.online.dqm.config import load_config
+    from l1forge.online.dqm.monitor import DQMMonitor, DQMReference, compared_values
     from l1forge.sim import faults
 
     t_start = time.perf_counter()

@@ -60,6 +60,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     import uproot
+
     from l1forge.models import qnet
     from l1forge.models.emulator import Emulator
     from l1forge.models.reference import reference_encoder

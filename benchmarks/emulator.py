@@ -32,6 +32,7 @@ def _rate(fn, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
 def _random_network():
     """The default shape with weights from one epoch on Gaussian noise (``--random``)."""
     import tensorflow as tf
+
     from l1forge.models import networks
     from l1forge.models.config import NetConfig
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from l1forge.firmware import packing
 from l1forge.firmware.build import BuildOptions, build
 from l1forge.firmware.report import report

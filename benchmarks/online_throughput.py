@@ -126,7 +126,7 @@ class Expected:
     def __init__(self, ir: Path, h5: Path, menu):
         from l1forge.models import qnet
         from l1forge.models.emulator import Emulator
-        from l1forge.online.backends import outputs_float
+        from l1forge.online.datapath.backends import outputs_float
         from l1forge.sim.dataset import read_events
 
         ev = read_events(h5)
@@ -143,7 +143,7 @@ class Expected:
 
     def accepted(self, n_sent: int, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(seq, seed_bits) of the accepted events among seq 0..n_sent-1, and per-seed counts."""
-        from l1forge.online.menu import seed_counts
+        from l1forge.online.datapath.menu import seed_counts
 
         seqs, bits = [], []
         counts = np.zeros(len(self.menu.seeds), np.int64)
@@ -159,7 +159,7 @@ class Expected:
 
 def verify(run_dir: Path, run: int, n_sent: int, expected: Expected, model: str) -> dict:
     """Lost, duplicated and mismatched events of one run, from its files alone."""
-    from l1forge.online.storage import verify_run_files
+    from l1forge.online.datapath.storage import verify_run_files
 
     exp_seq, exp_bits, exp_counts = expected.accepted(n_sent, model)
     got, n_files = read_stored(run_dir, run, f"score_{model}")
@@ -209,7 +209,7 @@ def _run(
     chaos: bool = False,
 ) -> dict:
     from l1forge.online.config import run_config_from_dict
-    from l1forge.online.pipeline import Pipeline
+    from l1forge.online.datapath.pipeline import Pipeline
 
     cfg = run_config_from_dict(
         {
@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=os.environ.get("L1FORGE_CACHE", "~/.cache/l1forge"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from l1forge.online.menu import default_menu
-    from l1forge.online.pipeline import _zero_bias_scores
+    from l1forge.online.datapath.menu import default_menu
+    from l1forge.online.datapath.pipeline import zero_bias_scores
     from l1forge.sim.dataset import read_events
 
     cache = Path(args.cache).expanduser()
@@ -318,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="l1f-bench-") as d:
         tmp = Path(d)
         ir, h5, network_source, network_desc = _network(args, tmp, cache)
-        logging.getLogger("l1forge.online.menu").setLevel(logging.ERROR)  # few calibration events
-        menu = default_menu("ad", None).calibrate(_zero_bias_scores({"ad": str(ir)}, str(h5)))
+        logging.getLogger("l1forge.online.datapath.menu").setLevel(
+            logging.ERROR
+        )  # few calibration events
+        menu = default_menu("ad", None).calibrate(zero_bias_scores({"ad": str(ir)}, str(h5)))
         expected = Expected(ir, h5, menu)
         x = read_events(h5).inputs
         x = np.resize(x, (2_000_000, x.shape[1]))  # the same events, looped

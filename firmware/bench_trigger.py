@@ -20,6 +20,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
+
 from l1forge.firmware import packing
 
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from l1forge.firmware import packing, verilog, wrappers
-from l1forge.models.qnet import QNet
-
 from l1forge import __version__
 from l1forge.errors import L1ForgeError
+from l1forge.firmware import packing, verilog, wrappers
+from l1forge.models.qnet import QNet
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

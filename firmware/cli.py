@@ -59,10 +59,9 @@ def register(subparsers: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from l1forge.errors import ConfigError
     from l1forge.firmware.build import BuildOptions, build
     from l1forge.models.qnet import load
-
-    from l1forge.errors import ConfigError
 
     if args.check_vectors < 0:
         raise ConfigError("--check-vectors must be >= 0")
@@ -96,11 +95,10 @@ def _report(args: argparse.Namespace) -> int:
 def _patterns_write(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from l1forge.errors import ConfigError, DataFormatError
     from l1forge.firmware import packing, patterns
     from l1forge.models.eventfiles import open_event_file
     from l1forge.models.qnet import load
-
-    from l1forge.errors import ConfigError, DataFormatError
 
     if args.n < 1:
         raise ConfigError("--n must be >= 1")
@@ -135,9 +133,8 @@ def _patterns_write(args: argparse.Namespace) -> int:
 def _patterns_compare(args: argparse.Namespace) -> int:
     import sys
 
-    from l1forge.firmware import patterns
-
     from l1forge.errors import ConfigError
+    from l1forge.firmware import patterns
 
     if args.expected and not (args.inputs or args.qnet):
         result = patterns.compare_expected(args.captured, args.expected)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.qnet import QNet
 
 from l1forge.errors import DataFormatError
+from l1forge.models.qnet import QNet
 
 FORMAT_NAME = "l1forge-packing"
 FORMAT_VERSION = 1

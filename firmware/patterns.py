@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.firmware import packing
-from l1forge.firmware.packing import BusLayout, PackingSpec
 
 from l1forge.errors import DataFormatError
+from l1forge.firmware import packing
+from l1forge.firmware.packing import BusLayout, PackingSpec
 
 FORMAT_NAME = "l1forge-pattern"
 FORMAT_VERSION = 1

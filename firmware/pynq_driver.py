@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.firmware import packing
 
 from l1forge.errors import ConfigError, DataFormatError, MissingToolError
+from l1forge.firmware import packing
 
 log = logging.getLogger(__name__)
 

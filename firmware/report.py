@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from l1forge.firmware.build import load_manifest, tool_failed
-
 from l1forge.errors import MissingToolError
+from l1forge.firmware.build import load_manifest, tool_failed
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from l1forge.errors import DataFormatError
 from l1forge.firmware import packing
 from l1forge.firmware.build import load_manifest
 from l1forge.firmware.sim import SimBuild, build_sim, run_bench
-
-from l1forge.errors import DataFormatError
 
 
 class RtlSimBackend:

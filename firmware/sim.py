@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l1forge.errors import L1ForgeError, MissingToolError
 from l1forge.firmware import wrappers
 from l1forge.firmware.build import load_manifest, tool_failed
-
-from l1forge.errors import L1ForgeError, MissingToolError
 
 SIMULATORS = ("icarus", "verilator")
 

@@ -10,6 +10,7 @@ corners come first so a bench that breaks on one fails within its first few hund
 from __future__ import annotations
 
 import numpy as np
+
 from l1forge.models.qnet import QNet
 from l1forge.models.vectors import corner_vectors, random_vectors
 

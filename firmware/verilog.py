@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.firmware import packing
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import Layer, QNet
-
-from l1forge.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 

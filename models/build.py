@@ -11,10 +11,10 @@ import itertools
 from typing import Any
 
 import numpy as np
-from l1forge.models.fixed import Fixed
-from l1forge.models.qnet import Layer, QNet, TensorSpec
 
 from l1forge.errors import DataFormatError
+from l1forge.models.fixed import Fixed
+from l1forge.models.qnet import Layer, QNet, TensorSpec
 
 
 def dense_range(src: Fixed, weight: np.ndarray, w_fmt: Fixed, bias: np.ndarray, b_fmt: Fixed):

@@ -152,9 +152,8 @@ def parse_seed(text: str):
     """A Seed from ``name=N,model=M,rate=HZ,prescale=P,threshold=T`` (model may be empty)."""
     import math
 
-    from l1forge.online.menu import Seed
-
     from l1forge.errors import ConfigError
+    from l1forge.online.datapath.menu import Seed
 
     fields: dict[str, str] = {}
     for part in text.split(","):
@@ -185,12 +184,11 @@ def _emulate_calibrate(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
+    from l1forge.errors import ConfigError
     from l1forge.models.emulate_files import check_menu, emulate_scores, load_menu, load_models
     from l1forge.models.evaluate import LHC_INPUT_RATE_HZ
     from l1forge.models.rates import calibrate_menu
-    from l1forge.online.menu import Menu
-
-    from l1forge.errors import ConfigError
+    from l1forge.online.datapath.menu import Menu
 
     if bool(args.seed) == bool(args.template):
         raise ConfigError("give the seeds either with --seed (repeated) or with --template")
@@ -235,10 +233,9 @@ def _emulate_calibrate(args: argparse.Namespace) -> int:
 def _emulate_rates(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from l1forge.errors import ConfigError
     from l1forge.models.emulate_files import check_menu, emulate_scores, load_menu, load_models
     from l1forge.models.rates import format_table, menu_table, plot_table
-
-    from l1forge.errors import ConfigError
 
     ms = load_models(args.model)
     menu = load_menu(args.menu)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.models import qnet
 from l1forge.models.emulation_output import (
     OUTPUT_FORMAT,
@@ -38,9 +40,7 @@ from l1forge.models.eventfiles import (
     open_event_file,
 )
 from l1forge.models.qnet import QNet
-from l1forge.online.menu import Menu, seed_counts
-
-from l1forge.errors import ConfigError, DataFormatError
+from l1forge.online.datapath.menu import Menu, seed_counts
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.eventfiles import HDF5_SUFFIXES, ROOT_SUFFIXES, ROOT_TREE
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.models.eventfiles import HDF5_SUFFIXES, ROOT_SUFFIXES, ROOT_TREE
 
 OUTPUT_FORMAT = "l1forge-emulation"
 OUTPUT_VERSION = 1

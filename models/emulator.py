@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from l1forge.models.build import dense_range, scale_range, sum_squares_range
-from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
-from l1forge.models.qnet import Layer, QNet
 from threadpoolctl import threadpool_limits
 
 from l1forge.errors import DataFormatError
+from l1forge.models.build import dense_range, scale_range, sum_squares_range
+from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
+from l1forge.models.qnet import Layer, QNet
 
 FLOAT32_EXACT = 2**24
 ELEMENTWISE_OPS = ("scale", "quantize", "relu")
@@ -283,6 +283,14 @@ class Emulator:
         return {k: v.astype(np.int64) for k, v in vals.items()}
 
     def close(self) -> None:
+        """Stop the worker threads (if any ran); the emulator can still run, single-threaded
+        until it starts them again."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

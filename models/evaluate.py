@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
+
 log = logging.getLogger(__name__)
 
-LHC_INPUT_RATE_HZ = 40e6  # bunch-crossing rate seen by the Level-1 trigger
 FPR_POINTS = (1e-5, 1e-4)
 # A background pass fraction is quoted only when at least this many background events lie
 # above its threshold; below that the sample cannot resolve it (Poisson error > 30 %).

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 from l1forge.errors import DataFormatError
+from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 N_INPUTS = N_OBJECTS * N_FEATURES
 ROOT_TREE = "Events"

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from l1forge.errors import DataFormatError
 from l1forge.models.build import NetBuilder
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
-
-from l1forge.errors import DataFormatError
 
 QKERAS_ROUNDING = "RND_CONV"  # tf.round: half to even
 QKERAS_OVERFLOW = "SAT"  # clip to the representable range

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.fixed import Fixed
 
 from l1forge.errors import MissingToolError
+from l1forge.models.fixed import Fixed
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-from l1forge.models.config import NetConfig
 from qkeras import QActivation, QDense, quantized_bits, quantized_relu
 
 from l1forge.errors import ConfigError
+from l1forge.models.config import NetConfig
 
 # Keras' BatchNormalization wants epsilon > 0; this one vanishes next to the unit variance in
 # float32 and float64, so the layer's scale is exactly gamma.

@@ -8,16 +8,16 @@ online daemon read it, and nothing else. ``load`` validates everything it reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
 
 from l1forge.errors import DataFormatError
+from l1forge.fileio import sha256_file
+from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
 
 FORMAT_NAME = "qnet"
 FORMAT_VERSION = 1
@@ -187,10 +187,6 @@ def _check_shapes(lay: Layer, src: TensorSpec, dst: TensorSpec, where: str) -> N
         raise _fail(where, f"{lay.op} keeps the size ({src.size} != {dst.size})")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save(net: QNet, path: str | Path) -> Path:
     """Write ``path`` (JSON) and its arrays beside it (same stem, ``.npz``); return the path."""
     path = Path(path)
@@ -207,7 +203,7 @@ def save(net: QNet, path: str | Path) -> Path:
         np.savez(fh, **arrays)
     doc = net.to_json()
     doc["arrays_file"] = npz.name
-    doc["arrays_sha256"] = _sha256(npz)
+    doc["arrays_sha256"] = sha256_file(npz)
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 
@@ -230,7 +226,7 @@ def load(path: str | Path) -> QNet:
     npz = path.parent / str(doc.get("arrays_file", ""))
     if not npz.is_file():
         raise DataFormatError(f"{path}: its arrays file {npz.name!r} is missing")
-    if _sha256(npz) != doc.get("arrays_sha256"):
+    if sha256_file(npz) != doc.get("arrays_sha256"):
         raise DataFormatError(f"{path}: {npz.name} does not match (checksum differs)")
     try:
         with np.load(npz, allow_pickle=False) as z:

@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
+
+from l1forge.errors import ConfigError
 from l1forge.models.evaluate import (
     MIN_EVENTS_ABOVE,
     fpr_resolvable,
     smallest_resolvable_fpr,
     threshold_at_fpr,
 )
-from l1forge.online.menu import Menu
-from scipy.stats import beta
-
-from l1forge.errors import ConfigError
+from l1forge.online.datapath.menu import Menu
 
 ONE_SIGMA_CL = 0.6827
 

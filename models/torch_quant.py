@@ -10,9 +10,9 @@ HGQ style: the rounding error is treated as uniform noise of width 2**-frac_bits
 from __future__ import annotations
 
 import torch
-from l1forge.models.fixed import Fixed
 
 from l1forge.errors import DataFormatError
+from l1forge.models.fixed import Fixed
 
 TORCH_ROUNDING = ("TRN", "RND", "RND_CONV")
 TORCH_OVERFLOW = ("WRAP", "SAT")

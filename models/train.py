@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.models.config import Config, config_to_dict
 
 from l1forge.errors import DataFormatError
+from l1forge.models.config import Config, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg.network.kind``, export the IR, evaluate on the emulator; return the summary."""
     import tensorflow as tf
+
     from l1forge.models import evaluate, networks, qnet
     from l1forge.models.emulator import Emulator
     from l1forge.models.export import export_qnet
@@ -170,6 +171,7 @@ def load_deploy_model(train_dir: str | Path):
     Checked against the folder's IR: the two must agree bit for bit on the corner vectors.
     """
     import numpy.testing
+
     from l1forge.models import networks, qnet
     from l1forge.models.config import make_config
     from l1forge.models.emulator import Emulator

@@ -12,6 +12,7 @@ input's rest point (scaled value zero), and, with an input scaling, vectors near
 from __future__ import annotations
 
 import numpy as np
+
 from l1forge.models.qnet import QNet
 
 

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
+
 from l1forge.models.qnet import QNet
 from l1forge.offline.codesign import Study
 from l1forge.offline.config import DEFAULT_BOUNDS, StudyConfig
 from l1forge.offline.detector import detector_cost_eur, geometry_theta
-from l1forge.offline.evaluate import evaluate_network
+from l1forge.offline.reevaluate import evaluate_network
 from l1forge.sim.calo import Geometry
 from l1forge.sim.materials import ABSORBERS
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
+
+from l1forge.errors import ConfigError
 from l1forge.models.qnet import save as save_qnet
 from l1forge.models.torch_quant import ste_round
 from l1forge.offline.config import StudyConfig
 from l1forge.offline.detector import DetectorParams, detector_cost_eur, geometry_theta
-from l1forge.offline.evaluate import evaluate_network
 from l1forge.offline.lut_model import DEFAULT_LUT_MODEL
 from l1forge.offline.network import QuantMLP
+from l1forge.offline.reevaluate import evaluate_network
 from l1forge.sim import calo, calo_torch
-from tqdm import tqdm
-
-from l1forge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

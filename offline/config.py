@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from l1forge.offline.network import NetConfig
-from l1forge.sim.materials import ABSORBERS, ACTIVE
 
 from l1forge.errors import ConfigError
+from l1forge.offline.network import QuantMLPConfig
+from l1forge.sim.materials import ABSORBERS, ACTIVE
 
 METHODS = ("joint", "factorized", "reference")
 
@@ -104,7 +104,7 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ScheduleConfig:
     """Optimization schedule: warm-up trains the network alone before θ moves.
 
     ``method``: ``joint`` (θ, weights and bits together), ``factorized`` (first θ alone for the
@@ -143,10 +143,10 @@ class TrainConfig:
 @dataclass(frozen=True)
 class StudyConfig:
     detector: DetectorSpace = field(default_factory=DetectorSpace)
-    network: NetConfig = field(default_factory=NetConfig)
+    network: QuantMLPConfig = field(default_factory=QuantMLPConfig)
     utility: UtilityConfig = field(default_factory=UtilityConfig)
     cost: CostConfig = field(default_factory=CostConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,10 +154,10 @@ class StudyConfig:
 
 SECTIONS = {
     "detector": DetectorSpace,
-    "network": NetConfig,
+    "network": QuantMLPConfig,
     "utility": UtilityConfig,
     "cost": CostConfig,
-    "train": TrainConfig,
+    "train": ScheduleConfig,
 }
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from l1forge.offline.config import DEFAULT_BOUNDS, CostConfig, DetectorSpace
 from l1forge.sim.calo import Geometry
 from l1forge.sim.calo_torch import FixedReadout
 from l1forge.sim.materials import ABSORBERS, MATERIALS
-from torch import nn
 
 
 class DetectorParams(nn.Module):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from l1forge.models.qnet import QNet
 
 log = logging.getLogger(__name__)

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
+from l1forge.errors import ConfigError
 from l1forge.models.build import NetBuilder
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
 from l1forge.models.torch_quant import quantize_int, quantize_ste
-from torch import nn
-
-from l1forge.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class QuantMLPConfig:
     """Network shape and fixed-point choices; bits are ap_fixed widths."""
 
     hidden: int = 16
@@ -60,7 +60,7 @@ class NetConfig:
 class QuantMLP(nn.Module):
     """Two-layer quantized MLP reading ``n_in`` ADC counts of ``input_bits`` bits."""
 
-    def __init__(self, n_in: int, cfg: NetConfig, seed: int = 0):
+    def __init__(self, n_in: int, cfg: QuantMLPConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.n_in = n_in

@@ -9,7 +9,6 @@ working directory, so it points at `make demo`'s outputs under ``out/demo``.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -17,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from l1forge.online.validation import integer as _int
-from l1forge.online.validation import number as _float
 
 from l1forge.errors import ConfigError
+from l1forge.firmware.sim import SIMULATORS
+from l1forge.online.security import is_loopback
+from l1forge.online.validation import integer as _int
+from l1forge.online.validation import number as _float
+from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 
 SOURCE_KINDS = ("replay", "pythia", "zmq")
-BACKEND_KINDS = ("emulator", "rtl", "pynq")
-SIMULATORS = ("verilator", "icarus")
+BACKEND_KINDS = ("emulator", "rtl", "pynq")  # what online.datapath.backends.make_backend builds
 TRANSPORTS = ("ipc", "tcp")
 DEFAULT_RESOURCE = "run_default.yaml"
 
@@ -89,7 +90,7 @@ class MenuConfig:
 
     seeds: tuple[SeedConfig, ...] | None = None
     calibration: str | None = None  # zero-bias HDF5 for target rates; None: the replay file
-    input_rate_hz: float = 40e6
+    input_rate_hz: float = LHC_INPUT_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -140,16 +141,6 @@ class RunConfig:
     batch_size: int = 4096
     state_dir: str = "out/online/state"  # run-number file, endpoints.json
     duration_s: float | None = None  # the daemon stops the run after this long (None: no limit)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # ---- validation helpers: each takes the dotted key it reports ----

@@ -14,6 +14,7 @@ non-loopback address without keys is refused (`check_bind`).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import threading
@@ -25,7 +26,6 @@ from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
-from l1forge.online.config import is_loopback
 from zmq.auth.thread import ThreadAuthenticator
 
 from l1forge.errors import ConfigError
@@ -33,6 +33,19 @@ from l1forge.errors import ConfigError
 log = logging.getLogger(__name__)
 AUTH_LOGGER = "l1forge.online.auth"
 AUTHORIZED = "authorized_clients"
+# Host names that stay on this machine (Debian's /etc/hosts names 127.0.0.1 and ::1 so).
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name, an address, or ``[v6]``) stays on this machine: a loopback
+    name (any case) or an address in 127.0.0.0/8 or ::1."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class SecurityError(ConfigError):

@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from l1forge.sim.materials import ABSORBERS, ES_MEV, MATERIALS, material
 from scipy import special
 
 from l1forge.errors import ConfigError
+from l1forge.sim.materials import ABSORBERS, ES_MEV, MATERIALS, material
 
 log = logging.getLogger(__name__)
 

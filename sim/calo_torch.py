@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from l1forge.sim.calo import FABJAN_SAMPLING_COEFF, Geometry, gauss_hermite
 from l1forge.sim.materials import ABSORBERS, ES_MEV, MATERIALS
 

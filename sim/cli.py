@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
 
 
 def _events(args: argparse.Namespace) -> int:
+    from l1forge.errors import ConfigError
     from l1forge.sim.dataset import check_writable, concat_events, write_events
     from l1forge.sim.generate import (
         DEFAULT_PILEUP,
@@ -45,8 +46,6 @@ def _events(args: argparse.Namespace) -> int:
         describe,
         generate_events,
     )
-
-    from l1forge.errors import ConfigError
 
     out = Path(args.out)
     if out.exists() and out.is_dir():

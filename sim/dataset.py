@@ -11,9 +11,10 @@ from typing import Any
 
 import h5py
 import numpy as np
-from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 from l1forge.errors import DataFormatError, L1ForgeError
+from l1forge.fileio import probe_writable
+from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
 FILE_FORMAT = "l1forge-events"
 FILE_VERSION = 1
@@ -100,10 +101,7 @@ def check_writable(path: str | Path) -> Path:
     """Fail early, before any generation, if ``path`` cannot be written."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(path.name + ".probe")
-        probe.touch()
-        probe.unlink()
+        probe_writable(path.parent)
     except OSError as exc:
         raise L1ForgeError(f"cannot write event file {path}: {exc.strerror or exc}") from exc
     return path

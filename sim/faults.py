@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from l1forge.errors import ConfigError, DataFormatError
 from l1forge.sim.dataset import EventSet
 from l1forge.sim.l1objects import (
     N_FEATURES,
@@ -23,8 +25,6 @@ from l1forge.sim.l1objects import (
     to_hardware,
     to_physical,
 )
-
-from l1forge.errors import ConfigError, DataFormatError
 
 PARTICLE_TYPES = ("egamma", "muon", "jet")
 CALO_TYPES = ("met", "egamma", "jet")

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from l1forge.sim.dataset import EventSet, concat_events, write_events
-from l1forge.sim.l1objects import DetectorResponse, kinematics, reduce_event, to_hardware
-from l1forge.sim.processes import SIGNALS_2021, Process, get_process, load_processes
 
 from l1forge import __version__
 from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.sim.dataset import EventSet, concat_events, write_events
+from l1forge.sim.l1objects import DetectorResponse, kinematics, reduce_event, to_hardware
+from l1forge.sim.processes import SIGNALS_2021, Process, get_process, load_processes
 
 log = logging.getLogger(__name__)
 

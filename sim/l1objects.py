@@ -23,6 +23,8 @@ JET = slice(9, 19)
 OBJECT_TYPES = ("met", "egamma", "muon", "jet")
 OBJECT_SLICES = {"met": MET, "egamma": EGAMMA, "muon": MUON, "jet": JET}
 N_INPUTS = N_OBJECTS * N_FEATURES  # 57 network inputs
+# The LHC's bunch-crossing rate (25 ns spacing): the Level-1 trigger's input rate.
+LHC_INPUT_RATE_HZ = 40e6
 
 # Hardware units, one per column for every object type so a network's inputs share units.
 # They follow the CMS Level-1 global trigger conventions for calorimeter objects

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from l1forge.sim.dataset import EventSet
 from l1forge.sim.l1objects import OBJECT_SLICES
 

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from l1forge.firmware import packing
 from l1forge.firmware.build import BuildOptions, build
 from l1forge.firmware.vectors import bench_vectors

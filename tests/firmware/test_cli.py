@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from l1forge.models.build import random_mlp
-from l1forge.models.qnet import save
 
 from l1forge.cli import main
+from l1forge.models.build import random_mlp
+from l1forge.models.qnet import save
 
 
 @pytest.mark.rtl

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+
+from l1forge.errors import DataFormatError
 from l1forge.firmware import packing
 from l1forge.models.build import NetBuilder, random_mlp
 from l1forge.models.fixed import Fixed
-
-from l1forge.errors import DataFormatError
 
 
 def _two_output_net():

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+
+from l1forge.cli import main
 from l1forge.firmware import packing, patterns
 from l1forge.firmware.sim import run_bench
 from l1forge.firmware.vectors import bench_vectors
@@ -14,8 +16,6 @@ from l1forge.models import qnet
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.sim.dataset import EventSet, write_events
-
-from l1forge.cli import main
 
 from .conftest import LATENCY
 

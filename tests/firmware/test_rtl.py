@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from l1forge.firmware.sim import BenchFailed, read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.emulator import Emulator

@@ -13,6 +13,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from l1forge.firmware import packing
 from l1forge.firmware.build import BuildOptions, build
 from l1forge.firmware.sim import build_sim, read_stats, run_bench

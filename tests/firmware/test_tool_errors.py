@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
+from l1forge.cli import main
 from l1forge.firmware import wrappers
 from l1forge.firmware.build import ToolFailedError
 from l1forge.firmware.sim import build_sim
 from l1forge.models.build import random_mlp
 from l1forge.models.qnet import save
-
-from l1forge.cli import main
 
 BROKEN = "module broken (input wire a;\nendmodule\n"
 

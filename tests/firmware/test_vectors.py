@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.models.vectors import corner_vectors, relu_boundary_hits, relu_boundary_vectors
-from numpy.testing import assert_array_equal
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from l1forge.errors import DataFormatError
 from l1forge.firmware import verilog
 from l1forge.models.build import NetBuilder, random_mlp
 from l1forge.models.fixed import Fixed
-
-from l1forge.errors import DataFormatError
 
 
 def _rounding_net(rounding: str, overflow: str = "SAT"):

@@ -50,6 +50,7 @@ class Built:
 
 def _train_a_few_steps(cfg, scaling, x, seed):
     import tensorflow as tf
+
     from l1forge.models import networks
 
     tf.keras.utils.set_random_seed(seed)

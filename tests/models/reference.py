@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
 

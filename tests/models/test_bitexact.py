@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.models import hls, networks
 from l1forge.models.emulator import Emulator
 from l1forge.models.vectors import bitexact_vectors, relu_boundary_hits, relu_boundary_vectors
-from numpy.testing import assert_array_equal
 
 from .conftest import BIT_CONFIGS, KINDS
 

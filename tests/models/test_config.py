@@ -1,7 +1,7 @@
 import pytest
-from l1forge.models.config import load_config, make_config
 
 from l1forge.errors import ConfigError
+from l1forge.models.config import load_config, make_config
 
 
 def test_defaults_fit_the_hardware_budget():

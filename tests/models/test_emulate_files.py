@@ -9,6 +9,9 @@ import math
 import h5py
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
+from l1forge.cli import main
 from l1forge.models import qnet
 from l1forge.models.build import random_mlp
 from l1forge.models.emulate_files import (
@@ -20,11 +23,8 @@ from l1forge.models.emulate_files import (
 from l1forge.models.emulation_output import open_output
 from l1forge.models.emulator import Emulator
 from l1forge.models.rates import menu_table
-from l1forge.online.menu import Menu, Seed
+from l1forge.online.datapath.menu import Menu, Seed
 from l1forge.sim.dataset import EventSet, read_events, write_events
-from numpy.testing import assert_array_equal
-
-from l1forge.cli import main
 
 N_BG = 3000
 N_SIG = 400

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-from l1forge.models.build import NetBuilder, random_mlp
-from l1forge.models.emulator import Emulator
-from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
 from numpy.testing import assert_array_equal
 
 from l1forge.errors import DataFormatError
+from l1forge.models.build import NetBuilder, random_mlp
+from l1forge.models.emulator import Emulator
+from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
 
 from .reference import ref_run
 

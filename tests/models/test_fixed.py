@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed, quantize_real, requantize
 from numpy.testing import assert_array_equal
 
 from l1forge.errors import DataFormatError
+from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed, quantize_real, requantize
 
 from .reference import ref_requantize
 

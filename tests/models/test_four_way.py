@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.firmware import packing
 from l1forge.firmware.build import BuildOptions, build
 from l1forge.firmware.sim import build_sim, read_stats, run_bench, run_benches
@@ -22,7 +24,6 @@ from l1forge.firmware.vectors import bench_vectors
 from l1forge.models import hls, networks
 from l1forge.models.emulator import Emulator
 from l1forge.models.vectors import corner_vectors, relu_boundary_vectors
-from numpy.testing import assert_array_equal
 
 from ..firmware.conftest import BEAT_BITS, write_vectors
 

@@ -2,12 +2,12 @@ import json
 
 import numpy as np
 import pytest
-from l1forge.models import qnet
-from l1forge.models.build import NetBuilder, random_mlp
-from l1forge.models.fixed import Fixed
 from numpy.testing import assert_array_equal
 
 from l1forge.errors import DataFormatError
+from l1forge.models import qnet
+from l1forge.models.build import NetBuilder, random_mlp
+from l1forge.models.fixed import Fixed
 
 
 def test_save_load_round_trip(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
+
 from l1forge.models.evaluate import MIN_EVENTS_ABOVE
 from l1forge.models.rates import (
     UnresolvableRateError,
@@ -14,8 +16,7 @@ from l1forge.models.rates import (
     menu_table,
     rate_entry,
 )
-from l1forge.online.menu import Menu, Seed
-from scipy.stats import binomtest
+from l1forge.online.datapath.menu import Menu, Seed
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 50), (1, 50), (10, 1000), (49, 50), (50, 50)])

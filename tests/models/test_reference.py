@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from numpy.testing import assert_array_equal
+
 from l1forge.models import qnet
 from l1forge.models.emulator import Emulator
 from l1forge.models.networks import exact_predict
 from l1forge.models.reference import ReferenceRecipe, reference_deploy_model, reference_encoder
 from l1forge.models.train import read_inputs
-from numpy.testing import assert_array_equal
 
 SMALL = ReferenceRecipe(n_background=600, n_signal=60, seed=7, pileup_mean=0.0)
 

@@ -2,12 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.models import evaluate
 from l1forge.models.config import make_config
 from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import load
 from l1forge.models.train import Inputs, train
-from numpy.testing import assert_array_equal
 
 
 def test_auc_and_thresholds():
@@ -53,9 +54,8 @@ def test_train_exports_ir_and_evaluates_on_emulator(tmp_path, kind):
 
 
 def test_load_deploy_model_names_what_is_missing(tmp_path):
-    from l1forge.models.train import load_deploy_model
-
     from l1forge.errors import DataFormatError
+    from l1forge.models.train import load_deploy_model
 
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(DataFormatError, match=r"hardware\.weights\.h5"):

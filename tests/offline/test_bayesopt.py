@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from l1forge.models.emulator import Emulator
 from l1forge.offline.bayesopt import run_bayesopt
 from l1forge.offline.config import from_dict

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_array_equal
+
+from l1forge.cli import main
 from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import load
 from l1forge.offline import codesign
 from l1forge.offline.config import from_dict
-from l1forge.offline.evaluate import sample_events
+from l1forge.offline.reevaluate import sample_events
 from l1forge.sim.calo import Geometry
-from numpy.testing import assert_array_equal
-
-from l1forge.cli import main
 
 TINY = {
     "detector": {"n_cells": 3, "init": {"n_layers": 10}},

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from l1forge.offline.config import StudyConfig, from_dict, load_config
 
 from l1forge.errors import ConfigError
+from l1forge.offline.config import StudyConfig, from_dict, load_config
 
 
 def test_defaults_and_overrides(tmp_path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
 from l1forge.models.build import NetBuilder
 from l1forge.models.fixed import Fixed
 from l1forge.offline.lut_model import calibrate, ir_features, significant_bits
-from l1forge.offline.network import NetConfig, QuantMLP
-from numpy.testing import assert_array_equal
+from l1forge.offline.network import QuantMLP, QuantMLPConfig
 
 
 def test_significant_bits():
@@ -28,7 +29,7 @@ def test_ir_features_count_bits_of_each_product():
 
 @pytest.mark.slow
 def test_calibration_on_yosys(tmp_path):
-    nets = [QuantMLP(n, NetConfig(hidden=h, weight_frac_bits=f), seed=i).export(6)
+    nets = [QuantMLP(n, QuantMLPConfig(hidden=h, weight_frac_bits=f), seed=i).export(6)
             for i, (n, h, f) in enumerate([(8, 2, 3.0), (8, 4, 4.0), (12, 4, 5.0)])]  # fmt: skip
     model = calibrate(nets, tmp_path)
     assert model.k_mul > 0 or model.k_add > 0

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from numpy.testing import assert_array_equal
+
 from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed, quantize_real
 from l1forge.models.qnet import load, save
 from l1forge.models.torch_quant import quantize_ste
-from l1forge.offline.network import NetConfig, QuantMLP
-from numpy.testing import assert_array_equal
+from l1forge.offline.network import QuantMLP, QuantMLPConfig
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +48,7 @@ def test_frac_bits_gradient_is_hgq_surrogate():
 
 
 def _trained_net(input_bits: int, seed: int) -> QuantMLP:
-    net = QuantMLP(18, NetConfig(hidden=8, weight_frac_bits=5.0), seed=seed)
+    net = QuantMLP(18, QuantMLPConfig(hidden=8, weight_frac_bits=5.0), seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(20):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+
 from l1forge.offline.config import from_dict
 from l1forge.offline.scan import pareto_front, scan
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from l1forge.models import qnet
 from l1forge.models.build import random_mlp
 from l1forge.sim.dataset import concat_events, write_events

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from l1forge.online import config
-from l1forge.online.config import load_run_config, run_config_from_dict, run_config_to_dict
 
 from l1forge.errors import ConfigError
+from l1forge.online import config
+from l1forge.online.config import load_run_config, run_config_from_dict, run_config_to_dict
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import zmq
+
 from l1forge.online import security
 from l1forge.online.security import SecurityError
 
@@ -101,13 +102,13 @@ def test_keys_folder_checks(tmp_path, keys):
 
 
 def test_control_socket_with_curve(tmp_path, keys, stranger_keys, caplog):
-    from l1forge.online.control import (
+    from l1forge.online.control.commands import (
         CommandHandler,
         ControlClient,
         ControlServer,
         ControlTimeout,
     )
-    from l1forge.online.runcontrol import RunControl
+    from l1forge.online.control.runcontrol import RunControl
 
     ctx = zmq.Context()
     server = ControlServer(
@@ -185,3 +186,38 @@ def test_data_socket_patterns_with_curve(keys, stranger_keys, server_type, clien
         server.close(linger=0)
         security.stop_authenticator(ctx)
         ctx.term()
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("localhost.localdomain", True),
+        ("ip6-localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.1", False),
+        ("example.org", False),
+        ("localhost.example.org", False),
+    ],
+)
+def test_one_loopback_check_for_config_sockets_and_the_web_endpoint(host, loopback):
+    """The run config (curve_keys required?), socket binds and the web endpoint's bind and Host
+    check answer alike: they once disagreed on LOCALHOST, localhost.localdomain, ip6-localhost."""
+    from l1forge.online import config
+    from l1forge.online.web import server
+
+    assert security.is_loopback(host) is loopback
+    assert config.is_loopback is security.is_loopback is server.is_loopback
+    bound = f"tcp://[{host.strip('[]')}]:0" if ":" in host else f"tcp://{host}:0"
+    if host and loopback:
+        security.check_bind(bound, None)  # no keys needed
+    elif host:
+        with pytest.raises(SecurityError, match="without CURVE keys"):
+            security.check_bind(bound, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from l1forge.sim.dataset import EventSet
 from l1forge.sim.generate import generate_events
 

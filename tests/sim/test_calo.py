@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from l1forge.sim import calo
-from l1forge.sim.calo import Geometry, SimOptions
 from numpy.testing import assert_array_equal
 
 from l1forge.errors import ConfigError
+from l1forge.sim import calo
+from l1forge.sim.calo import Geometry, SimOptions
 
 
 def test_same_seed_same_output_other_seed_differs():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from l1forge.sim import calo
 from l1forge.sim import calo_torch as ct
 

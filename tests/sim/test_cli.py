@@ -1,8 +1,7 @@
 import json
 
-from l1forge.sim.dataset import read_events
-
 from l1forge.cli import main
+from l1forge.sim.dataset import read_events
 
 
 def test_events_then_summary(tmp_path, capsys):

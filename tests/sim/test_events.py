@@ -7,13 +7,13 @@ import math
 import h5py
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.sim import l1objects as l1
 from l1forge.sim.dataset import concat_events, read_events, write_events
 from l1forge.sim.generate import generate_events
 from l1forge.sim.processes import load_processes
-from numpy.testing import assert_array_equal
-
-from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 
 
 def test_hardware_units_round_trip_within_one_lsb_and_saturate():

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from l1forge.sim import faults
-from l1forge.sim.l1objects import EGAMMA, JET, MET, MUON, to_hardware, to_physical
 
 from l1forge.errors import ConfigError, DataFormatError
+from l1forge.sim import faults
+from l1forge.sim.l1objects import EGAMMA, JET, MET, MUON, to_hardware, to_physical
 
 
 @pytest.fixture(scope="module")

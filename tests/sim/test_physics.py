@@ -1,6 +1,7 @@
 """Physics checks on generated events; each tolerance is stated with its reason."""
 
 import numpy as np
+
 from l1forge.sim.l1objects import EGAMMA, JET, MET, MUON
 
 

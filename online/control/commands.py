@@ -1,0 +1,326 @@
+"""The daemon's control socket: JSON commands over ZeroMQ, and a client with timeouts.
+
+A request is one JSON object ``{"command": NAME, "args": {...}}``; the reply is
+``{"ok": true, "command": NAME, "result": ...}`` or ``{"ok": false, "error": MESSAGE,
+"type": EXCEPTION_NAME}``. The server is a ROUTER socket, so a malformed message (not JSON,
+unknown command, wrong argument types, several frames, oversized) gets an error reply and
+never blocks or stops the daemon. Commands:
+
+    configure  {path: run YAML} | {config: mapping} | {} (keep the last);
+               optional {set: {dotted.key: value}} overrides
+    start, stop, status, reset, shutdown
+    set_model  {name: model name, path: qnet IR}
+    set_menu   {menu: Menu.to_json() mapping or its JSON text}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.online.config import (
+    RunConfig,
+    apply_overrides,
+    load_run_config,
+    run_config_from_dict,
+)
+from l1forge.online.control.runcontrol import RunControl
+from l1forge.online.security import (
+    CurveKeys,
+    bind_server,
+    connect_client,
+    log_refusals,
+    watch_handshakes,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1 << 20
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:0"
+
+# command -> {argument: (accepted types, required)}
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "configure": {"path": ((str,), False), "config": ((dict,), False), "set": ((dict,), False)},
+    "start": {},
+    "stop": {},
+    "status": {},
+    "reset": {},
+    "shutdown": {},
+    "set_model": {"name": ((str,), True), "path": ((str,), True)},
+    "set_menu": {"menu": ((dict, str), True)},
+}
+
+
+class RequestError(DataFormatError):
+    """A control request does not follow the schema (the reply says which part)."""
+
+
+class ControlError(L1ForgeError, RuntimeError):
+    """The daemon answered a command with an error; the message is the daemon's."""
+
+
+class ControlTimeout(ControlError):
+    """No reply within the timeout: the daemon is not running, busy, or refused our keys."""
+
+
+def parse_request(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
+    """Validate one request message against `SCHEMA`; RequestError says what is wrong."""
+    if len(frames) != 1:
+        raise RequestError(f"expected one frame holding a JSON object, got {len(frames)} frames")
+    try:
+        doc = json.loads(frames[0])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"request is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RequestError(f"request must be a JSON object, got {type(doc).__name__}")
+    unknown = set(doc) - {"command", "args"}
+    if unknown:
+        raise RequestError(f"unknown request keys {sorted(unknown)} (allowed: command, args)")
+    command = doc.get("command")
+    if command not in SCHEMA:
+        raise RequestError(f"unknown command {command!r} (one of {', '.join(SCHEMA)})")
+    args = doc.get("args", {})
+    if not isinstance(args, dict):
+        raise RequestError(f"{command}: args must be an object")
+    spec = SCHEMA[command]
+    for name, value in args.items():
+        if name not in spec:
+            allowed = ", ".join(spec) or "none"
+            raise RequestError(f"{command}: unknown argument {name!r} (allowed: {allowed})")
+        if not isinstance(value, spec[name][0]):
+            raise RequestError(f"{command}.{name}: wrong type {type(value).__name__}")
+    for name, (_, required) in spec.items():
+        if required and name not in args:
+            raise RequestError(f"{command}: missing argument {name!r}")
+    return command, args
+
+
+def config_from_args(args: dict[str, Any]) -> RunConfig | None:
+    """The RunConfig of a configure request (None: keep the last one)."""
+    overrides = args.get("set") or {}
+    if "path" in args and "config" in args:
+        raise RequestError("configure: give path or config, not both")
+    if "path" in args:
+        return load_run_config(args["path"], overrides)
+    if "config" in args:
+        raw = apply_overrides(args["config"], overrides)
+        return run_config_from_dict(raw, Path.cwd())
+    if overrides:
+        raise RequestError("configure: set needs a path or a config to apply to")
+    return None
+
+
+@dataclass
+class CommandHandler:
+    """Runs validated commands on a RunControl; `shutdown_requested` is set by shutdown."""
+
+    runcontrol: RunControl
+    shutdown_requested: threading.Event = field(default_factory=threading.Event)
+    status: Callable[[], dict[str, Any]] | None = None  # the daemon's richer status, if any
+
+    def __call__(self, command: str, args: dict[str, Any]) -> Any:
+        rc = self.runcontrol
+        if command == "configure":
+            cfg = rc.configure(config_from_args(args))
+            return {"state": str(rc.state), "source": cfg.source.kind, "workers": cfg.workers.n}
+        if command == "start":
+            return {"run": rc.start(), "run_dir": str(rc.run_dir)}
+        if command == "stop":
+            return rc.stop()
+        if command == "status":
+            return rc.status() if self.status is None else self.status()
+        if command == "reset":
+            rc.reset()
+            return {"state": str(rc.state)}
+        if command == "set_model":
+            return rc.set_model(args["name"], args["path"])
+        if command == "set_menu":
+            return rc.set_menu(args["menu"])
+        if command == "shutdown":
+            self.shutdown_requested.set()
+            return {"state": str(rc.state), "shutdown": True}
+        raise RequestError(f"unknown command {command!r}")  # parse_request prevents this
+
+
+def error_reply(exc: BaseException) -> dict[str, Any]:
+    """The reply to a failed command."""
+    return {"ok": False, "error": str(exc), "type": type(exc).__name__}
+
+
+class ControlServer:
+    """A ROUTER socket answering control requests; `poll` serves them on the caller's thread."""
+
+    def __init__(
+        self,
+        handler: Callable[[str, dict[str, Any]], Any],
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        keys: str | Path | CurveKeys | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.handler = handler
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.endpoint = bind_server(self.socket, endpoint, keys)
+        self._monitor = None if keys is None else watch_handshakes(self.socket)
+        self.n_refused = 0  # failed handshakes (wrong or missing CURVE keys)
+        self.n_requests = 0
+        self.n_malformed = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        log.info("control socket on %s%s", self.endpoint, " (CURVE)" if keys else "")
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Serve the requests that arrive within `timeout_ms`; returns how many were served."""
+        served = 0
+        if self._monitor is not None:
+            self.n_refused += log_refusals(self._monitor, f"the control socket {self.endpoint}")
+        while self.socket.poll(timeout_ms if served == 0 else 0):
+            frames = self.socket.recv_multipart()
+            self._serve(frames)
+            served += 1
+        return served
+
+    def _serve(self, frames: list[bytes]) -> None:
+        # ROUTER framing from a REQ client: [identity, b"", request...].
+        identity, rest = frames[0], frames[1:]
+        envelope = [identity]
+        if rest and rest[0] == b"":
+            envelope.append(b"")
+            rest = rest[1:]
+        self.n_requests += 1
+        try:
+            command, args = parse_request(rest)
+        except RequestError as exc:
+            self.n_malformed += 1
+            log.warning("malformed control request: %s", exc)
+            self._reply(envelope, error_reply(exc))
+            return
+        try:
+            reply = {"ok": True, "command": command, "result": self.handler(command, args)}
+        except (L1ForgeError, OSError) as exc:
+            log.warning("control %s failed: %s", command, exc)
+            reply = error_reply(exc)
+        self._reply(envelope, reply)
+
+    def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
+        try:
+            payload = json.dumps(reply, default=str).encode()
+        except (TypeError, ValueError) as exc:
+            payload = json.dumps(error_reply(ConfigError(f"reply not JSON-able: {exc}"))).encode()
+        try:
+            self.socket.send_multipart([*envelope, payload], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("control reply dropped: the client is gone")
+
+    def start(self) -> ControlServer:
+        """Serve on a background thread until `close` (the daemon polls on its own thread)."""
+        self._thread = threading.Thread(target=self._loop, name="l1forge-control", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.poll(50)
+
+    def close(self) -> None:
+        """Stop the background thread (if any) and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+        self.socket.close(linger=0)
+
+
+class ControlClient:
+    """Sends one command per call on a fresh REQ socket; raises ControlTimeout after `timeout_s`."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 30.0,
+        keys: str | Path | CurveKeys | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.keys = keys
+        self.context = context or zmq.Context.instance()
+
+    def request(self, command: str, timeout_s: float | None = None, **args: Any) -> Any:
+        """Send `command` with `args`; the result, or ControlError with the daemon's message."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        sock = self.context.socket(zmq.REQ)
+        sock.linger = 0
+        try:
+            connect_client(sock, self.endpoint, self.keys)
+            sock.send(json.dumps({"command": command, "args": args}).encode())
+            if not sock.poll(int(timeout * 1000)):
+                raise ControlTimeout(
+                    f"no reply from {self.endpoint} to {command!r} within {timeout:g} s: is the "
+                    "daemon running (l1forge online run) and are the CURVE keys right?"
+                )
+            reply = json.loads(sock.recv())
+        finally:
+            sock.close(linger=0)
+        if not reply.get("ok"):
+            raise ControlError(f"{command}: {reply.get('error')} ({reply.get('type')})")
+        return reply.get("result")
+
+    def configure(
+        self,
+        path: str | Path | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> Any:
+        """Configure from a YAML path (read by the daemon), an inline mapping, or the last one."""
+        args: dict[str, Any] = {}
+        if path is not None:
+            args["path"] = str(Path(path).resolve())
+        if config is not None:
+            args["config"] = config
+        if overrides:
+            args["set"] = overrides
+        return self.request("configure", **args)
+
+    def start(self) -> Any:
+        """Start a run; returns {run, run_dir}."""
+        return self.request("start")
+
+    def stop(self) -> Any:
+        """Stop the run (drains in-flight events); returns the run summary."""
+        return self.request("stop")
+
+    def status(self) -> Any:
+        """The daemon's status."""
+        return self.request("status")
+
+    def reset(self) -> Any:
+        """Back to idle."""
+        return self.request("reset")
+
+    def set_model(self, name: str, path: str | Path) -> Any:
+        """Swap model `name` for the IR at `path` (between batches when running)."""
+        return self.request("set_model", name=name, path=str(Path(path).resolve()))
+
+    def set_menu(self, menu: dict[str, Any] | str) -> Any:
+        """Replace the trigger menu."""
+        return self.request("set_menu", menu=menu)
+
+    def shutdown(self) -> Any:
+        """Ask the daemon to stop any run and exit."""
+        return self.request("shutdown")

@@ -1,0 +1,140 @@
+"""The control socket: schema checks, garbage never kills it, the client times out cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import zmq
+
+from l1forge.online.control import commands
+from l1forge.online.control.commands import (
+    CommandHandler,
+    ControlClient,
+    ControlError,
+    ControlServer,
+    ControlTimeout,
+    RequestError,
+    parse_request,
+)
+from l1forge.online.control.runcontrol import RunControl
+
+REPLY_MS = 5000
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.term()
+
+
+@pytest.fixture
+def server(tmp_path, ctx):
+    rc = RunControl(tmp_path / "state")
+    srv = ControlServer(CommandHandler(rc), "tcp://127.0.0.1:0", context=ctx).start()
+    yield srv
+    srv.close()
+
+
+def _raw_request(ctx, endpoint: str, frames: list[bytes], kind: int = zmq.REQ) -> dict | None:
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        if kind == zmq.DEALER:
+            frames = [b"", *frames]
+        sock.send_multipart(frames)
+        if not sock.poll(REPLY_MS):
+            return None
+        reply = sock.recv_multipart()
+        return json.loads(reply[-1])
+    finally:
+        sock.close(linger=0)
+
+
+@pytest.mark.parametrize(
+    ("frames", "words"),
+    [
+        ([b"\xff\xfe not json"], "not JSON"),
+        ([b"[1, 2, 3]"], "JSON object"),
+        ([b'{"command": "launch"}'], "unknown command"),
+        ([b'{"command": "start", "args": []}'], "args must be an object"),
+        ([b'{"command": "start", "args": {"now": true}}'], "unknown argument"),
+        ([b'{"command": "set_model", "args": {"name": "ad"}}'], "missing argument 'path'"),
+        ([b'{"command": "set_model", "args": {"name": 3, "path": "x"}}'], "wrong type"),
+        ([b'{"command": "status", "extra": 1}'], "unknown request keys"),
+        ([b'{"command": "status"}', b"second frame"], "2 frames"),
+        ([b""], "not JSON"),
+    ],
+)
+def test_garbage_gets_an_error_reply(server, ctx, frames, words):
+    reply = _raw_request(ctx, server.endpoint, frames)
+    assert reply is not None and reply["ok"] is False
+    assert reply["type"] == "RequestError"
+    assert words in reply["error"]
+    # ... and the server still answers a good request.
+    ok = _raw_request(ctx, server.endpoint, [b'{"command": "status"}'])
+    assert ok["ok"] is True and ok["result"]["state"] == "idle"
+
+
+def test_odd_framing_and_oversized_messages_do_not_kill_the_server(server, ctx):
+    # A DEALER that sends without the REQ envelope still gets an answer.
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(server.endpoint)
+    dealer.send(b'{"command": "status"}')
+    assert dealer.poll(REPLY_MS)
+    assert json.loads(dealer.recv_multipart()[-1])["ok"] is True
+    # Over MAX_REQUEST_BYTES: ZeroMQ drops that connection; nobody answers it.
+    big = ctx.socket(zmq.DEALER)
+    big.linger = 0
+    big.connect(server.endpoint)
+    big.send_multipart([b"", b"x" * (commands.MAX_REQUEST_BYTES + 1)])
+    assert not big.poll(300)
+    big.close(linger=0)
+    dealer.close(linger=0)
+    client = ControlClient(server.endpoint, timeout_s=5, context=ctx)
+    assert client.status()["state"] == "idle"
+    assert server.n_requests == 2  # the oversized message never reached the handler
+
+
+def test_commands_errors_come_back_as_control_errors(server, ctx, tmp_path):
+    client = ControlClient(server.endpoint, timeout_s=5, context=ctx)
+    with pytest.raises(ControlError, match="cannot start in state idle"):
+        client.start()
+    with pytest.raises(ControlError, match="no configuration given"):
+        client.configure()
+    with pytest.raises(ControlError, match="cannot read run configuration"):
+        client.configure(tmp_path / "absent.yaml")
+    with pytest.raises(ControlError, match=r"^configure: backend: missing section"):
+        client.configure(config={"source": {"kind": "pythia"}})
+    assert client.reset() == {"state": "idle"}
+    assert client.status()["state"] == "idle"
+
+
+def test_shutdown_sets_the_flag(tmp_path, ctx):
+    handler = CommandHandler(RunControl(tmp_path / "state"))
+    srv = ControlServer(handler, context=ctx).start()
+    try:
+        assert ControlClient(srv.endpoint, timeout_s=5, context=ctx).shutdown()["shutdown"]
+        assert handler.shutdown_requested.is_set()
+    finally:
+        srv.close()
+
+
+def test_client_times_out_without_a_server(ctx):
+    probe = ctx.socket(zmq.ROUTER)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)  # a port nobody listens on any more
+    client = ControlClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3, context=ctx)
+    with pytest.raises(ControlTimeout, match="no reply"):
+        client.status()
+
+
+def test_parse_request_accepts_the_schema():
+    assert parse_request([b'{"command": "stop"}']) == ("stop", {})
+    cmd, args = parse_request([b'{"command": "set_menu", "args": {"menu": {"seeds": []}}}'])
+    assert cmd == "set_menu" and args == {"menu": {"seeds": []}}
+    with pytest.raises(RequestError):
+        parse_request([])

@@ -1,0 +1,152 @@
+"""Event sources: HDF5 replay, live Pythia, the ZeroMQ input, and the sequencer's numbering."""
+
+from __future__ import annotations
+
+import threading
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from l1forge.errors import ConfigError, DataFormatError
+from l1forge.online.config import SourceConfig
+from l1forge.online.datapath.sources import (
+    Chunk,
+    PythiaSource,
+    ReplaySource,
+    Sequencer,
+    ZmqInputSource,
+    make_source,
+)
+from l1forge.online.datapath.wire import EventBatch, encode_batch
+from l1forge.sim.dataset import read_events
+from l1forge.sim.l1objects import ETA_MAX_HW, ETA_MIN_HW, PHI_MAX_HW, PHI_MIN_HW, PT_MAX_HW
+
+
+def chunks_of(n: int, sizes: list[int], seed: int = 0) -> list[Chunk]:
+    rng = np.random.default_rng(seed)
+    out, pos = [], 0
+    for k in sizes:
+        k = min(k, n - pos)
+        obj = rng.integers(0, 100, (k, 19, 3)).astype(np.int16)
+        out.append(Chunk(np.arange(pos, pos + k, dtype=np.uint64), obj))
+        pos += k
+    return out
+
+
+@pytest.mark.parametrize(
+    ("batch", "per_ls", "sizes"),
+    [(64, 1000, [37, 500, 1, 999, 463]), (100, 100, [250, 250, 500]), (7, 10, [3] * 40)],
+)
+def test_sequencer_numbers_contiguously_and_never_crosses_a_lumisection(batch, per_ls, sizes):
+    n = sum(sizes)
+    chunks = chunks_of(n, sizes)
+    seq = Sequencer(5, batch, per_ls, max_wait_s=1e9)
+    batches = [b for c in chunks for b in seq.feed(c, now=0.0)] + seq.flush()
+    assert [b.first_seq for b in batches] == list(np.cumsum([0] + [len(b) for b in batches])[:-1])
+    for b in batches:
+        assert b.run == 5 and 0 < len(b) <= batch
+        assert b.lumisection == b.first_seq // per_ls
+        assert (b.first_seq + len(b) - 1) // per_ls == b.lumisection
+    np.testing.assert_array_equal(
+        np.concatenate([b.objects_hw for b in batches]),
+        np.concatenate([c.objects_hw for c in chunks]),
+    )
+    np.testing.assert_array_equal(np.concatenate([b.event for b in batches]), np.arange(n))
+    assert seq.n_events == n
+
+
+def test_sequencer_caps_the_run_and_flushes_a_partial_batch_after_max_wait():
+    seq = Sequencer(1, 100, 10_000, max_events=250, max_wait_s=0.5)
+    c = chunks_of(1000, [30, 1000])
+    assert seq.feed(c[0], now=0.0) == []  # waits for more events
+    assert [len(b) for b in seq.feed(Chunk(c[0].event[:0], c[0].objects_hw[:0]), now=0.6)] == [30]
+    got = seq.feed(c[1], now=0.7)
+    assert [len(b) for b in got] == [100, 100, 20]
+    assert seq.done and seq.n_events == 250
+    assert seq.feed(c[1], now=0.8) == []
+
+
+def test_replay_yields_the_file_in_chunks_and_loops(events_h5):
+    ev = read_events(events_h5)
+    src = ReplaySource([events_h5], chunk_events=500)
+    got = list(src.chunks(threading.Event()))
+    assert [len(c) for c in got] == [500, 500, 500, 200]
+    np.testing.assert_array_equal(np.concatenate([c.objects_hw for c in got]), ev.objects_hw)
+    assert got[0].objects_hw.dtype == np.int16
+    np.testing.assert_array_equal(np.concatenate([c.event for c in got]), ev.event)
+
+    stop = threading.Event()
+    looped = ReplaySource([events_h5, events_h5], loop=True, chunk_events=1000)
+    n = 0
+    for c in looped.chunks(stop):
+        n += len(c)
+        if n >= 4 * len(ev) + 1:
+            stop.set()
+    assert n > 4 * len(ev)  # two files, more than twice over
+    assert (
+        make_source(
+            SourceConfig(kind="replay", paths=(str(events_h5),), rate_hz=200.0)
+        ).chunk_events
+        == 10
+    )
+
+
+def test_replay_refuses_a_file_that_is_not_an_event_file(tmp_path):
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(DataFormatError, match="not an l1forge event file"):
+        ReplaySource([bad])
+    with pytest.raises(DataFormatError, match="not found"):
+        ReplaySource([tmp_path / "missing.h5"])
+    with pytest.raises(ConfigError):
+        ReplaySource([])
+
+
+def test_zmq_input_counts_rejections_and_keeps_good_batches(events_h5):
+    ev = read_events(events_h5)
+    ctx = zmq.Context()
+    src = ZmqInputSource("tcp://127.0.0.1:*", ctx=ctx)
+    daq = ctx.socket(zmq.PUSH)
+    daq.setsockopt(zmq.LINGER, 0)
+    daq.connect(src.endpoint)
+    good = encode_batch(EventBatch(1, 0, 0, ev.event[:50], ev.objects_hw[:50]))
+    try:
+        daq.send_multipart([b"garbage"])
+        daq.send_multipart([bytes(good[0]), bytes(good[1])])
+        daq.send_multipart(good)
+        stop = threading.Event()
+        got = []
+        for c in src.chunks(stop):
+            if len(c):
+                got.append(c)
+                stop.set()
+        assert src.rejected() == {"magic": 1, "truncated": 1}
+        np.testing.assert_array_equal(got[0].objects_hw, ev.objects_hw[:50])
+        assert got[0].objects_hw.dtype == np.int16
+    finally:
+        daq.close(0)
+        src.close()
+        ctx.term()
+
+
+def test_pythia_source_streams_live_events():
+    src = PythiaSource(("minbias",), pileup=0.0, seed=3, shard_events=20)
+    stop = threading.Event()
+    got = []
+    try:
+        for c in src.chunks(stop):
+            got.append(c)
+            if sum(len(g) for g in got) >= 40:
+                stop.set()
+    finally:
+        src.close()
+    obj = np.concatenate([c.objects_hw for c in got])
+    assert len(obj) >= 40 and obj.dtype == np.int16
+    assert obj[..., 0].min() >= 0 and obj[..., 0].max() <= PT_MAX_HW
+    assert ETA_MIN_HW <= obj[..., 1].min() and obj[..., 1].max() <= ETA_MAX_HW
+    assert PHI_MIN_HW <= obj[..., 2].min() and obj[..., 2].max() <= PHI_MAX_HW
+    assert (obj[:, 0, 0] > 0).mean() > 0.5  # most events have some missing transverse energy
+    assert src.proc.poll() is not None  # the generator process is gone

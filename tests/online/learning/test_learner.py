@@ -1,0 +1,466 @@
+"""Continual learner: replay buffer, recalibration on drift, a QAT fine-tune cycle whose IR is
+bit-exact and swapped into a running emulator backend, rejection, and the monitoring tap.
+
+A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` is the starting
+version; events are synthetic zero-bias-like hardware events (see test_drift), the drift is a
+30 % calorimeter energy scale from ``l1forge.sim.faults``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+from scipy import stats
+
+from l1forge.models.emulator import Emulator
+from l1forge.online.datapath.menu import Menu, Seed
+from l1forge.online.learning.acceptance import rate_agreement
+from l1forge.online.learning.drift import DriftConfig
+from l1forge.online.learning.learner import (
+    Learner,
+    run_subscriber,
+    score,
+)
+from l1forge.online.learning.registry import ModelRegistry, import_training_run
+from l1forge.online.learning.replay import ReplayBuffer
+from l1forge.online.learning.settings import LearnerConfig
+from l1forge.sim.faults import EnergyScale, inject
+
+from .test_drift import zero_bias_like
+
+DRIFT = EnergyScale(0.30)
+CFG = LearnerConfig(
+    check_events=2000,
+    adapt_events=4000,
+    replay_capacity=4000,
+    epochs=1,
+    batch_size=256,
+    learning_rate=3e-3,
+    verify_vectors=1500,
+    max_tpr_loss=1.0,  # any efficiency is accepted here; rejection is tested separately
+    candidates=(),  # the fine-tune alone; candidates are tested separately
+    drift=DriftConfig(min_events=1000),
+)
+
+
+def test_replay_buffer_is_a_uniform_sample():
+    """Every offered event is kept with probability capacity / seen (chi2 over deciles, p > 1e-3;
+    seeded, so deterministic)."""
+    buf = ReplayBuffer(1000, 1, seed=5)
+    for start in range(0, 10000, 700):
+        buf.add(np.arange(start, min(start + 700, 10000))[:, None])
+    assert len(buf) == 1000 and buf.seen == 10000
+    values = buf.data[:, 0]
+    assert len(np.unique(values)) == 1000
+    counts = np.bincount(values // 1000, minlength=10)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    assert len(np.unique(buf.sample(300))) == 300
+
+
+def _signal(n: int, seed: int) -> np.ndarray:
+    """Anomalous events: the zero-bias shape with every pT four times higher."""
+    ev = zero_bias_like(n, seed).copy()
+    ev[..., 0] = np.minimum(ev[..., 0] * 4, 4095)
+    return ev
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished `l1forge train ad` folder of a tiny VAE (one epoch)."""
+    from l1forge.models.config import make_config
+    from l1forge.models.train import Inputs, train
+
+    out = tmp_path_factory.mktemp("train_ad")
+    raw = {
+        "network": {"kind": "ad", "hidden": [8], "latent": 2, "decoder": [8]},
+        "training": {
+            "epochs": 2,
+            "batch_size": 64,
+            "learning_rate": 0.01,
+            "seed": 1,
+            "beta_kl": 0.01,
+        },
+    }
+    bg = zero_bias_like(6000, seed=10).reshape(6000, -1)
+    sig = _signal(500, seed=11).reshape(500, -1)
+    train(make_config(raw), Inputs({"minbias": bg}), Inputs({"sig": sig}), out, rate_hz=4e5)
+    return out
+
+
+def _menu() -> Menu:
+    return Menu(
+        (
+            Seed("AD_Loose", "ad", target_rate_hz=2e6),  # 5 % of zero bias
+            Seed("AD_Tight", "ad", target_rate_hz=4e5),  # 1 %
+            Seed("Classifier", "classifier", target_rate_hz=1e3),  # another model's seed
+            Seed("ZeroBias", "", prescale=1000),
+        )
+    )
+
+
+def _learner(tmp_path, trained_run, cfg, **kw):
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = import_training_run(reg, trained_run)
+    ref = zero_bias_like(4000, seed=20)
+    cls_scores = np.arange(100000.0)  # the other model's zero-bias scores (not the learner's)
+    menu = _menu().calibrate({"ad": score(v1.load_net(), ref), "classifier": cls_scores})
+    learner = Learner(
+        reg,
+        menu,
+        ref,
+        config=cfg,
+        signal_holdout={"sig": _signal(600, seed=21)},
+        transform_signal=lambda x: inject(DRIFT, x.reshape(len(x), 19, 3)),
+        **kw,
+    )
+    return reg, v1, learner
+
+
+def _rates_ok(menu: Menu, net, events: np.ndarray) -> dict[str, float]:
+    s = score(net, events)
+    out = {}
+    for seed in menu.seeds:
+        if seed.model == "ad":
+            f = seed.target_rate_hz / menu.input_rate_hz
+            n_pass = int(np.count_nonzero(s > seed.threshold))
+            assert rate_agreement(n_pass, f * len(s), 0.10), (seed.name, n_pass, f * len(s))
+            out[seed.name] = n_pass / (f * len(s)) - 1
+    return out
+
+
+def test_drift_recalibrates_then_fine_tunes_bitexact_and_swaps(tmp_path, trained_run):
+    from l1forge.online.datapath.backends import EmulatorBackend
+
+    backend = EmulatorBackend(trained_run / "encoder.qnet.json")
+    menus, models = [], []
+
+    def on_model(name, path):
+        models.append((name, path))
+        backend.swap(path)
+
+    reg, v1, learner = _learner(tmp_path, trained_run, CFG, on_menu=menus.append, on_model=on_model)
+    assert reg.active_name == "v0001" and v1.weights_path is not None
+    # clean conditions: no drift, no menu change
+    assert learner.observe(zero_bias_like(2000, seed=30), run=1, lumisection=1) is None
+    assert not learner.reports[-1].drifted and menus == []
+    # drifted conditions: the first window is flagged and the menu recalibrated at once
+    drifted = [inject(DRIFT, zero_bias_like(1000, seed=40 + i)) for i in range(4)]
+    assert learner.observe(drifted[0], run=1, lumisection=2) is None
+    assert learner.observe(drifted[1], run=1, lumisection=3) is None
+    assert learner.reports[-1].drifted and len(menus) == 1
+    fresh = inject(DRIFT, zero_bias_like(12000, seed=99))
+    # the old thresholds on drifted events give a wrong rate; the recalibrated ones hold it
+    old_s = score(v1.load_net(), fresh)
+    assert np.mean(old_s > learner.detector.seeds["AD_Loose"][0]) > 0.05 * 1.3
+    _rates_ok(menus[0], v1.load_net(), fresh)
+    # two more windows complete the 4000 new events: fine-tune, verify, register, swap
+    assert learner.observe(drifted[2], run=1, lumisection=4) is None
+    result = learner.observe(drifted[3], run=1, lumisection=5)
+    assert result is not None and result.accepted, result.reasons
+    v2 = reg.get(result.version)
+    assert reg.active_name == v2.name == "v0002" and v2.parent == "v0001"
+    prov = v2.provenance
+    assert prov["data"]["train_new_events"] + prov["data"]["holdout_events"] == 4000
+    assert prov["data"]["train_replay_events"] > 0 and prov["data"]["lumisections"] == [2, 5]
+    assert prov["verification"]["equal"] and prov["verification"]["bitexact_vectors"] >= 1500
+    assert prov["drift"]["drifted"] and "signal_tpr" in prov["metrics"]
+    # the stored Keras weights rebuild exactly the stored IR (corners + random vectors)
+    _check_weights_match_ir(v2)
+    # the backend runs the new version; the menu sent last was calibrated for it
+    assert models == [("ad", v2.qnet_path)]
+    x = fresh.reshape(len(fresh), -1)[:3000]
+    new_net = v2.load_net()
+    assert_array_equal(backend.infer(x), Emulator(new_net).run(x))
+    assert menus[-1].to_json() == v2.menu()
+    assert menus[-1].names == learner.menu.names == _menu().names  # the run's seeds, in order
+    assert menus[-1].seeds[2].threshold == 99997.0  # another model's seed is left alone
+    _rates_ok(menus[-1], new_net, fresh)
+    # rollback returns to v0001 in one call
+    assert reg.rollback().name == "v0001"
+    backend.close()
+
+
+def _check_weights_match_ir(version) -> None:
+    from l1forge.models import networks
+    from l1forge.models.finetune import scaling_of
+    from l1forge.models.vectors import bitexact_vectors
+    from l1forge.online.learning.learner import net_config_of
+
+    net = version.load_net()
+    cfg = net_config_of(version)
+    m = networks.vae_models(cfg, scaling_of(net), 0.01)
+    m.vae.load_weights(str(version.weights_path))
+    deploy = networks.deploy_model(cfg, scaling_of(net), m.hardware)
+    x = bitexact_vectors(net, 2000, seed=3)
+    assert_array_equal(networks.exact_predict(deploy, x), Emulator(net).run_float(x))
+
+
+def test_a_candidate_worse_than_its_parent_is_kept_but_not_activated(tmp_path, trained_run):
+    """Candidates failing the efficiency checks (new conditions, and the old conditions of
+    ``reference_signal``) are all tried in order, registered and none activated."""
+    import dataclasses
+
+    # demands twice the parent's efficiency, on the new and on the old conditions
+    cfg = dataclasses.replace(
+        CFG, max_tpr_loss=-1.0, max_old_tpr_loss=-1.0, candidates=({}, {"seed": 2})
+    )
+    models, menus = [], []
+    reg, v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        on_menu=menus.append,
+        on_model=lambda *a: models.append(a),
+        reference_signal={"sig": _signal(600, seed=22)},
+    )
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=60 + i)))
+    assert result is not None and not result.accepted
+    assert "signal efficiency" in result.reasons[0]
+    assert any("old-conditions signal efficiency" in r for r in result.reasons)
+    assert result.candidates == ("v0002", "v0003")
+    assert reg.names() == ["v0001", "v0002", "v0003"] and reg.active_name == "v0001"
+    prov = reg.get("v0002").provenance
+    assert prov["accepted"] is False and prov["rejected_because"] == list(result.reasons)
+    assert reg.get("v0003").provenance["candidate"] == {
+        "index": 1,
+        "tried": 2,
+        "of": 2,
+        "choice": "first",
+    }
+    assert models == [] and learner.version.name == "v0001"
+    _rates_ok(menus[-1], v1.load_net(), inject(DRIFT, zero_bias_like(12000, seed=98)))
+
+
+def test_learner_reads_the_zero_bias_tap(tmp_path, trained_run):
+    """Zero-bias ResultBatches published on a PUB socket reach the learner; bad frames are
+    counted, not fatal."""
+    import zmq
+
+    from l1forge.online.datapath.wire import ResultBatch, encode_results
+
+    _, _, learner = _learner(tmp_path, trained_run, CFG)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    out: dict = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_subscriber(learner, f"tcp://127.0.0.1:{port}", stop, poll_ms=50, context=ctx)
+        )
+    )
+    t.start()
+    try:
+        ev = zero_bias_like(500, seed=70).astype(np.int32)
+        n = len(ev)
+        batch = ResultBatch(
+            run=3,
+            first_seq=0,
+            lumisection=7,
+            event=np.arange(n, dtype=np.uint64),
+            scores=np.zeros((n, 1)),
+            seed_bits=np.ones(n, dtype=np.uint32),
+            objects_hw=ev,
+            accepted_index=np.arange(n, dtype=np.uint32),
+            latency_s=0.0,
+            worker="w0",
+        )
+        frames = [b"zb", *encode_results(batch)]
+        deadline = threading.Event()
+        for _ in range(400):  # a SUB joins asynchronously: publish until it has seen events
+            pub.send_multipart(frames)
+            pub.send_multipart([b"zb", b"garbage"])
+            if learner.n_seen >= 1000 or deadline.wait(0.02):
+                break
+    finally:
+        stop.set()
+        t.join(timeout=10)
+        pub.close(linger=0)
+        ctx.term()
+    assert learner.n_seen >= 1000 and learner.n_seen % 500 == 0
+    assert out["events"] == learner.n_seen and out["rejected"] >= 1
+
+
+def _event_file(path: Path, objects_hw: np.ndarray) -> Path:
+    from l1forge.sim.dataset import EventSet, write_events
+    from l1forge.sim.l1objects import to_physical
+
+    n = len(objects_hw)
+    ev = EventSet(
+        objects_phys=to_physical(objects_hw).astype(np.float32),
+        objects_hw=objects_hw.astype(np.int32),
+        run=np.ones(n, dtype=np.uint64),
+        event=np.arange(1, n + 1, dtype=np.uint64),
+        label=np.zeros(n, dtype=np.int16),
+        weight=np.ones(n, dtype=np.float32),
+        processes=("zero_bias_like",),
+        provenance={"producer": "tests/online/test_learner.py"},
+    )
+    return write_events(path, ev)
+
+
+@pytest.mark.slow
+def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
+    """A running pipeline on drifted events: the learner on its zero-bias tap recalibrates the
+    menu and swaps a fine-tuned network into the workers without stopping the run."""
+    import zmq
+
+    from l1forge.online.config import run_config_from_dict
+    from l1forge.online.datapath.pipeline import Pipeline
+    from l1forge.online.datapath.wire import TOPIC_ZERO_BIAS, decode_results
+
+    reg, v1, learner_proto = _learner(tmp_path, trained_run, CFG)
+    menu = learner_proto.menu
+    drifted = _event_file(tmp_path / "drifted.h5", inject(DRIFT, zero_bias_like(6000, seed=80)))
+    seeds = [
+        {
+            "name": s.name,
+            "model": s.model,
+            "threshold": s.threshold,
+            "target_rate_hz": s.target_rate_hz,
+        }
+        for s in menu.seeds
+        if s.model == "ad"
+    ] + [{"name": "ZeroBias", "model": "", "prescale": 1}]  # every event reaches the tap
+    raw = {
+        "source": {"kind": "replay", "path": str(drifted), "loop": True, "rate_hz": 3000.0},
+        "backend": {"kind": "emulator", "models": {"ad": str(v1.qnet_path)}},
+        "workers": {"n": 1, "credits": 2, "heartbeat_s": 0.2, "timeout_s": 5.0},
+        "menu": {"seeds": seeds},
+        "storage": {"out_dir": str(tmp_path / "runs"), "events_per_lumisection": 1000},
+        "monitor": {"fraction": 0.0, "dqm_enabled": False},
+        "batch_size": 500,
+        "state_dir": str(tmp_path / "state"),
+        "duration_s": 600.0,
+    }
+    pipe = Pipeline(run_config_from_dict(raw, tmp_path), 1, tmp_path / "run1")
+    learner = Learner(
+        reg,
+        pipe.menu,
+        zero_bias_like(4000, seed=20),
+        config=CFG,
+        on_menu=pipe.set_menu,
+        on_model=pipe.set_model,
+    )
+    stop = threading.Event()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        pipe.start()
+        sub.connect(pipe.monitor_endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, TOPIC_ZERO_BIAS)
+        t = threading.Thread(
+            target=run_subscriber, args=(learner, pipe.monitor_endpoint, stop), daemon=True
+        )
+        t.start()
+        deadline = threading.Event()
+        for _ in range(600):
+            if learner.adaptations or deadline.wait(0.5):
+                break
+        assert learner.adaptations and learner.adaptations[0].accepted
+        new = reg.get(learner.adaptations[0].version)
+        assert pipe.menu.to_json() == learner.menu.to_json() == new.menu()
+        # batches computed after the swap carry the new network's scores
+        emu = Emulator(new.load_net())
+        matched = False
+        for _ in range(200):
+            if not sub.poll(10_000):
+                break
+            r = decode_results(sub.recv_multipart()[1:])
+            x = r.objects_hw.reshape(len(r.objects_hw), -1)
+            if np.array_equal(r.scores[r.accepted_index, 0], emu.run_float(x)[:, 0]):
+                matched = True
+                break
+        assert matched, "no zero-bias batch was scored by the fine-tuned network"
+        assert pipe.status()["state"] == "running"
+    finally:
+        stop.set()
+        summary = pipe.stop()
+        sub.close(0)
+        ctx.term()
+    assert (summary.lost, summary.duplicated) == (0, 0)
+
+
+def test_distillation_and_anchor_keep_the_child_near_its_parent(trained_run, tmp_path):
+    """On a tiny VAE (2 epochs), the distillation term brings the child's scores on held-out old
+    events closer to the parent's, and the weight anchor brings its latent layer's weights closer,
+    than the same fine-tune without them (seeded, so deterministic)."""
+    import dataclasses
+
+    from l1forge.models.finetune import fine_tune, flat_inputs
+    from l1forge.online.learning.learner import net_config_of
+
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = import_training_run(reg, trained_run)
+    parent = v1.load_net()
+    x_new = flat_inputs(inject(DRIFT, zero_bias_like(1500, seed=80)))
+    x_old = flat_inputs(zero_bias_like(1500, seed=81))
+    x_check = zero_bias_like(1000, seed=82)
+    s_parent = score(parent, x_check)
+
+    def tuned(i: int, **kw):
+        cfg = dataclasses.replace(CFG, epochs=1, learning_rate=1e-2, **kw)
+        x_train = np.concatenate([x_new, x_old])
+        out = tmp_path / f"w{i}.weights.h5"
+        return fine_tune(
+            net_config_of(v1), parent, v1.weights_path, x_train, cfg, out, 0.01, x_new, x_old
+        )
+
+    def score_gap(t) -> float:
+        return float(np.mean((score(t.net, x_check) - s_parent) ** 2))
+
+    def weight_gap(t) -> float:
+        w = t.net.layer("mu_dense").arrays["weight"] - parent.layer("mu_dense").arrays["weight"]
+        return float(np.sum(w.astype(np.float64) ** 2))
+
+    plain, distilled = tuned(0), tuned(1, distill_weight=10.0)
+    anchored = tuned(2, anchor_weight=100.0)
+    assert score_gap(distilled) < 0.5 * score_gap(plain), (score_gap(distilled), score_gap(plain))
+    assert weight_gap(anchored) < 0.5 * weight_gap(plain), (weight_gap(anchored), weight_gap(plain))
+
+
+def test_candidates_are_all_registered_and_the_best_passing_one_goes_live(tmp_path, trained_run):
+    """Two candidate settings: both registered with provenance; the one with the higher held-out
+    efficiency is activated, the other kept with the reason."""
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        CFG, candidates=({}, {"seed": 2, "learning_rate": 1e-3}), candidate_choice="best"
+    )
+    models = []
+    reg, _v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        reference_signal={"sig": _signal(600, seed=22)},
+        on_model=lambda *a: models.append(a),
+    )
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=60 + i)))
+    assert result is not None and result.accepted, result.reasons
+    assert result.candidates == ("v0002", "v0003") and reg.active_name == result.version
+    assert models == [("ad", reg.get(result.version).qnet_path)]
+    other = reg.get(({"v0002", "v0003"} - {result.version}).pop()).provenance
+    chosen = reg.get(result.version).provenance
+    assert chosen["accepted"] and chosen["passed_checks"] and "old_conditions" in chosen["metrics"]
+    assert other["passed_checks"] and not other["accepted"]
+    assert "higher held-out efficiency" in other["rejected_because"][0]
+
+    def efficiency(prov) -> float:
+        return float(
+            np.mean([v for p in prov["metrics"]["signal_tpr"].values() for v in p.values()])
+        )
+
+    assert efficiency(chosen) >= efficiency(other)
+    assert {chosen["seeds"]["training"], other["seeds"]["training"]} == {0, 2}
