@@ -10,6 +10,7 @@ BatchNormalization with power-of-two scales and Dot(x, x) are accepted.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from l1forge.models.build import NetBuilder, dense_range, sum_squares_range
 from l1forge.models.fixed import Fixed, quantize_real
 from l1forge.models.qnet import QNet
 
-from l1forge.errors import UnsupportedModelError
+from l1forge.errors import DataFormatError, UnsupportedModelError
 
 SUPPORTED = "Input, Dense, Activation(relu|linear), BatchNormalization (power-of-two), Dot(x, x)"
 TRIGGER_SCORE_HINT = "drop it and cut on the logits (a trigger thresholds a monotonic score)"
@@ -161,3 +162,52 @@ def import_modelgraph(hm: Any, name: str | None = None, **provenance: Any) -> QN
         "hls4ml_project": hm.config.get_project_name(),
     }
     return b.build(provenance={**prov, **provenance})
+
+
+def convert_keras(
+    model: Any, input_format: Fixed, out_dir: str | Path, project_name: str = "imported"
+) -> Any:
+    """hls4ml's own Keras conversion (its inferred types, the input in ``input_format``).
+
+    hls4ml 1.3's ``bit_exact=True`` refuses a float input followed by QDense ("unexpected
+    input layer chain"); its standard precision inference gives exact dense accumulators.
+    """
+    import hls4ml
+    from l1forge.models.hls import BACKEND, IO_TYPE
+
+    cfg = hls4ml.utils.config_from_keras_model(model, granularity="name", backend=BACKEND)
+    first = next(iter(cfg["LayerName"]))  # hls4ml lists the input layer first
+    cfg["LayerName"].setdefault(first, {}).setdefault("Precision", {})["result"] = (
+        input_format.hls_type()
+    )
+    return hls4ml.converters.convert_from_keras_model(
+        model,
+        hls_config=cfg,
+        output_dir=str(out_dir),
+        project_name=project_name,
+        backend=BACKEND,
+        io_type=IO_TYPE,
+    )
+
+
+def load_modelgraph(path: str | Path, input_format: Fixed | None, out_dir: str | Path) -> Any:
+    """A ModelGraph from a saved hls4ml model (``.fml``) or a Keras/QKeras file hls4ml converts."""
+    from l1forge.models.qkeras_import import load_model
+
+    p = Path(path)
+    if not p.exists():
+        raise DataFormatError(f"model file not found: {p}")
+    if p.suffix == ".fml":
+        from hls4ml.converters import load_saved_model
+
+        try:
+            return load_saved_model(str(p), output_dir=str(out_dir))
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise DataFormatError(f"{p} is not a readable hls4ml saved model ({exc})") from exc
+    if input_format is None:
+        raise DataFormatError(
+            f"{p}: hls4ml converts it with a stated input format (--input-format)"
+        )
+    return convert_keras(
+        load_model(p), input_format, out_dir, project_name=p.stem.replace("-", "_")
+    )
