@@ -1,12 +1,12 @@
 """QKeras models as people write them -> qnet IR, exactly, or a one-line refusal.
 
 Accepted: Sequential or functional chains of ``QDense`` (``quantized_bits`` kernel and bias
-quantizers with alpha 1 or powers of two, an inline ``quantized_relu``/``quantized_bits``/relu/
-linear activation), ``QActivation``, ``Activation`` relu/linear, ``Dropout`` (inference
-identity), ``BatchNormalization`` whose scale is a power of two (taken exactly as the IR's
-scaling op), and the self dot product of the l1forge anomaly score. Float inputs need a
-stated input format (``ap_fixed<16,6>``, the hls4ml convention) unless the model starts with
-a ``quantized_bits`` QActivation, which then is the input format.
+quantizers with alpha 1 or a fixed power of two; an inline ``quantized_relu``,
+``quantized_bits``, relu or linear activation), ``QActivation``, ``Activation`` relu/linear,
+``Dropout`` (inference identity), ``BatchNormalization`` whose scale is a power of two
+(taken exactly as the IR's scaling op), and the self dot product of the l1forge anomaly
+score. Float inputs need a stated input format (``ap_fixed<16,6>``, the hls4ml convention)
+unless the model starts with a ``quantized_bits`` QActivation, which then is the input format.
 """
 
 from __future__ import annotations
@@ -121,8 +121,12 @@ def _weights(layer: Any, attr: str, values: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)
     if _quantizer_name(q) != "quantized_bits":
         raise _refuse(layer, f"{attr} quantizer {_quantizer_name(q)}: supported quantized_bits")
-    if isinstance(q.alpha, str) and q.alpha != "auto_po2":
-        raise _refuse(layer, f"{attr} quantizer alpha={q.alpha!r}: supported 1 or auto_po2")
+    if isinstance(q.alpha, str):
+        raise _refuse(
+            layer,
+            f"{attr} quantizer alpha={q.alpha!r} is fitted to the weights at run time "
+            "(and QKeras computes it in float32 only); supported: alpha=1 or a power of two",
+        )
     if q.alpha not in (None, 1, 1.0) and not isinstance(q.alpha, str):
         a = np.asarray(q.alpha, np.float64)
         if np.any(np.exp2(np.round(np.log2(np.abs(a)))) != np.abs(a)):

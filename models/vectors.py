@@ -18,7 +18,7 @@ def random_vectors(net: QNet, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     size = net.input_specs[0].size
     x = rng.integers(fmt.min_int, fmt.max_int + 1, (n, size), dtype=np.int64)
-    scale = [lay for lay in net.layers if lay.op == "scale"]
+    scale = [lay for lay in net.layers if lay.op == "scale" and lay.input == net.inputs[0]]
     if scale:
         lay = scale[0]
         spread = 2.0 ** lay.arrays["shift"].astype(float) * rng.exponential(2.0, (n // 2, 1))
@@ -40,7 +40,7 @@ def extreme_vectors(net: QNet, n_mixed: int = 256, seed: int = 0) -> np.ndarray:
         np.fill_diagonal(one_hot, v)
         rows += list(one_hot)
     choices = [lo, hi, 0]
-    scale = [lay for lay in net.layers if lay.op == "scale"]
+    scale = [lay for lay in net.layers if lay.op == "scale" and lay.input == net.inputs[0]]
     rng = np.random.default_rng(seed)
     mixed = rng.choice(np.array(choices), (n_mixed, size))
     if scale:
