@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from l1forge.firmware import packing, verilog, wrappers
-from l1forge.models import hls
+from l1forge.models.hls import DEFAULT_PART, write_hls_project
 from l1forge.models.qnet import QNet
 
 from l1forge import __version__
@@ -33,7 +33,7 @@ class BuildOptions:
     lint: bool = True
     n_check: int = 20000
     hls_csim_vectors: int = 2000
-    part: str = hls.DEFAULT_PART
+    part: str = DEFAULT_PART
 
 
 def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def _write_hls(net: QNet, out: Path, opts: BuildOptions, clock_mhz: float) -> di
     from l1forge.models.vectors import bitexact_vectors
 
     x = bitexact_vectors(net, opts.hls_csim_vectors, seed=3) if opts.hls_csim_vectors else None
-    entry = hls.write_hls_project(
+    entry = write_hls_project(
         net, out / "hls", part=opts.part, clock_period_ns=1000.0 / clock_mhz, csim_vectors=x
     )
     return {**entry, "path": "hls"}
