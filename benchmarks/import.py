@@ -110,7 +110,7 @@ def _measure(name, frontend, net, source, csim, n, n_rtl, work: Path) -> dict:
     manifest = build(net, fw, BuildOptions(latency_cycles=LATENCY, beat_bits=BEAT_BITS, hls=False))
     rep = report(fw)
     rtl_bad = _rtl(net, fw, n_rtl, work / f"rtl_{name}")
-    return {
+    entry = {
         "name": name,
         "frontend": frontend,
         "vectors": len(x),
@@ -126,6 +126,8 @@ def _measure(name, frontend, net, source, csim, n, n_rtl, work: Path) -> dict:
         "formats": {t: s.fixed.hls_type() for t, s in net.tensors.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    log.info("%s done: %s", name, json.dumps({k: v for k, v in entry.items() if k != "formats"}))
+    return entry
 
 
 def main() -> int:
