@@ -38,6 +38,7 @@ from l1forge.models.qkeras_import import (
 )
 from l1forge.models.vectors import bitexact_vectors
 
+MODELS = ("jet_tagger", "jet_tagger_modelgraph", "torch_mlp")
 BEAT_BITS = 64
 LATENCY = 2
 
@@ -71,15 +72,16 @@ def _pytorch(work: Path):
     return hm, source
 
 
-def _rtl(net, fw: Path, n: int, work: Path) -> int:
+def _rtl(net, fw: Path, n: int, work: Path, simulators: list[str]) -> int:
     """Mismatching outputs over Icarus and Verilator runs of ``n`` vectors + corners each."""
+    work.mkdir(parents=True, exist_ok=True)
     spec = packing.packing_from_qnet(net, BEAT_BITS)
     x = bench_vectors(net, n, seed=2026)
     out_b = packing.pack(Emulator(net).run(x), spec.output)
     vec = work / "rtl.npz"
     np.savez(vec, in_bytes=packing.pack(x, spec.input), expected=out_b, out_bytes=out_b.shape[1])
     bad = 0
-    for simulator in ("icarus", "verilator"):
+    for simulator in simulators:
         sim = build_sim(fw, simulator, "trigger", work / f"build_{simulator}")
         tdir = work / f"run_{simulator}"
         env = {
@@ -97,7 +99,8 @@ def _rtl(net, fw: Path, n: int, work: Path) -> int:
     return bad
 
 
-def _measure(name, frontend, net, source, csim, n, n_rtl, work: Path) -> dict:
+def _measure(name, frontend, net, source, csim, args, work: Path) -> dict:
+    n, n_rtl = args.vectors, args.rtl_vectors
     log = logging.getLogger("import")
     t0 = time.perf_counter()
     x = bitexact_vectors(net, n, seed=7)
@@ -109,7 +112,7 @@ def _measure(name, frontend, net, source, csim, n, n_rtl, work: Path) -> dict:
     fw = work / f"fw_{name}"
     manifest = build(net, fw, BuildOptions(latency_cycles=LATENCY, beat_bits=BEAT_BITS, hls=False))
     rep = report(fw)
-    rtl_bad = _rtl(net, fw, n_rtl, work / f"rtl_{name}")
+    rtl_bad = _rtl(net, fw, n_rtl, work / f"rtl_{name}", args.simulators)
     entry = {
         "name": name,
         "frontend": frontend,
@@ -117,6 +120,7 @@ def _measure(name, frontend, net, source, csim, n, n_rtl, work: Path) -> dict:
         "bit_exact_vs_source": vs_src == 0,
         "source_mismatches": vs_src,
         "bit_exact_vs_hls4ml_csim": vs_csim == 0,
+        "rtl_simulators": args.simulators,
         "rtl_vectors_per_simulator": n_rtl + len(bench_vectors(net, 0)),
         "rtl_mismatches": rtl_bad,
         "lut": rep["resources"]["lut"],
@@ -130,61 +134,59 @@ def _measure(name, frontend, net, source, csim, n, n_rtl, work: Path) -> dict:
     return entry
 
 
+def _models(args: argparse.Namespace, work: Path):
+    """(name, frontend, IR, source predict, C-sim predict) of each selected model."""
+    fmt = parse_format(JET_TAGGER_INPUT_FORMAT)
+    if "jet_tagger" in args.models:
+        seq = jet_tagger(seed=1, epochs=1)
+        net = import_qkeras(seq, fmt, name="jet_tagger")
+        ref = reference_model(seq)
+        hm = hls.compile_csim(hls.from_qnet(net, work / "jet_ir_hls"))  # written from the IR
+        lsb = net.output_specs[0].fixed.lsb
+        yield (
+            "jet_tagger",
+            "qkeras",
+            net,
+            lambda xf: reference_predict(ref, xf),
+            lambda x, xf: hls.predict_qnet(hm, net, x) * lsb,
+        )
+    if "jet_tagger_modelgraph" in args.models:
+        fun = jet_tagger(seed=2, epochs=1, functional=True)
+        src = hls.compile_csim(convert_keras(fun, fmt, work / "jet_mg", project_name="jet_mg"))
+        ref_f = reference_model(fun)
+        yield (
+            "jet_tagger_modelgraph",
+            "hls4ml-keras",
+            import_modelgraph(src, name="jet_tagger_modelgraph"),
+            lambda xf: reference_predict(ref_f, xf),
+            lambda x, xf: hls.predict(src, xf),
+        )
+    if "torch_mlp" in args.models:
+        pt, torch_fn = _pytorch(work)
+        pt = hls.compile_csim(pt)
+        yield (
+            "torch_mlp",
+            "hls4ml-pytorch",
+            import_modelgraph(pt, name="torch_mlp"),
+            torch_fn,
+            lambda x, xf: hls.predict(pt, xf),
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--vectors", type=int, default=100_000, help="source / C-sim vectors")
     ap.add_argument("--rtl-vectors", type=int, default=5_000, help="RTL vectors per simulator")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--simulators", nargs="+", default=["icarus", "verilator"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    fmt = parse_format(JET_TAGGER_INPUT_FORMAT)
-    models = []
     with tempfile.TemporaryDirectory(prefix="l1f-import-") as tmp:
         work = Path(tmp)
-        seq = jet_tagger(seed=1, epochs=1)
-        net = import_qkeras(seq, fmt, name="jet_tagger")
-        ref = reference_model(seq)
-        hm = hls.compile_csim(hls.from_qnet(net, work / "jet_ir_hls"))
-        models.append(
-            _measure(
-                "jet_tagger",
-                "qkeras",
-                net,
-                lambda xf, r=ref: reference_predict(r, xf),
-                lambda x, xf, h=hm, q=net: hls.predict_qnet(h, q, x) * q.output_specs[0].fixed.lsb,
-                args.vectors,
-                args.rtl_vectors,
-                work,
-            )
-        )
-        fun = jet_tagger(seed=2, epochs=1, functional=True)
-        src = hls.compile_csim(convert_keras(fun, fmt, work / "jet_mg", project_name="jet_mg"))
-        ref_f = reference_model(fun)
-        models.append(
-            _measure(
-                "jet_tagger_modelgraph",
-                "hls4ml-keras",
-                import_modelgraph(src, name="jet_tagger_modelgraph"),
-                lambda xf, r=ref_f: reference_predict(r, xf),
-                lambda x, xf, h=src: hls.predict(h, xf),
-                args.vectors,
-                args.rtl_vectors,
-                work,
-            )
-        )
-        pt, torch_fn = _pytorch(work)
-        pt = hls.compile_csim(pt)
-        models.append(
-            _measure(
-                "torch_mlp",
-                "hls4ml-pytorch",
-                import_modelgraph(pt, name="torch_mlp"),
-                torch_fn,
-                lambda x, xf, h=pt: hls.predict(h, xf),
-                args.vectors,
-                args.rtl_vectors,
-                work,
-            )
-        )
+        models = [
+            _measure(name, frontend, net, source, csim, args, work)
+            for name, frontend, net, source, csim in _models(args, work)
+        ]
     out = {
         "benchmark": "import",
         "network_source": "built here: tutorial-style jet tagger and a PyTorch MLP, trained "
