@@ -18,6 +18,7 @@ import logging
 import sys
 import tempfile
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,8 @@ def main() -> int:
     ap.add_argument("--simulators", nargs="+", default=["icarus", "verilator"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    with tempfile.TemporaryDirectory(prefix="l1f-import-") as tmp:
+    # hls4ml's converters print their topology: keep stdout for the one JSON object
+    with tempfile.TemporaryDirectory(prefix="l1f-import-") as tmp, redirect_stdout(sys.stderr):
         work = Path(tmp)
         models = [
             _measure(name, frontend, net, source, csim, args, work)
