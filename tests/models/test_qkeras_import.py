@@ -110,7 +110,12 @@ def test_refuses_softmax_and_says_to_drop_it():
     model = tf.keras.Sequential(
         [
             tf.keras.Input((4,)),
-            QDense(3, kernel_quantizer=qbits(6, 0), bias_quantizer=qbits(6, 0), name="fc"),
+            QDense(
+                3,
+                kernel_quantizer=qbits(6, 0, alpha=1),
+                bias_quantizer=qbits(6, 0, alpha=1),
+                name="fc",
+            ),
             tf.keras.layers.Activation("softmax", name="sm"),
         ]
     )
@@ -149,7 +154,9 @@ def test_refuses_non_power_of_two_batchnorm_and_float_alpha():
 def test_refuses_graphs_that_are_not_chains():
     tf, _, QDense, qbits, _ = _q()
     x = tf.keras.Input((4,))
-    a = QDense(4, kernel_quantizer=qbits(6, 0), bias_quantizer=qbits(6, 0), name="a")(x)
+    a = QDense(
+        4, kernel_quantizer=qbits(6, 0, alpha=1), bias_quantizer=qbits(6, 0, alpha=1), name="a"
+    )(x)
     y = tf.keras.layers.Add(name="skip")([a, x])
     with pytest.raises(UnsupportedModelError) as e:
         import_qkeras(tf.keras.Model(x, y), FMT)
