@@ -8,7 +8,6 @@ written.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 from l1forge import __version__
 from l1forge.errors import L1ForgeError
 from l1forge.firmware import packing, verilog, wrappers
+from l1forge.models.hls import DEFAULT_PART, write_hls_project
 from l1forge.models.qnet import QNet
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class BuildOptions:
     hls: bool = True
     lint: bool = True
     n_check: int = 20000
+    hls_csim_vectors: int = 2000
+    part: str = DEFAULT_PART
 
 
 def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -> dict[str, Any]:
@@ -125,27 +127,24 @@ def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -
             "interpreter_vectors_checked": rtl.vectors_checked,
         },
         "lint": {"verilator_wall": opts.lint, "icarus_g2005": opts.lint},
-        "hls": _write_hls(net, out) if opts.hls else {"written": False, "reason": "--no-hls"},
+        "hls": _write_hls(net, out, opts, rtl.clock_mhz)
+        if opts.hls
+        else {"written": False, "reason": "--no-hls"},
         "provenance": net.provenance,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
-def _write_hls(net: QNet, out: Path) -> dict[str, Any]:
-    """Call the models part's hls4ml writer when it exists; otherwise say so in the manifest."""
-    try:
-        hls = importlib.import_module("l1forge.models.hls")
-    except ModuleNotFoundError as exc:
-        if exc.name != "l1forge.models.hls":
-            raise
-        log.warning("l1forge.models.hls is not available: no hls4ml project written")
-        return {"written": False, "reason": "l1forge.models.hls not available in this build"}
-    writer = getattr(hls, "write_hls_project", None)
-    if writer is None:
-        return {"written": False, "reason": "l1forge.models.hls has no write_hls_project"}
-    path = writer(net, out / "hls")
-    return {"written": True, "path": str(Path(path).relative_to(out)) if path else "hls"}
+def _write_hls(net: QNet, out: Path, opts: BuildOptions, clock_mhz: float) -> dict[str, Any]:
+    """The hls4ml project of ``net`` in ``hls/``, its C-sim compared with the emulator."""
+    from l1forge.models.vectors import bitexact_vectors
+
+    x = bitexact_vectors(net, opts.hls_csim_vectors, seed=3) if opts.hls_csim_vectors else None
+    entry = write_hls_project(
+        net, out / "hls", part=opts.part, clock_period_ns=1000.0 / clock_mhz, csim_vectors=x
+    )
+    return {**entry, "path": "hls"}
 
 
 def load_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""`l1forge firmware build|report|patterns`: firmware folders from a qnet IR, their reports,
-and pattern files (packed input and expected output words) for board tests."""
+"""`l1forge firmware build|report|hls-build|patterns`: firmware folders from a qnet IR, their
+reports, and pattern files (packed input and expected output words) for board tests."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ def register(subparsers: Any) -> None:
     b.add_argument("--clock-mhz", type=float, default=40.0, help="clock frequency (MHz)")
     b.add_argument("--axis-beat-bits", type=int, default=64, help="AXI-stream TDATA width")
     b.add_argument("--no-hls", action="store_true", help="do not write the hls4ml project")
+    b.add_argument(
+        "--hls-csim-vectors",
+        type=int,
+        default=2000,
+        help="vectors for the hls4ml C-sim vs emulator check (0: write the project only)",
+    )
+    b.add_argument("--part", default=None, help="FPGA part of the hls4ml project")
     b.add_argument("--no-lint", action="store_true", help="skip Verilator/Icarus checks")
     b.add_argument(
         "--check-vectors",
@@ -57,6 +64,11 @@ def register(subparsers: Any) -> None:
     c.add_argument("--qnet", help="qnet IR to emulate the input pattern with")
     c.set_defaults(func=_patterns_compare)
 
+    h = sub.add_parser("hls-build", help="run Vitis HLS synthesis of DIR's hls4ml project")
+    h.add_argument("dir", help="folder written by `l1forge firmware build` (or its hls/)")
+    h.add_argument("--timeout", type=float, default=4 * 3600.0, help="synthesis timeout (s)")
+    h.set_defaults(func=_hls_build)
+
 
 def _build(args: argparse.Namespace) -> int:
     from l1forge.errors import ConfigError
@@ -65,6 +77,9 @@ def _build(args: argparse.Namespace) -> int:
 
     if args.check_vectors < 0:
         raise ConfigError("--check-vectors must be >= 0")
+    if args.hls_csim_vectors < 0:
+        raise ConfigError("--hls-csim-vectors must be >= 0")
+    part = {"part": args.part} if args.part else {}
     net = load(args.qnet)
     manifest = build(
         net,
@@ -76,6 +91,8 @@ def _build(args: argparse.Namespace) -> int:
             hls=not args.no_hls,
             lint=not args.no_lint,
             n_check=args.check_vectors,
+            hls_csim_vectors=args.hls_csim_vectors,
+            **part,
         ),
     )
     keys = ("name", "latency_cycles", "clock_mhz", "latency_ns", "initiation_interval", "hls")
@@ -146,3 +163,11 @@ def _patterns_compare(args: argparse.Namespace) -> int:
         print(f"l1forge firmware patterns compare: {line}", file=sys.stderr)
     print(json.dumps(result.to_json() | {"captured": args.captured}))
     return 0 if result.ok else 1
+
+
+def _hls_build(args: argparse.Namespace) -> int:
+    from l1forge.firmware.hls_build import hls_build
+
+    out = hls_build(args.dir, timeout=args.timeout)
+    print(json.dumps(out))
+    return 0

@@ -17,6 +17,7 @@ from l1forge.errors import L1ForgeError
 PARTS = [
     ("sim", "l1forge.sim.cli"),
     ("train", "l1forge.models.cli"),
+    ("import", "l1forge.models.import_cli"),
     ("firmware", "l1forge.firmware.cli"),
     ("online", "l1forge.online.control.cli"),
     ("codesign", "l1forge.offline.cli"),

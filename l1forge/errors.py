@@ -15,3 +15,11 @@ class DataFormatError(L1ForgeError, ValueError):
 
 class MissingToolError(L1ForgeError, RuntimeError):
     """An external tool (simulator, synthesizer) is missing; the message says how to install it."""
+
+
+class UnsupportedModelError(L1ForgeError, ValueError):
+    """A model cannot be imported: the message names the layer, its type and what is supported."""
+
+
+class BitExactnessError(L1ForgeError, AssertionError):
+    """Two implementations that must agree bit for bit (emulator, C-sim, RTL) do not."""

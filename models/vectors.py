@@ -17,9 +17,11 @@ from l1forge.models.qnet import QNet
 
 
 def _scale_layer(net: QNet):
-    """The input scaling layer when the network starts with one, else None."""
+    """The input scaling layer when the network starts with one reading its input, else None."""
     first = net.layers[0] if net.layers else None
-    return first if first is not None and first.op == "scale" else None
+    if first is None or first.op != "scale" or first.input != net.inputs[0]:
+        return None
+    return first
 
 
 def rest_point(net: QNet) -> np.ndarray:
@@ -72,7 +74,7 @@ def extreme_vectors(net: QNet, n_mixed: int = 256, seed: int = 0) -> np.ndarray:
         np.fill_diagonal(one_hot, v)
         rows += list(one_hot)
     choices = [lo, hi, 0]
-    scale = [lay for lay in net.layers if lay.op == "scale"]
+    scale = [lay for lay in net.layers if lay.op == "scale" and lay.input == net.inputs[0]]
     rng = np.random.default_rng(seed)
     mixed = rng.choice(np.array(choices), (n_mixed, size))
     if scale:

@@ -22,3 +22,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                 f"{marker} test skipped under CI (set-up did not install {tool}): {report.longrepr}"
             )
             return
+
+
+@pytest.fixture(scope="session")
+def jet_tagger_models():
+    """The hls4ml tutorial jet tagger (Sequential and functional), trained one epoch each."""
+    from l1forge.models.examples import jet_tagger
+
+    return {
+        "sequential": jet_tagger(seed=1, epochs=1),
+        "functional": jet_tagger(seed=2, epochs=1, functional=True),
+    }
+
+
+@pytest.fixture(scope="session")
+def jet_tagger_ir(jet_tagger_models):
+    """The Sequential jet tagger imported from QKeras with the tutorial's input format."""
+    from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT
+    from l1forge.models.qkeras_import import import_qkeras, parse_format
+
+    model = jet_tagger_models["sequential"]
+    return import_qkeras(model, parse_format(JET_TAGGER_INPUT_FORMAT), name="jet_tagger")
