@@ -16,7 +16,6 @@ from l1forge.models.qnet import load
 from l1forge.models.vectors import bitexact_vectors
 
 
-
 def _codesign_ir():
     import torch
 
