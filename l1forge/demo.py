@@ -89,28 +89,13 @@ def online_stage(out: Path, data: Path, qnet: Path, n_events: int) -> dict[str, 
 def menu_stage(out: Path, data: Path, qnet: Path) -> dict[str, Any]:
     """The embedded default run's menu, calibrated on the demo's minimum-bias events, and its
     table of rates and signal efficiencies (printed by the `rates` stage)."""
-    import math
-
     from l1forge.online.config import load_run_config
-    from l1forge.online.datapath.menu import Menu, Seed, default_menu
+    from l1forge.online.datapath.menu import configured_menu
 
     cfg = load_run_config(
         None, {"source.paths": [str(data / "background.h5")], "backend.models": {"ad": str(qnet)}}
-    ).menu
-    if cfg.seeds is None:
-        template_menu = default_menu("ad", None, input_rate_hz=cfg.input_rate_hz)
-    else:
-        seeds = tuple(
-            Seed(
-                s.name,
-                s.model,
-                threshold=math.inf if s.threshold is None else s.threshold,
-                prescale=s.prescale,
-                target_rate_hz=s.target_rate_hz,
-            )
-            for s in cfg.seeds
-        )
-        template_menu = Menu(seeds, cfg.input_rate_hz)
+    )
+    template_menu = configured_menu(cfg)
     folder = out / "menu"
     folder.mkdir(parents=True, exist_ok=True)
     template = folder / "menu_template.json"

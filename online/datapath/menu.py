@@ -303,26 +303,31 @@ def zero_bias_scores(models: Mapping[str, str], path: str | Path) -> dict[str, n
     return out
 
 
-def build_menu(cfg: RunConfig) -> Menu:
-    """The run's menu: configured seeds (or the default menu), thresholds calibrated from
-    `target_rate_hz` on the calibration file (or the replay file) where none is given."""
+def configured_menu(cfg: RunConfig) -> Menu:
+    """The run's seeds as configured (or the default menu), thresholds not yet calibrated."""
     models = cfg.backend.models
     if cfg.menu.seeds is None:
         ad = "ad" if "ad" in models else next(iter(models))
         cls = "classifier" if "classifier" in models else None
-        menu = default_menu(ad, cls, input_rate_hz=cfg.menu.input_rate_hz)
-    else:
-        seeds = tuple(
-            Seed(
-                s.name,
-                s.model,
-                threshold=math.inf if s.threshold is None else s.threshold,
-                prescale=s.prescale,
-                target_rate_hz=s.target_rate_hz,
-            )
-            for s in cfg.menu.seeds
+        return default_menu(ad, cls, input_rate_hz=cfg.menu.input_rate_hz)
+    seeds = tuple(
+        Seed(
+            s.name,
+            s.model,
+            threshold=math.inf if s.threshold is None else s.threshold,
+            prescale=s.prescale,
+            target_rate_hz=s.target_rate_hz,
         )
-        menu = Menu(seeds, cfg.menu.input_rate_hz)
+        for s in cfg.menu.seeds
+    )
+    return Menu(seeds, cfg.menu.input_rate_hz)
+
+
+def build_menu(cfg: RunConfig) -> Menu:
+    """The run's menu: configured seeds (or the default menu), thresholds calibrated from
+    `target_rate_hz` on the calibration file (or the replay file) where none is given."""
+    models = cfg.backend.models
+    menu = configured_menu(cfg)
     menu.check_models(models)
     todo = [s.target_rate_hz is not None and s.threshold == math.inf for s in menu.seeds]
     if not any(todo):
