@@ -15,10 +15,9 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge
 
 from l1forge.firmware import packing, patterns
+from l1forge.firmware.bench_trigger import start_and_reset
 
 
 @cocotb.test()
@@ -28,14 +27,7 @@ async def replay_pattern(dut) -> None:
     spec = packing.load(Path(inp.path).parent / inp.header["packing"])
     latency = int(os.environ["L1F_LATENCY"])
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    fall = FallingEdge(dut.clk)
-    dut.rst.value = 1
-    dut.in_valid.value = 0
-    dut.in_data.value = 0
-    for _ in range(2):
-        await fall
-    dut.rst.value = 0
+    fall = await start_and_reset(dut)
 
     n = len(inp.words)
     valid_out = np.zeros(n + latency, dtype=bool)

@@ -24,6 +24,20 @@ from cocotb.triggers import FallingEdge
 from l1forge.firmware import packing
 
 
+async def start_and_reset(dut) -> FallingEdge:
+    """Start the 100 MHz bench clock and hold reset for two cycles with the input idle;
+    returns the falling-edge trigger the drivers step on."""
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    fall = FallingEdge(dut.clk)
+    dut.rst.value = 1
+    dut.in_valid.value = 0
+    dut.in_data.value = 0
+    for _ in range(2):
+        await fall
+    dut.rst.value = 0
+    return fall
+
+
 @cocotb.test()
 async def trigger_stream(dut) -> None:
     """Stream every vector through the wrapper and compare each output with the expectation."""
@@ -36,14 +50,7 @@ async def trigger_stream(dut) -> None:
     rng = np.random.default_rng(int(os.environ.get("L1F_SEED", "0")))
     n = len(ins)
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    fall = FallingEdge(dut.clk)
-    dut.rst.value = 1
-    dut.in_valid.value = 0
-    dut.in_data.value = 0
-    for _ in range(2):
-        await fall
-    dut.rst.value = 0
+    fall = await start_and_reset(dut)
 
     queue = deque(range(n))
     pipe: list[int | None] = [None] * latency
