@@ -13,7 +13,6 @@ to events by order of their valid lines (fixed latency, no reordering).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from l1forge.errors import DataFormatError
+from l1forge.fileio import sha256_file
 from l1forge.firmware import packing
 from l1forge.firmware.packing import BusLayout, PackingSpec
 
@@ -63,10 +63,6 @@ class Pattern:
 
 def hex_digits(bits: int) -> int:
     return max(1, -(-bits // 4))
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_pattern(
@@ -201,9 +197,9 @@ def write_patterns(
         emu.close()
     header: dict[str, Any] = {
         "network": net.name,
-        "qnet_sha256": file_sha256(qnet_path),
+        "qnet_sha256": sha256_file(qnet_path),
         "packing": PACKING_FILE,
-        "packing_sha256": file_sha256(spec_path),
+        "packing_sha256": sha256_file(spec_path),
         "events": len(x),
     }
     if source:
@@ -290,7 +286,7 @@ def compare_emulator(
     from l1forge.models import qnet
     from l1forge.models.emulator import Emulator
 
-    sha = file_sha256(qnet_path)
+    sha = sha256_file(qnet_path)
     inp = read_pattern(input_path, "input")
     spec = _spec_beside(inp)
     check_header(inp, sha, spec.input, inp.header["packing_sha256"])
@@ -312,6 +308,6 @@ def _spec_beside(p: Pattern) -> PackingSpec:
     path = p.path.parent / p.header["packing"]
     if not path.is_file():
         raise DataFormatError(f"{p.path}: its packing JSON {path.name} is not beside it")
-    if file_sha256(path) != p.header["packing_sha256"]:
+    if sha256_file(path) != p.header["packing_sha256"]:
         raise DataFormatError(f"{p.path}: {path} does not match the sha256 in its header")
     return packing.load(path)

@@ -13,7 +13,7 @@ import sys
 from l1forge import __version__
 from l1forge.errors import L1ForgeError
 
-# (command, module that defines `register(subparsers)`); a part whose module is absent is skipped.
+# (command, module that defines `register(subparsers)`); every part ships in this distribution.
 PARTS = [
     ("sim", "l1forge.sim.cli"),
     ("train", "l1forge.models.cli"),
@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for _name, module_name in PARTS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

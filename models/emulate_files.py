@@ -12,7 +12,6 @@ output files themselves are written and read by ``models.emulation_output``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from l1forge.errors import ConfigError, DataFormatError
+from l1forge.fileio import sha256_file
 from l1forge.models import qnet
 from l1forge.models.emulation_output import (
     OUTPUT_FORMAT,
@@ -58,11 +58,6 @@ class Model:
     sha256: str
 
 
-def ir_sha256(path: str | Path) -> str:
-    """The sha256 of an IR JSON file (it holds the checksum of its arrays, so covers both)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_models(specs: Sequence[str]) -> list[Model]:
     """Models from ``NAME=IR.json`` (or a bare ``IR.json``, named after the network)."""
     if not specs:
@@ -80,7 +75,7 @@ def load_models(specs: Sequence[str]) -> list[Model]:
             )
         if any(m.name == name for m in models):
             raise ConfigError(f"model {name!r} is given twice")
-        models.append(Model(name, Path(path), net, ir_sha256(path)))
+        models.append(Model(name, Path(path), net, sha256_file(path)))
     return models
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from l1forge.cli import main
+from l1forge.fileio import sha256_file
 from l1forge.firmware import packing, patterns
 from l1forge.firmware.sim import run_bench
 from l1forge.firmware.vectors import bench_vectors
@@ -36,7 +37,7 @@ def written(bench_net, firmware_dir, tmp_path_factory):
 def test_expected_pattern_holds_the_emulator_outputs(written, bench_net):
     exp = patterns.read_pattern(written["expected"], "output")
     inp = patterns.read_pattern(written["input"], "input")
-    assert exp.header["qnet_sha256"] == patterns.file_sha256(written["ir"])
+    assert exp.header["qnet_sha256"] == sha256_file(written["ir"])
     assert inp.bus_bits == written["spec"].input.bits and exp.valid.all()
     y = Emulator(bench_net).run(written["x"])
     assert exp.valid_words() == patterns.words_of(y, written["spec"].output)
