@@ -9,7 +9,8 @@ the topic of each message of its topic; decoding (and counting what fails) is th
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +46,36 @@ class TapSubscriber:
             raise
 
     def messages(
-        self, stop: threading.Event, *, poll_ms: int = 100, drain: bool = False
+        self,
+        stop: threading.Event,
+        *,
+        poll_ms: int = 100,
+        drain: bool = False,
+        pending: Callable[[], bool] | None = None,
+        idle_s: float = 2.0,
     ) -> Iterator[list[Any]]:
-        """The frames after the topic of every message of this topic until ``stop`` is set;
-        with ``drain`` the messages already queued then are taken before returning."""
+        """The frames after the topic of every message of this topic until ``stop`` is set.
+
+        With ``drain`` the messages already queued then are taken before returning; with
+        ``pending`` as well, the subscriber keeps waiting while ``pending()`` is true for
+        messages still on their way, until ``idle_s`` pass without one.
+        """
+        idle_since = 0.0
         while True:
             stopping = stop.is_set()
             if stopping and not drain:
                 return
-            if not self.socket.poll(0 if stopping else poll_ms):
-                if stopping:
+            waiting = stopping and pending is not None and pending()
+            if not self.socket.poll(0 if stopping and not waiting else poll_ms):
+                if not stopping:
+                    continue
+                if not waiting:
+                    return
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > idle_s:
                     return
                 continue
+            idle_since = 0.0
             frames = self.socket.recv_multipart(copy=False)
             if frames[0].bytes == self.topic:
                 yield frames[1:]

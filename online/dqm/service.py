@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import zmq
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.online.datapath.tap import TapSubscriber
 from l1forge.online.datapath.wire import TOPIC_MONITOR, ResultBatch, WireError, decode_results
 from l1forge.online.dqm.config import DQMConfig, load_config
 from l1forge.online.dqm.monitor import DQMMonitor, DQMRunResult, compared_values
@@ -128,47 +128,33 @@ class DQMService:
         return self.result
 
     def _loop(self) -> None:
-        from l1forge.online.security import connect_client
-
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 256)
         try:
-            connect_client(sub, self.endpoint, self._curve_keys)
-            sub.setsockopt(zmq.SUBSCRIBE, TOPIC_MONITOR)
-            self._subscribed.set()
-            idle_since = 0.0
-            while True:
-                stopping = self._stop.is_set()
-                # when stopping, take what is queued and what the run published still on its
-                # way, then leave
-                waiting = stopping and self._received < self._expected
-                if not sub.poll(0 if stopping and not waiting else POLL_MS):
-                    if not stopping:
-                        continue
-                    idle_since = idle_since or time.monotonic()
-                    if not waiting:
-                        break
-                    if time.monotonic() - idle_since > DRAIN_IDLE_S:
-                        log.warning(
-                            "DQM: %d of the run's %d tap messages arrived (the tap drops a slow "
-                            "subscriber's messages)",
-                            self._received,
-                            self._expected,
-                        )
-                        break
-                    continue
-                idle_since = 0.0
-                frames = sub.recv_multipart(copy=False)
-                if frames[0].bytes == TOPIC_MONITOR:
+            with TapSubscriber(
+                self.endpoint, TOPIC_MONITOR, context=self._ctx, keys=self._curve_keys, rcvhwm=256
+            ) as tap:
+                self._subscribed.set()
+                # when stopping, take what is queued and what the run published still on its way
+                for frames in tap.messages(
+                    self._stop,
+                    poll_ms=POLL_MS,
+                    drain=True,
+                    pending=lambda: self._received < self._expected,
+                    idle_s=DRAIN_IDLE_S,
+                ):
                     self._received += 1
-                    self.handle(frames[1:])
+                    self.handle(frames)
+            if self._received < self._expected:
+                log.warning(
+                    "DQM: %d of the run's %d tap messages arrived (the tap drops a slow "
+                    "subscriber's messages)",
+                    self._received,
+                    self._expected,
+                )
         except (zmq.ZMQError, L1ForgeError, OSError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("DQM service: %s", self.error)
         finally:
             self._subscribed.set()
-            sub.close(0)
 
     # ---- one message -----------------------------------------------------------------------
     def _reject(self, reason: str) -> None:
