@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from l1forge.models.emulator import Emulator
     from l1forge.online.dqm.config import load_config
-    from l1forge.online.dqm.monitor import DQMMonitor, DQMReference, compared_values
+    from l1forge.online.dqm.histograms import DQMReference, compared_values
+    from l1forge.online.dqm.monitor import DQMMonitor
     from l1forge.sim import faults
 
     t_start = time.perf_counter()

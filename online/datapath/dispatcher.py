@@ -17,12 +17,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.online.datapath.inflight import Broadcast, InFlightBatch, WorkerRecord
 from l1forge.online.datapath.protocol import (
     C_FAILED,
     C_NACK,
@@ -77,41 +77,6 @@ def is_sampled(first_seq: int, fraction: float) -> bool:
     return h / 2.0**64 < fraction
 
 
-@dataclass
-class _Worker:
-    ident: bytes
-    name: str
-    pid: int
-    host: str
-    credits: int
-    last_seen: float
-    configured: bool = False
-    inflight: set[int] = field(default_factory=set)
-    n_done: int = 0
-    n_sent: int = 0
-    n_bad: int = 0
-
-
-@dataclass
-class _Entry:
-    first_seq: int
-    n_events: int
-    frames: list  # wire frames of the batch (zmq.Frame, re-sendable)
-    t_source: float
-    worker: bytes | None
-    attempts: int = 0
-    avoid: set[bytes] = field(default_factory=set)  # workers whose result was unreadable
-
-
-@dataclass
-class _Broadcast:
-    token: int
-    frames: list
-    waiting: set[bytes]
-    answers: dict[str, dict] = field(default_factory=dict)
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 class Dispatcher:
     """Runs in its own thread (`run`); other threads use `broadcast_*`, `status`, `request_stop`."""
 
@@ -158,11 +123,11 @@ class Dispatcher:
         self.collector.setsockopt(zmq.SNDHWM, 0)
         self.collector.setsockopt(zmq.RCVHWM, 0)
         self.collector.bind(collector_endpoint)
-        self.workers: dict[bytes, _Worker] = {}
-        self.inflight: dict[int, _Entry] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.inflight: dict[int, InFlightBatch] = {}
         self.redeliver: deque[int] = deque()
         self.commands: queue.Queue = queue.Queue()
-        self._broadcasts: dict[int, _Broadcast] = {}
+        self._broadcasts: dict[int, Broadcast] = {}
         self._token = 0
         self._lock = threading.Lock()  # guards the counters read by status()
         self.source_range: tuple[int, int] | None = None  # [first_seq, end_seq) once ended
@@ -197,7 +162,7 @@ class Dispatcher:
         with self._lock:
             self._token += 1
             token = self._token
-        b = _Broadcast(token, frames, set())
+        b = Broadcast(token, frames, set())
         self.commands.put(("broadcast", b, update))
         if not b.done.wait(timeout_s):
             raise DispatcherError(f"no answer from workers within {timeout_s} s: {b.waiting}")
@@ -276,7 +241,7 @@ class Dispatcher:
             self.source_in.close(0)
             self.collector.close(0)
 
-    def _free(self, avoid: set[bytes] | frozenset = frozenset()) -> _Worker | None:
+    def _free(self, avoid: set[bytes] | frozenset = frozenset()) -> WorkerRecord | None:
         """The configured worker with the most free credits, ties to the one sent the least
         (None when all credits are taken). Workers in `avoid` (they returned an unreadable
         result for this batch) are used only when no other worker is left."""
@@ -297,7 +262,7 @@ class Dispatcher:
             log.warning("cannot send to worker %r: %s", ident, exc)
             return False
 
-    def _dispatch(self, entry: _Entry) -> None:
+    def _dispatch(self, entry: InFlightBatch) -> None:
         w = self._free(entry.avoid)
         assert w is not None
         if not self._send(w.ident, [D_BATCH, *entry.frames]):
@@ -325,7 +290,7 @@ class Dispatcher:
             log.info("source ended: sequence numbers %s", self.source_range)
             return
         t_source, first_seq, n = SOURCE_META.unpack(frames[1].bytes)
-        self._dispatch(_Entry(first_seq, n, frames[2:], t_source, None))
+        self._dispatch(InFlightBatch(first_seq, n, frames[2:], t_source, None))
 
     def _redeliver_one(self) -> bool:
         """Send the first requeued batch again; False when no suitable worker has a credit."""
@@ -415,7 +380,7 @@ class Dispatcher:
             elif kind != W_HEARTBEAT:
                 log.warning("worker %s sent an unknown message %r", w.name, kind[:16])
 
-    def _result(self, w: _Worker | None, frames: list, kind: bytes) -> None:
+    def _result(self, w: WorkerRecord | None, frames: list, kind: bytes) -> None:
         seq = U64.unpack(frames[0].bytes)[0]
         entry = self.inflight.get(seq)
         t_source = entry.t_source if entry is not None else 0.0
@@ -442,7 +407,7 @@ class Dispatcher:
         old = self.workers.get(ident)
         if old is not None:  # it restarted: what it held is lost with it
             self._declare_dead(old, "re-registered")
-        w = _Worker(
+        w = WorkerRecord(
             ident=ident,
             name=str(info.get("name", ident.hex())),
             pid=int(info.get("pid", 0)),
@@ -455,7 +420,7 @@ class Dispatcher:
         log.info("worker %s (pid %d on %s) connected", w.name, w.pid, w.host or "?")
         self._send(ident, self.setup.frames())
 
-    def _configured(self, w: _Worker, info: dict) -> None:
+    def _configured(self, w: WorkerRecord, info: dict) -> None:
         if "error" in info:
             log.error("worker %s cannot load the run setup: %s", w.name, info["error"])
             with self._lock:
@@ -465,7 +430,7 @@ class Dispatcher:
         log.info("worker %s ready: models %s", w.name, info.get("models"))
         self._gauges()
 
-    def _ack(self, w: _Worker, info: dict) -> None:
+    def _ack(self, w: WorkerRecord, info: dict) -> None:
         b = self._broadcasts.get(int(info.get("token", -1)))
         if b is None:
             return
@@ -513,7 +478,7 @@ class Dispatcher:
             else:
                 self._send(w.ident, [D_HEARTBEAT])
 
-    def _declare_dead(self, w: _Worker, why: str) -> None:
+    def _declare_dead(self, w: WorkerRecord, why: str) -> None:
         with self._lock:
             self.workers.pop(w.ident, None)
             self.dead_workers.append(w.name)

@@ -24,7 +24,8 @@ from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.online.datapath.tap import TapSubscriber
 from l1forge.online.datapath.wire import TOPIC_MONITOR, ResultBatch, WireError, decode_results
 from l1forge.online.dqm.config import DQMConfig, load_config
-from l1forge.online.dqm.monitor import DQMMonitor, DQMRunResult, compared_values
+from l1forge.online.dqm.histograms import compared_values
+from l1forge.online.dqm.monitor import DQMMonitor, DQMRunResult
 from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ, to_physical
 
 log = logging.getLogger(__name__)

@@ -21,15 +21,13 @@ from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.wire import ResultBatch, encode_results
 from l1forge.online.dqm.config import default_raw, load_config, make_config
-from l1forge.online.dqm.monitor import (
-    SUMMARY_FORMAT,
-    DQMMonitor,
+from l1forge.online.dqm.histograms import (
     DQMReference,
-    LumisectionClosedError,
     book_histograms,
     compared_values,
     histogram_group,
 )
+from l1forge.online.dqm.monitor import SUMMARY_FORMAT, DQMMonitor, LumisectionClosedError
 from l1forge.online.dqm.service import DQMService, DQMServiceError, seed_matrix
 from l1forge.sim import faults
 from l1forge.sim.dataset import read_events
