@@ -228,6 +228,7 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
             ls += 1
             result = learner.observe(x[i : i + LS_EVENTS], run=1, lumisection=ls) or result
     learn_s = time.perf_counter() - t_learn
+    learner.close()
     if result is None:
         raise RuntimeError(f"{sc.name}: the learner did not adapt (drift not detected)")
     flagged = [

@@ -77,6 +77,7 @@ def main() -> int:
     print("measuring emulator", file=sys.stderr)
     emu_rate, _ = _rate(emu.run_float, x_big, 3)
     y_emu = emu.run_float(x_cmp)
+    emu.close()
     bit_exact = bool(np.array_equal(y_emu, y_hls) and np.array_equal(y_emu, y_qk))
     result = {
         "network": description,

@@ -78,7 +78,8 @@ def _build_and_size(net, fw: Path, cycles: int) -> dict:
 def _bench(fw: Path, net, simulator: str, n: int, work: Path, latency: int) -> dict:
     spec = packing.packing_from_qnet(net, BuildOptions().beat_bits)
     x = bench_vectors(net, n, seed=2024)
-    y = Emulator(net).run(x)
+    with Emulator(net) as emu:
+        y = emu.run(x)
     vec = work / f"{simulator}.npz"
     out_b = packing.pack(y, spec.output)
     np.savez(vec, in_bytes=packing.pack(x, spec.input), expected=out_b, out_bytes=out_b.shape[1])

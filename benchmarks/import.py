@@ -79,7 +79,8 @@ def _rtl(net, fw: Path, n: int, work: Path, simulators: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     spec = packing.packing_from_qnet(net, BEAT_BITS)
     x = bench_vectors(net, n, seed=2026)
-    out_b = packing.pack(Emulator(net).run(x), spec.output)
+    with Emulator(net) as emu:
+        out_b = packing.pack(emu.run(x), spec.output)
     vec = work / "rtl.npz"
     np.savez(vec, in_bytes=packing.pack(x, spec.input), expected=out_b, out_bytes=out_b.shape[1])
     bad = 0
@@ -107,7 +108,8 @@ def _measure(name, frontend, net, source, csim, args, work: Path) -> dict:
     t0 = time.perf_counter()
     x = bitexact_vectors(net, n, seed=7)
     xf = net.input_specs[0].fixed.to_float(x)
-    y = Emulator(net).run_float(x)
+    with Emulator(net) as emu:
+        y = emu.run_float(x)
     vs_src = int(np.count_nonzero(np.any(source(xf) != y, axis=1)))
     vs_csim = int(np.count_nonzero(np.any(csim(x, xf) != y, axis=1)))
     log.info("%s: source/C-sim checked on %d vectors", name, len(x))

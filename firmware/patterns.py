@@ -190,11 +190,8 @@ def write_patterns(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec_path = spec.save(out / PACKING_FILE)
-    emu = Emulator(net)
-    try:
+    with Emulator(net) as emu:
         y = emu.run(np.asarray(x))
-    finally:
-        emu.close()
     header: dict[str, Any] = {
         "network": net.name,
         "qnet_sha256": sha256_file(qnet_path),
@@ -295,11 +292,8 @@ def compare_emulator(
     net = qnet.load(qnet_path)
     n_bytes = -(-spec.input.bits // 8)
     x = packing.unpack(packing.from_ints(inp.valid_words(), n_bytes), spec.input)
-    emu = Emulator(net)
-    try:
+    with Emulator(net) as emu:
         y = emu.run(x)
-    finally:
-        emu.close()
     return compare_words(cap, words_of(y, spec.output), spec.output)
 
 

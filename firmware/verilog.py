@@ -149,7 +149,8 @@ def check_interpreter(
     """Compare alkaid's interpreter with the IR emulator on corners + random vectors; raise if any
     output differs."""
     x = bench_vectors(net, n_random, seed)
-    ref = Emulator(net).run(x)
+    with Emulator(net) as emu:
+        ref = emu.run(x)
     real_x = x.astype(np.float64) * net.input_specs[0].fixed.lsb  # alkaid takes real values
     got = comb.predict(real_x, n_threads=1) * output_scale(net)
     if not np.all(np.isfinite(got)) or np.any(got != np.round(got)):

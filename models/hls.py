@@ -314,7 +314,8 @@ def write_hls_project(
 
         compile_csim(hm)
         got = predict_qnet(hm, net, csim_vectors)
-        want = Emulator(net).run(csim_vectors)
+        with Emulator(net) as emu:
+            want = emu.run(csim_vectors)
         bad = int(np.count_nonzero(np.any(got != want, axis=1)))
         if bad:
             raise BitExactnessError(

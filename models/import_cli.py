@@ -71,7 +71,8 @@ def _qkeras(args: argparse.Namespace) -> int:
         y_src = qi.reference_predict(
             qi.reference_model(model), net.input_specs[0].fixed.to_float(x)
         )
-        bad = int(np.count_nonzero(np.any(y_src != Emulator(net).run_float(x), axis=1)))
+        with Emulator(net) as emu:
+            bad = int(np.count_nonzero(np.any(y_src != emu.run_float(x), axis=1)))
         if bad:
             raise BitExactnessError(
                 f"QKeras and the imported IR differ on {bad} of {len(x)} vectors"
@@ -105,7 +106,8 @@ def _hls4ml(args: argparse.Namespace) -> int:
         if args.csim_vectors:
             x = bitexact_vectors(net, args.csim_vectors, seed=0)
             y_csim = hls.predict(hls.compile_csim(hm), net.input_specs[0].fixed.to_float(x))
-            bad = int(np.count_nonzero(np.any(y_csim != Emulator(net).run_float(x), axis=1)))
+            with Emulator(net) as emu:
+                bad = int(np.count_nonzero(np.any(y_csim != emu.run_float(x), axis=1)))
             if bad:
                 raise BitExactnessError(f"C-sim and the imported IR differ on {bad} of {len(x)}")
             check = {"csim_vectors_checked": len(x), "bit_exact_vs_hls4ml_csim": True}

@@ -126,14 +126,14 @@ def train(
     )
     ir = export_qnet(deploy, name=f"l1forge_{net_cfg.kind}", config=config_to_dict(cfg))
     ir_path = qnet.save(ir, out_dir / "encoder.qnet.json")
-    emu = Emulator(ir)
     out_fixed = ir.output_specs[0].fixed
-    bg_int = emu.run(bg_test)[:, 0]
     sig_test = {
         k: (_split(v, 0.5, tr.seed)[1] if net_cfg.kind == "classifier" else v)
         for k, v in signals.by_process.items()
     }
-    sig_int = {k: emu.run(v)[:, 0] for k, v in sig_test.items()}
+    with Emulator(ir) as emu:
+        bg_int = emu.run(bg_test)[:, 0]
+        sig_int = {k: emu.run(v)[:, 0] for k, v in sig_test.items()}
     summary: dict[str, Any] = {
         "kind": net_cfg.kind,
         "qnet": str(ir_path),
@@ -192,11 +192,8 @@ def load_deploy_model(train_dir: str | Path):
     deploy = networks.deploy_model(cfg.network, scaling, trained)
     ir = qnet.load(d / "encoder.qnet.json")
     x = bitexact_vectors(ir, 4096, seed=0)
-    emu = Emulator(ir)
-    try:
+    with Emulator(ir) as emu:
         want = emu.run_float(x)
-    finally:
-        emu.close()
     got = networks.exact_predict(deploy, x)
     try:
         numpy.testing.assert_array_equal(got, want)

@@ -175,7 +175,8 @@ def _learn(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.max_seconds:
         threading.Timer(args.max_seconds, stop.set).start()
-    counts = run_subscriber(learner, monitor, stop, keys=keys)
+    with learner:
+        counts = run_subscriber(learner, monitor, stop, keys=keys)
     _print(
         {
             **counts,

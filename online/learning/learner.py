@@ -192,6 +192,16 @@ class Learner:
         return sum(len(p) for p in parts)
 
     # ---- stream ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the emulator's worker threads."""
+        self.emulator.close()
+
+    def __enter__(self) -> Learner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def observe(
         self, objects_hw: np.ndarray, *, run: int = 0, lumisection: int = 0
     ) -> AdaptationResult | None:
