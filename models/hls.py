@@ -326,18 +326,26 @@ def write_hls_project(
     return entry
 
 
-def convert(
+def keras_modelgraph(
     model: Any,
     out_dir: str | Path,
-    project_name: str = "l1forge_net",
+    project_name: str,
+    *,
+    bit_exact: bool | None,
+    input_type: str | None = None,
     part: str = DEFAULT_PART,
     clock_period_ns: float = DEFAULT_CLOCK_NS,
 ) -> Any:
-    """Convert a QKeras ``model`` with hls4ml's bit-exact precision propagation and write it."""
+    """hls4ml's conversion of a Keras/QKeras ``model`` (not written): ``bit_exact`` turns on its
+    bit-exact precision propagation (None: hls4ml decides, on only for HGQ proxy models);
+    ``input_type`` sets the input layer's result type."""
     import hls4ml
 
     cfg = hls4ml.utils.config_from_keras_model(model, granularity="name", backend=BACKEND)
-    hm = hls4ml.converters.convert_from_keras_model(
+    if input_type is not None:
+        first = next(iter(cfg["LayerName"]))  # hls4ml lists the input layer first
+        cfg["LayerName"].setdefault(first, {}).setdefault("Precision", {})["result"] = input_type
+    return hls4ml.converters.convert_from_keras_model(
         model,
         hls_config=cfg,
         output_dir=str(out_dir),
@@ -346,7 +354,20 @@ def convert(
         io_type=IO_TYPE,
         part=part,
         clock_period=clock_period_ns,
-        bit_exact=True,
+        bit_exact=bit_exact,
+    )
+
+
+def convert(
+    model: Any,
+    out_dir: str | Path,
+    project_name: str = "l1forge_net",
+    part: str = DEFAULT_PART,
+    clock_period_ns: float = DEFAULT_CLOCK_NS,
+) -> Any:
+    """Convert a QKeras ``model`` with hls4ml's bit-exact precision propagation and write it."""
+    hm = keras_modelgraph(
+        model, out_dir, project_name, bit_exact=True, part=part, clock_period_ns=clock_period_ns
     )
     hm.write()
     log.info("hls4ml project written to %s", out_dir)

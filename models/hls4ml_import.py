@@ -172,22 +172,10 @@ def convert_keras(
     hls4ml 1.3's ``bit_exact=True`` refuses a float input followed by QDense ("unexpected
     input layer chain"); its standard precision inference gives exact dense accumulators.
     """
-    import hls4ml
+    from l1forge.models.hls import keras_modelgraph
 
-    from l1forge.models.hls import BACKEND, IO_TYPE
-
-    cfg = hls4ml.utils.config_from_keras_model(model, granularity="name", backend=BACKEND)
-    first = next(iter(cfg["LayerName"]))  # hls4ml lists the input layer first
-    cfg["LayerName"].setdefault(first, {}).setdefault("Precision", {})["result"] = (
-        input_format.hls_type()
-    )
-    return hls4ml.converters.convert_from_keras_model(
-        model,
-        hls_config=cfg,
-        output_dir=str(out_dir),
-        project_name=project_name,
-        backend=BACKEND,
-        io_type=IO_TYPE,
+    return keras_modelgraph(
+        model, out_dir, project_name, bit_exact=None, input_type=input_format.hls_type()
     )
 
 
