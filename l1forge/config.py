@@ -10,7 +10,9 @@ plain dataclass call; validation happens once, where YAML comes in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from l1forge.errors import ConfigError
 
@@ -104,28 +105,30 @@ _PHRASES = {
 }
 
 
-def _message(err: ErrorDetails) -> tuple[str | None, str]:
-    """(dotted key, reason) of one pydantic error; key None: the reason names its key."""
-    key = dotted(err["loc"])
+def _config_error(exc: ValidationError, prefix: Sequence[int | str]) -> ConfigError:
+    """The first pydantic error as a `ConfigError` that starts with the dotted key."""
+    err = exc.errors()[0]
+    loc = (*prefix, *err["loc"])
     kind, ctx = err["type"], err.get("ctx") or {}
     cause = ctx.get("error")
     if isinstance(cause, ConfigError):  # a __post_init__ check: its message names its key
-        return None, str(cause)
-    if isinstance(cause, KeyedError):
-        return dotted((*err["loc"], *cause.key.split("."))) if cause.key else key, str(cause)
+        return ConfigError(str(cause))
+    if isinstance(cause, KeyedError) and cause.key:
+        loc = (*loc, *cause.key.split("."))
     if isinstance(cause, ValueError):
-        return key, str(cause)
-    if kind in ("missing", "missing_argument"):
-        return key, "missing"
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return key, "unknown key"
-    value = err.get("input")
-    if kind in ("dict_type", "dataclass_type"):
-        return key, f"expected a mapping, got {type(value).__name__}"
-    phrase = _PHRASES.get(kind)
-    reason = phrase.format(**ctx) if phrase else err["msg"]
-    shown = repr(value)
-    return key, f"{reason}, got {shown if len(shown) <= 80 else shown[:76] + ' ...'}"
+        reason = str(cause)
+    elif kind in ("missing", "missing_argument"):
+        reason = "missing"
+    elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        reason = "unknown key"
+    elif kind in ("dict_type", "dataclass_type"):
+        reason = f"expected a mapping, got {type(err.get('input')).__name__}"
+    else:
+        phrase = _PHRASES.get(kind)
+        shown = repr(err.get("input"))
+        shown = shown if len(shown) <= 80 else shown[:76] + " ..."
+        reason = f"{phrase.format(**ctx) if phrase else err['msg']}, got {shown}"
+    return ConfigError(f"{dotted(loc) or 'configuration'}: {reason}")
 
 
 @functools.cache
@@ -139,11 +142,23 @@ def validate(cls: type[T], raw: Any, root: str = "", context: dict[str, Any] | N
     try:
         return _adapter(cls).validate_python(raw, context=context)
     except ValidationError as exc:
-        key, reason = _message(exc.errors()[0])
-        if key is None:
-            raise ConfigError(reason) from None
-        full = ".".join(k for k in (root, key) if k) or "configuration"
-        raise ConfigError(f"{full}: {reason}") from None
+        raise _config_error(exc, (root,) if root else ()) from None
+
+
+@functools.cache
+def _field_adapters(cls: type) -> dict[str, TypeAdapter[Any]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def check_fields(obj: Any, root: str) -> None:
+    """The field constraints of a dataclass made in code rather than read from YAML (call it
+    from ``__post_init__`` where direct construction must be checked too)."""
+    for name, adapter in _field_adapters(type(obj)).items():
+        try:
+            adapter.validate_python(getattr(obj, name))
+        except ValidationError as exc:
+            raise _config_error(exc, (root, name)) from None
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
