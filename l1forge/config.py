@@ -11,7 +11,6 @@ plain dataclass call; validation happens once, where YAML comes in.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,9 +130,13 @@ def _config_error(exc: ValidationError, prefix: Sequence[int | str]) -> ConfigEr
     return ConfigError(f"{dotted(loc) or 'configuration'}: {reason}")
 
 
-@functools.cache
-def _adapter(cls: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(cls)
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}  # built once per type: pydantic's schema build is slow
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    if tp not in _ADAPTERS:
+        _ADAPTERS[tp] = TypeAdapter(tp)
+    return _ADAPTERS[tp]
 
 
 def validate(cls: type[T], raw: Any, root: str = "", context: dict[str, Any] | None = None) -> T:
@@ -145,10 +148,14 @@ def validate(cls: type[T], raw: Any, root: str = "", context: dict[str, Any] | N
         raise _config_error(exc, (root,) if root else ()) from None
 
 
-@functools.cache
+_FIELDS: dict[type, dict[str, TypeAdapter[Any]]] = {}
+
+
 def _field_adapters(cls: type) -> dict[str, TypeAdapter[Any]]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        _FIELDS[cls] = {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+    return _FIELDS[cls]
 
 
 def check_fields(obj: Any, root: str) -> None:

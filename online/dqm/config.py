@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import yaml
 from pydantic import BeforeValidator, Field, Strict, model_validator
@@ -19,6 +19,7 @@ OBJECT_KINDS = ("met", "egamma", "muon", "jet")
 PARTICLE_KINDS = ("egamma", "muon", "jet")
 CHECK_GROUPS = ("input", "multiplicity", "occupancy", "score", "rates")
 
+V = TypeVar("V")
 Positive = Annotated[Real, Field(gt=0.0)]
 Bins = Annotated[Int, Field(ge=1, le=4096)]
 
@@ -124,27 +125,19 @@ class ReferenceConfig(Section):
 
 
 @dataclass(frozen=True)
-class ParticleBins(Section):
-    egamma: Bins
-    muon: Bins
-    jet: Bins
+class PerParticle(Section, Generic[V]):
+    """One value for each particle kind (`PARTICLE_KINDS`)."""
+
+    egamma: V
+    muon: V
+    jet: V
 
 
 @dataclass(frozen=True)
-class ObjectBins(ParticleBins):
-    met: Bins
+class PerObject(PerParticle[V]):
+    """One value for each object kind (`OBJECT_KINDS`)."""
 
-
-@dataclass(frozen=True)
-class ParticleRange(Section):
-    egamma: Positive
-    muon: Positive
-    jet: Positive
-
-
-@dataclass(frozen=True)
-class ObjectRange(ParticleRange):
-    met: Positive
+    met: V
 
 
 @dataclass(frozen=True)
@@ -152,11 +145,11 @@ class Binning(Section):
     """Histogram axes; the per-object ones have a value for each object kind."""
 
     phi_bins: Bins
-    eta_bins: ParticleBins
-    eta_max: ParticleRange
-    pt_bins: ObjectBins
-    pt_max_gev: ObjectRange
-    occupancy_eta_bins: ParticleBins
+    eta_bins: PerParticle[Bins]
+    eta_max: PerParticle[Positive]
+    pt_bins: PerObject[Bins]
+    pt_max_gev: PerObject[Positive]
+    occupancy_eta_bins: PerParticle[Bins]
     occupancy_phi_bins: Bins
     score_bins: Bins
     score_log1p_max: Positive
