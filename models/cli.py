@@ -5,7 +5,6 @@ efficiency tables, a CI check against a stored output)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any
 
@@ -35,14 +34,11 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from l1forge.models.config import _validate_train, load_config
+    from l1forge.models.config import load_config
     from l1forge.models.train import Inputs, read_inputs, train
 
-    cfg = load_config(args.config, kind=args.kind)
     over = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
-    if over:
-        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **over))
-        _validate_train(cfg.training)
+    cfg = load_config(args.config, kind=args.kind, training=over)
     bits = cfg.network.input_hw_bits
     bg = read_inputs(args.data, bits, args.max_events)
     sig: dict = {}

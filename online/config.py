@@ -1,27 +1,27 @@
 """Run configuration of the online daemon: YAML in, frozen dataclasses out, validated once.
 
 Every error is a `ConfigError` whose message starts with the exact dotted key (``source.rate_hz``,
-``menu.seeds[2].model``) and says what is expected. Relative paths in a YAML file are resolved
-against that file's folder; those of the embedded default (`run_default.yaml`) against the
-working directory, so it points at `make demo`'s outputs under ``out/demo``.
+``menu.seeds[2].model``) and says what is expected (`l1forge.config` does the checking). Relative
+paths in a YAML file are resolved against that file's folder; those of the embedded default
+(`run_default.yaml`) against the working directory, so it points at `make demo`'s outputs under
+``out/demo``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
 
+from l1forge.config import Flag, Int, KeyedError, Real, Section, Text, one_of, parse_yaml, validate
 from l1forge.errors import ConfigError
 from l1forge.firmware.sim import SIMULATORS
 from l1forge.online.security import is_loopback
-from l1forge.online.validation import integer as _int
-from l1forge.online.validation import number as _float
 from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 
 SOURCE_KINDS = ("replay", "pythia", "zmq")
@@ -30,105 +30,229 @@ TRANSPORTS = ("ipc", "tcp")
 DEFAULT_RESOURCE = "run_default.yaml"
 
 
+def _located(raw: Any, info: ValidationInfo, must_exist: str | None) -> str:
+    """``raw`` as an absolute path (relative ones from the context's ``base``); ``must_exist``:
+    None, "file" or "folder"."""
+    if not isinstance(raw, str) or not raw:
+        raise ValueError(f"expected a non-empty string, got {raw!r}")
+    p = Path(raw).expanduser()
+    if not p.is_absolute():
+        p = Path((info.context or {}).get("base", ".")) / p
+    if must_exist and not (p.is_dir() if must_exist == "folder" else p.is_file()):
+        raise ValueError(f"{must_exist} {p} not found")
+    return str(p)
+
+
+def _file(raw: str, info: ValidationInfo) -> str:
+    return _located(raw, info, "file")
+
+
+def _folder(raw: str, info: ValidationInfo) -> str:
+    return _located(raw, info, "folder")
+
+
+def _new_path(raw: str, info: ValidationInfo) -> str:
+    return _located(raw, info, None)
+
+
+def _listed(raw: Any) -> Any:
+    return [raw] if isinstance(raw, str) else raw
+
+
+File = Annotated[Text, AfterValidator(_file)]  # an existing file
+Folder = Annotated[Text, AfterValidator(_folder)]  # an existing folder
+OutPath = Annotated[Text, AfterValidator(_new_path)]  # made when needed
+Texts = Annotated[tuple[Text, ...], BeforeValidator(_listed)]  # one string or a list
+Positive = Annotated[Real, Field(gt=0)]
+Port = Annotated[Int, Field(ge=0, le=65535)]
+
+
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(Section):
     """Where events come from: replayed HDF5 files, live Pythia, or a ZeroMQ input stream."""
 
-    kind: str = "replay"
-    paths: tuple[str, ...] = ()  # replay: HDF5 files, read one after the other
-    rate_hz: float | None = None  # None: as fast as the pipeline takes them
-    loop: bool = False  # replay: start again at the end (needs n_events or duration_s to end)
-    n_events: int | None = None  # stop the source after this many events
-    processes: tuple[str, ...] = ("minbias",)  # pythia
-    pileup: float = 20.0  # pythia
-    seed: int = 1  # pythia
-    endpoint: str | None = None  # zmq: where to connect (a PUSH/PUB of wire-format batches)
+    kind: Annotated[str, one_of(SOURCE_KINDS)] = "replay"
+    # replay: HDF5 files, read one after the other
+    paths: Annotated[tuple[File, ...], BeforeValidator(_listed)] = ()
+    rate_hz: Positive | None = None  # None: as fast as the pipeline takes them
+    loop: Flag = False  # replay: start again at the end (needs n_events or duration_s to end)
+    n_events: Annotated[Int, Field(ge=1)] | None = None  # stop the source after this many
+    processes: Texts = ("minbias",)  # pythia
+    pileup: Annotated[Real, Field(ge=0.0, le=1000.0)] = 20.0  # pythia
+    seed: Annotated[Int, Field(ge=0, le=(1 << 31) - 1)] = 1  # pythia
+    endpoint: Text | None = None  # zmq: where to connect (a PUSH/PUB of wire-format batches)
 
     @property
     def path(self) -> str | None:
         """The first replay file (None when there is none)."""
         return self.paths[0] if self.paths else None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any, info: ValidationInfo) -> Any:
+        """``path: x`` is ``paths: [x]``, checked under its own key."""
+        if not isinstance(data, dict) or "path" not in data:
+            return data
+        if "paths" in data:
+            raise KeyedError("paths", "give either source.path or source.paths, not both")
+        try:
+            path = _located(data["path"], info, "file")
+        except ValueError as exc:
+            raise KeyedError("path", str(exc)) from None
+        return {**{k: v for k, v in data.items() if k != "path"}, "paths": [path]}
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceConfig:
+        if self.kind == "replay" and not self.paths:
+            raise KeyedError("path", "missing (a replay source needs an HDF5 event file)")
+        if self.kind == "zmq" and self.endpoint is None:
+            raise KeyedError("endpoint", "missing (a zmq source needs an endpoint to connect)")
+        if self.kind == "pythia" and not self.processes:
+            raise KeyedError("processes", "a pythia source needs at least one process")
+        return self
+
 
 @dataclass(frozen=True)
-class BackendConfig:
+class BackendConfig(Section):
     """Which hardware or model runs the networks, and the qnet IR of each named model."""
 
-    kind: str = "emulator"
-    models: dict[str, str] = field(default_factory=dict)  # model name -> qnet IR path
-    firmware_dir: str | None = None  # rtl / pynq
-    simulator: str = "verilator"  # rtl
-    bitfile: str | None = None  # pynq
+    kind: Annotated[str, one_of(BACKEND_KINDS)] = "emulator"
+    models: dict[str, File] = field(default_factory=dict)  # model name -> qnet IR path
+    firmware_dir: Folder | None = None  # rtl / pynq
+    simulator: Annotated[str, one_of(SIMULATORS)] = "verilator"  # rtl
+    bitfile: File | None = None  # pynq
+
+    @model_validator(mode="after")
+    def _needs(self) -> BackendConfig:
+        if not self.models:
+            raise KeyedError(
+                "models",
+                "expected a mapping of model name -> qnet IR path, "
+                "e.g. {ad: out/demo/ad/encoder.qnet.json}, got {}",
+            )
+        for name in self.models:
+            if not name.isidentifier():
+                raise KeyedError(f"models.{name}", "a model name must be an identifier")
+        if self.kind in ("rtl", "pynq") and self.firmware_dir is None:
+            raise KeyedError("firmware_dir", f"missing (the {self.kind} backend needs it)")
+        if self.kind == "pynq" and self.bitfile is None:
+            raise KeyedError("bitfile", "missing (the pynq backend needs it)")
+        return self
 
 
 @dataclass(frozen=True)
-class WorkersConfig:
+class WorkersConfig(Section):
     """The worker pool and the lossless dispatcher's credit and liveness settings."""
 
-    n: int = 2
-    transport: str = "ipc"
-    credits: int = 4  # batches in flight per worker
-    heartbeat_s: float = 0.5
-    timeout_s: float = 3.0  # a silent worker is declared dead and its batches requeued
-    hosts: tuple[str, ...] = ()  # remote hosts expected to connect (`l1forge online worker`)
+    n: Annotated[Int, Field(ge=0, le=256)] = 2
+    transport: Annotated[str, one_of(TRANSPORTS)] = "ipc"
+    credits: Annotated[Int, Field(ge=1, le=1024)] = 4  # batches in flight per worker
+    heartbeat_s: Annotated[Positive, Field(le=60.0)] = 0.5
+    # a silent worker is declared dead and its batches requeued
+    timeout_s: Annotated[Positive, Field(le=3600.0)] = 3.0
+    hosts: Texts = ()  # remote hosts expected to connect (`l1forge online worker`)
+
+    @model_validator(mode="after")
+    def _timeout_exceeds_heartbeats(self) -> WorkersConfig:
+        if self.timeout_s <= 2 * self.heartbeat_s:
+            raise KeyedError(
+                "timeout_s",
+                f"must exceed twice workers.heartbeat_s ({self.heartbeat_s}), got {self.timeout_s}",
+            )
+        return self
 
 
 @dataclass(frozen=True)
-class SeedConfig:
+class SeedConfig(Section):
     """One trigger seed as configured; field names match `online.menu.Seed`."""
 
-    name: str
-    model: str  # a key of backend.models, or "" for a zero-bias seed
-    threshold: float | None = None  # None: calibrated from target_rate_hz
-    prescale: int = 1
-    target_rate_hz: float | None = None
+    name: Text
+    model: Annotated[str, Field(strict=True)] = ""  # a key of backend.models, "": zero bias
+    threshold: Real | None = None  # None: calibrated from target_rate_hz
+    prescale: Annotated[Int, Field(ge=1, le=1 << 31)] = 1
+    target_rate_hz: Positive | None = None
+
+    @model_validator(mode="after")
+    def _threshold_or_rate(self) -> SeedConfig:
+        if self.model and self.threshold is None and self.target_rate_hz is None:
+            raise KeyedError("", f"give threshold or target_rate_hz for seed {self.name!r}")
+        return self
+
+
+def _default_menu(raw: Any) -> Any:
+    return None if raw == "default" else raw
 
 
 @dataclass(frozen=True)
-class MenuConfig:
+class MenuConfig(Section):
     """The trigger menu: explicit seeds or None for `online.menu.default_menu`."""
 
-    seeds: tuple[SeedConfig, ...] | None = None
-    calibration: str | None = None  # zero-bias HDF5 for target rates; None: the replay file
-    input_rate_hz: float = LHC_INPUT_RATE_HZ
+    seeds: Annotated[
+        Annotated[tuple[SeedConfig, ...], Field(min_length=1)] | None,
+        BeforeValidator(_default_menu),
+    ] = None
+    calibration: File | None = None  # zero-bias HDF5 for target rates; None: the replay file
+    input_rate_hz: Positive = LHC_INPUT_RATE_HZ
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> MenuConfig:
+        names = [s.name for s in self.seeds or ()]
+        if len(names) > 32:
+            raise KeyedError("seeds", "at most 32 seeds (one bit each in seed_bits)")
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise KeyedError(f"seeds[{i}].name", f"duplicate seed name {n!r}")
+        return self
 
 
 @dataclass(frozen=True)
-class StorageConfig:
+class StorageConfig(Section):
     """Where accepted events go, how they are cut into lumisections, and the disk reserve."""
 
-    out_dir: str = "out/online"
-    events_per_lumisection: int = 100_000  # lumisection = seq // events_per_lumisection
-    min_free_mb: float = 100.0
+    out_dir: OutPath = "out/online"
+    # lumisection = seq // events_per_lumisection
+    events_per_lumisection: Annotated[Int, Field(ge=1)] = 100_000
+    min_free_mb: Annotated[Real, Field(ge=0.0)] = 100.0
 
 
 @dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(Section):
     """Bind address and ports; CURVE keys are required for any non-loopback host."""
 
-    host: str = "127.0.0.1"
-    control_port: int = 0  # 0: a free port, written to <state_dir>/endpoints.json
-    metrics_port: int = 0
-    monitor_port: int = 0
-    curve_keys: str | None = None  # folder made by `l1forge online keys`
+    host: Text = "127.0.0.1"
+    control_port: Port = 0  # 0: a free port, written to <state_dir>/endpoints.json
+    metrics_port: Port = 0
+    monitor_port: Port = 0
+    curve_keys: Folder | None = None  # folder made by `l1forge online keys`
 
     @property
     def loopback(self) -> bool:
         """True when only this machine can reach the sockets."""
         return is_loopback(self.host)
 
+    @model_validator(mode="after")
+    def _keys_off_loopback(self) -> NetworkConfig:
+        if self.curve_keys is None and not self.loopback:
+            raise KeyedError(
+                "curve_keys",
+                f"required when network.host is not loopback (got {self.host!r}); "
+                "make keys with `l1forge online keys --out DIR` or bind 127.0.0.1",
+            )
+        return self
+
 
 @dataclass(frozen=True)
-class MonitorConfig:
+class MonitorConfig(Section):
     """The monitoring tap and data-quality monitoring."""
 
-    fraction: float = 0.05  # share of batches published on the monitoring tap
-    dqm: str | None = None  # DQM YAML; None: online/dqm_default.yaml
-    dqm_enabled: bool = True
+    # share of batches published on the monitoring tap
+    fraction: Annotated[Real, Field(ge=0.0, le=1.0)] = 0.05
+    dqm: File | None = None  # DQM YAML; None: online/dqm_default.yaml
+    dqm_enabled: Flag = True
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Section):
     """Everything one run needs; stored as run_config.yaml next to the run's data."""
 
     source: SourceConfig
@@ -138,293 +262,42 @@ class RunConfig:
     storage: StorageConfig = StorageConfig()
     network: NetworkConfig = NetworkConfig()
     monitor: MonitorConfig = MonitorConfig()
-    batch_size: int = 4096
-    state_dir: str = "out/online/state"  # run-number file, endpoints.json
-    duration_s: float | None = None  # the daemon stops the run after this long (None: no limit)
+    batch_size: Annotated[Int, Field(ge=1, le=1 << 20)] = 4096
+    state_dir: OutPath = "out/online/state"  # run-number file, endpoints.json
+    # the daemon stops the run after this long (None: no limit)
+    duration_s: Positive | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_present(cls, data: Any) -> Any:
+        """Source and backend are required; absent sections are checked as null (defaults)."""
+        for name in ("source", "backend"):
+            if data is None or (isinstance(data, dict) and name not in data):
+                raise KeyedError(name, "missing section")
+        optional = ("workers", "menu", "storage", "network", "monitor")
+        return {**dict.fromkeys(optional), **data} if isinstance(data, dict) else data
 
-# ---- validation helpers: each takes the dotted key it reports ----
-
-
-def _mapping(raw: Any, key: str, allowed: set[str]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {type(raw).__name__}")
-    for k in raw:
-        if not isinstance(k, str) or k not in allowed:
-            where = f"{key}.{k}" if key else str(k)
-            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))})")
-    return raw
-
-
-def _bool(raw: Any, key: str) -> bool:
-    if not isinstance(raw, bool):
-        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
-    return raw
-
-
-def _str(raw: Any, key: str) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{key}: expected a non-empty string, got {raw!r}")
-    return raw
-
-
-def _choice(raw: Any, key: str, choices: tuple[str, ...]) -> str:
-    if raw not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {raw!r}")
-    return raw
-
-
-def _opt(raw: Any, conv: Any, key: str, *args: Any) -> Any:
-    return None if raw is None else conv(raw, key, *args)
-
-
-def _path(raw: Any, key: str, base: Path, *, must_exist: bool, is_dir: bool = False) -> str:
-    p = Path(_str(raw, key)).expanduser()
-    if not p.is_absolute():
-        p = base / p
-    if must_exist and not (p.is_dir() if is_dir else p.is_file()):
-        what = "folder" if is_dir else "file"
-        raise ConfigError(f"{key}: {what} {p} not found")
-    return str(p)
-
-
-def _port(raw: Any, key: str) -> int:
-    return _int(raw, key, 0, 65535)
-
-
-def _str_list(raw: Any, key: str) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise ConfigError(f"{key}: expected a list of strings, got {raw!r}")
-    return tuple(_str(v, f"{key}[{i}]") for i, v in enumerate(raw))
-
-
-# ---- sections ----
-
-
-def _source(raw: Any, base: Path) -> SourceConfig:
-    allowed = {"kind", "path", "paths", "rate_hz", "loop", "n_events"}
-    allowed |= {"processes", "pileup", "seed", "endpoint"}
-    m = _mapping(raw, "source", allowed)
-    d = SourceConfig()
-    kind = _choice(m.get("kind", d.kind), "source.kind", SOURCE_KINDS)
-    if "path" in m and "paths" in m:
-        raise ConfigError("source.paths: give either source.path or source.paths, not both")
-    key = "source.path" if "path" in m else "source.paths"
-    raw_paths = _str_list(m.get("path", m.get("paths", [])), key)
-    paths = tuple(
-        _path(p, key if key == "source.path" else f"{key}[{i}]", base, must_exist=True)
-        for i, p in enumerate(raw_paths)
-    )
-    if kind == "replay" and not paths:
-        raise ConfigError("source.path: missing (a replay source needs an HDF5 event file)")
-    endpoint = _opt(m.get("endpoint"), _str, "source.endpoint")
-    if kind == "zmq" and endpoint is None:
-        raise ConfigError("source.endpoint: missing (a zmq source needs an endpoint to connect)")
-    processes = _str_list(m.get("processes", list(d.processes)), "source.processes")
-    if kind == "pythia" and not processes:
-        raise ConfigError("source.processes: a pythia source needs at least one process")
-    return SourceConfig(
-        kind=kind,
-        paths=paths,
-        rate_hz=_opt(m.get("rate_hz"), _float, "source.rate_hz"),
-        loop=_bool(m.get("loop", d.loop), "source.loop"),
-        n_events=_opt(m.get("n_events"), _int, "source.n_events", 1),
-        processes=processes,
-        pileup=_float(m.get("pileup", d.pileup), "source.pileup", 0.0, 1000.0, strict=False),
-        seed=_int(m.get("seed", d.seed), "source.seed", 0, (1 << 31) - 1),
-        endpoint=endpoint,
-    )
-
-
-def _backend(raw: Any, base: Path) -> BackendConfig:
-    m = _mapping(raw, "backend", {"kind", "models", "firmware_dir", "simulator", "bitfile"})
-    d = BackendConfig()
-    kind = _choice(m.get("kind", d.kind), "backend.kind", BACKEND_KINDS)
-    models_raw = m.get("models")
-    if not isinstance(models_raw, dict) or not models_raw:
-        raise ConfigError(
-            "backend.models: expected a mapping of model name -> qnet IR path, "
-            f"e.g. {{ad: out/demo/ad/encoder.qnet.json}}, got {models_raw!r}"
-        )
-    models: dict[str, str] = {}
-    for name, path in models_raw.items():
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ConfigError(f"backend.models.{name}: a model name must be an identifier")
-        models[name] = _path(path, f"backend.models.{name}", base, must_exist=True)
-    firmware_dir = m.get("firmware_dir")
-    if kind in ("rtl", "pynq") and firmware_dir is None:
-        raise ConfigError(f"backend.firmware_dir: missing (the {kind} backend needs it)")
-    bitfile = m.get("bitfile")
-    if kind == "pynq" and bitfile is None:
-        raise ConfigError("backend.bitfile: missing (the pynq backend needs it)")
-    return BackendConfig(
-        kind=kind,
-        models=models,
-        firmware_dir=None
-        if firmware_dir is None
-        else _path(firmware_dir, "backend.firmware_dir", base, must_exist=True, is_dir=True),
-        simulator=_choice(m.get("simulator", d.simulator), "backend.simulator", SIMULATORS),
-        bitfile=None
-        if bitfile is None
-        else _path(bitfile, "backend.bitfile", base, must_exist=True),
-    )
-
-
-def _workers(raw: Any) -> WorkersConfig:
-    allowed = {"n", "transport", "credits", "heartbeat_s", "timeout_s", "hosts"}
-    m = _mapping(raw, "workers", allowed)
-    d = WorkersConfig()
-    heartbeat = _float(m.get("heartbeat_s", d.heartbeat_s), "workers.heartbeat_s", hi=60.0)
-    timeout = _float(m.get("timeout_s", d.timeout_s), "workers.timeout_s", hi=3600.0)
-    if timeout <= 2 * heartbeat:
-        raise ConfigError(
-            f"workers.timeout_s: must exceed twice workers.heartbeat_s ({heartbeat}), got {timeout}"
-        )
-    return WorkersConfig(
-        n=_int(m.get("n", d.n), "workers.n", 0, 256),
-        transport=_choice(m.get("transport", d.transport), "workers.transport", TRANSPORTS),
-        credits=_int(m.get("credits", d.credits), "workers.credits", 1, 1024),
-        heartbeat_s=heartbeat,
-        timeout_s=timeout,
-        hosts=_str_list(m.get("hosts", []), "workers.hosts"),
-    )
-
-
-def _seed(raw: Any, key: str, models: dict[str, str]) -> SeedConfig:
-    m = _mapping(raw, key, {"name", "model", "threshold", "prescale", "target_rate_hz"})
-    if "name" not in m:
-        raise ConfigError(f"{key}.name: missing")
-    name = _str(m["name"], f"{key}.name")
-    model = m.get("model", "")
-    if not isinstance(model, str) or (model and model not in models):
-        raise ConfigError(
-            f"{key}.model: expected one of backend.models ({', '.join(models)}) or '' for "
-            f"zero bias, got {model!r}"
-        )
-    threshold = m.get("threshold")
-    threshold = None if threshold is None else _float(threshold, f"{key}.threshold", -math.inf)
-    target = _opt(m.get("target_rate_hz"), _float, f"{key}.target_rate_hz")
-    if model and threshold is None and target is None:
-        raise ConfigError(f"{key}: give threshold or target_rate_hz for seed {name!r}")
-    return SeedConfig(
-        name=name,
-        model=model,
-        threshold=threshold,
-        prescale=_int(m.get("prescale", 1), f"{key}.prescale", 1, 1 << 31),
-        target_rate_hz=target,
-    )
-
-
-def _menu(raw: Any, base: Path, models: dict[str, str]) -> MenuConfig:
-    m = _mapping(raw, "menu", {"seeds", "calibration", "input_rate_hz"})
-    d = MenuConfig()
-    seeds: tuple[SeedConfig, ...] | None = None
-    seeds_raw = m.get("seeds")
-    if seeds_raw is not None and seeds_raw != "default":
-        if not isinstance(seeds_raw, list) or not seeds_raw:
-            raise ConfigError("menu.seeds: expected a non-empty list of seeds or 'default'")
-        seeds = tuple(_seed(s, f"menu.seeds[{i}]", models) for i, s in enumerate(seeds_raw))
-        names = [s.name for s in seeds]
-        for i, n in enumerate(names):
-            if n in names[:i]:
-                raise ConfigError(f"menu.seeds[{i}].name: duplicate seed name {n!r}")
-        if len(seeds) > 32:
-            raise ConfigError("menu.seeds: at most 32 seeds (one bit each in seed_bits)")
-    calibration = m.get("calibration")
-    return MenuConfig(
-        seeds=seeds,
-        calibration=None
-        if calibration is None
-        else _path(calibration, "menu.calibration", base, must_exist=True),
-        input_rate_hz=_float(m.get("input_rate_hz", d.input_rate_hz), "menu.input_rate_hz"),
-    )
-
-
-def _storage(raw: Any, base: Path) -> StorageConfig:
-    m = _mapping(raw, "storage", {"out_dir", "events_per_lumisection", "min_free_mb"})
-    d = StorageConfig()
-    return StorageConfig(
-        out_dir=_path(m.get("out_dir", d.out_dir), "storage.out_dir", base, must_exist=False),
-        events_per_lumisection=_int(
-            m.get("events_per_lumisection", d.events_per_lumisection),
-            "storage.events_per_lumisection",
-            1,
-        ),
-        min_free_mb=_float(
-            m.get("min_free_mb", d.min_free_mb), "storage.min_free_mb", strict=False
-        ),
-    )
-
-
-def _network(raw: Any, base: Path) -> NetworkConfig:
-    allowed = {"host", "control_port", "metrics_port", "monitor_port", "curve_keys"}
-    m = _mapping(raw, "network", allowed)
-    d = NetworkConfig()
-    host = _str(m.get("host", d.host), "network.host")
-    keys = m.get("curve_keys")
-    keys = (
-        None
-        if keys is None
-        else _path(keys, "network.curve_keys", base, must_exist=True, is_dir=True)
-    )
-    if keys is None and not is_loopback(host):
-        raise ConfigError(
-            f"network.curve_keys: required when network.host is not loopback (got {host!r}); "
-            "make keys with `l1forge online keys --out DIR` or bind 127.0.0.1"
-        )
-    return NetworkConfig(
-        host=host,
-        control_port=_port(m.get("control_port", d.control_port), "network.control_port"),
-        metrics_port=_port(m.get("metrics_port", d.metrics_port), "network.metrics_port"),
-        monitor_port=_port(m.get("monitor_port", d.monitor_port), "network.monitor_port"),
-        curve_keys=keys,
-    )
-
-
-def _monitor(raw: Any, base: Path) -> MonitorConfig:
-    m = _mapping(raw, "monitor", {"fraction", "dqm", "dqm_enabled"})
-    d = MonitorConfig()
-    dqm = m.get("dqm")
-    return MonitorConfig(
-        fraction=_float(m.get("fraction", d.fraction), "monitor.fraction", 0.0, 1.0, strict=False),
-        dqm=None if dqm is None else _path(dqm, "monitor.dqm", base, must_exist=True),
-        dqm_enabled=_bool(m.get("dqm_enabled", d.dqm_enabled), "monitor.dqm_enabled"),
-    )
+    @model_validator(mode="after")
+    def _across_sections(self) -> RunConfig:
+        models = self.backend.models
+        for i, seed in enumerate(self.menu.seeds or ()):
+            if seed.model and seed.model not in models:
+                raise KeyedError(
+                    f"menu.seeds[{i}].model",
+                    f"expected one of backend.models ({', '.join(models)}) or '' for "
+                    f"zero bias, got {seed.model!r}",
+                )
+        src = self.source
+        if src.kind == "replay" and src.loop and src.n_events is None and self.duration_s is None:
+            raise KeyedError(
+                "source.loop", "a looping replay never ends; set source.n_events or duration_s"
+            )
+        return self
 
 
 def run_config_from_dict(raw: Any, base_dir: str | Path = ".") -> RunConfig:
     """Validate a parsed YAML mapping; relative paths are taken from `base_dir`."""
-    sections = {"source", "backend", "workers", "menu", "storage", "network", "monitor"}
-    top = _mapping(raw, "", sections | {"batch_size", "state_dir", "duration_s"})
-    base = Path(base_dir)
-    for name in ("source", "backend"):
-        if name not in top:
-            raise ConfigError(f"{name}: missing section")
-    backend = _backend(top["backend"], base)
-    source = _source(top["source"], base)
-    duration = _opt(top.get("duration_s"), _float, "duration_s")
-    if source.kind == "replay" and source.loop and source.n_events is None and duration is None:
-        raise ConfigError(
-            "source.loop: a looping replay never ends; set source.n_events or duration_s"
-        )
-    return RunConfig(
-        source=source,
-        backend=backend,
-        workers=_workers(top.get("workers")),
-        menu=_menu(top.get("menu"), base, backend.models),
-        storage=_storage(top.get("storage"), base),
-        network=_network(top.get("network"), base),
-        monitor=_monitor(top.get("monitor"), base),
-        batch_size=_int(top.get("batch_size", 4096), "batch_size", 1, 1 << 20),
-        state_dir=_path(
-            top.get("state_dir", "out/online/state"), "state_dir", base, must_exist=False
-        ),
-        duration_s=duration,
-    )
+    return validate(RunConfig, raw, context={"base": Path(base_dir)})
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -452,13 +325,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def _read_yaml(text: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
-
-
 def default_config_text() -> str:
     """The embedded default run (emulator, replay of the demo's events, 2 workers, loopback)."""
     return resources.files("l1forge.online").joinpath(DEFAULT_RESOURCE).read_text()
@@ -469,14 +335,14 @@ def load_run_config(
 ) -> RunConfig:
     """Read and validate a run YAML (None: the embedded default) with optional dotted overrides."""
     if path is None:
-        raw, base, where = _read_yaml(default_config_text(), "run_default.yaml"), Path.cwd(), None
+        raw, base, where = parse_yaml(default_config_text(), DEFAULT_RESOURCE), Path.cwd(), None
     else:
         p = Path(path)
         try:
             text = p.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read run configuration {p}: {exc.strerror}") from exc
-        raw, base, where = _read_yaml(text, str(p)), p.resolve().parent, p
+        raw, base, where = parse_yaml(text, str(p)), p.resolve().parent, p
     if raw is None:
         raise ConfigError(f"{where}: the run configuration is empty")
     if overrides:
@@ -502,8 +368,7 @@ def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    out = plain(asdict(cfg))
-    out["source"]["processes"] = list(cfg.source.processes)
+    out: dict[str, Any] = plain(asdict(cfg))
     return out
 
 

@@ -5,44 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BeforeValidator, Strict, model_validator
 
+from l1forge.config import KeyedError, Real, Section, one_of, parse_yaml, validate
 from l1forge.errors import ConfigError
 
 SIGNALS_2021 = ("ato4l", "lq_btau", "h0_tautau", "hch_taunu")
 
 
+def _none_is_empty(raw: Any) -> Any:
+    return () if raw is None else raw
+
+
 @dataclass(frozen=True)
-class Process:
+class Process(Section):
     """One process: Pythia settings, and optional pT-hat bins (GeV; hi < 0 means open)."""
 
     name: str
-    kind: str
-    description: str
-    settings: tuple[str, ...]
-    pthat_bins: tuple[tuple[float, float], ...] = ()
+    kind: Annotated[str, one_of(("background", "signal"))]
+    description: Annotated[str, Strict()]
+    settings: tuple[Annotated[str, Strict()], ...]  # Pythia setting strings
+    pthat_bins: Annotated[tuple[tuple[Real, Real], ...], BeforeValidator(_none_is_empty)] = ()
+
+    @model_validator(mode="after")
+    def _bins_ordered(self) -> Process:
+        for i, (lo, hi) in enumerate(self.pthat_bins):
+            if lo < 0 or not (hi < 0 or hi > lo):
+                raise KeyedError(f"pthat_bins[{i}]", "must be [lo, hi] with hi > lo (or -1)")
+        return self
 
 
 def _parse(name: str, d: Any, source: str) -> Process:
-    where = f"{source}: {name}"
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    unknown = set(d) - {"kind", "description", "settings", "pthat_bins"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    if d.get("kind") not in ("background", "signal"):
-        raise ConfigError(f"{where}.kind: must be 'background' or 'signal'")
-    settings = d.get("settings")
-    if not isinstance(settings, list) or not all(isinstance(s, str) for s in settings):
-        raise ConfigError(f"{where}.settings: must be a list of Pythia setting strings")
-    bins = []
-    for i, b in enumerate(d.get("pthat_bins") or []):
-        if not (isinstance(b, list) and len(b) == 2 and b[0] >= 0 and (b[1] < 0 or b[1] > b[0])):
-            raise ConfigError(f"{where}.pthat_bins[{i}]: must be [lo, hi] with hi > lo (or -1)")
-        bins.append((float(b[0]), float(b[1])))
-    return Process(name, d["kind"], str(d.get("description", "")), tuple(settings), tuple(bins))
+    if not isinstance(d, dict) or "name" in d:
+        raise ConfigError(f"{source}: {name}: must be a mapping of kind, settings, ...")
+    try:
+        return validate(Process, {"name": name, "description": "", **d}, root=name)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_processes(path: str | Path | None = None) -> dict[str, Process]:
@@ -56,10 +57,7 @@ def load_processes(path: str | Path | None = None) -> dict[str, Process]:
         except OSError as exc:
             raise ConfigError(f"cannot read process catalogue {path}: {exc}") from exc
         source = str(path)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    doc = parse_yaml(text, source)
     if not isinstance(doc, dict) or not doc:
         raise ConfigError(f"{source}: must map process names to definitions")
     return {name: _parse(name, d, source) for name, d in doc.items()}

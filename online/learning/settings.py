@@ -1,7 +1,8 @@
 """The continual learner's settings: windows, fine-tuning, acceptance and candidate choice.
 
-Validated when made (``ConfigError`` naming the field); ``LearnerConfig.settings`` expands the
-candidate overrides into the configurations one adaptation trains.
+Validated when made (``ConfigError`` naming the field, by `l1forge.config.check_fields`);
+``LearnerConfig.settings`` expands the candidate overrides into the configurations one
+adaptation trains.
 """
 
 from __future__ import annotations
@@ -9,21 +10,28 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
+
+from l1forge.config import Real, Section, check_fields, one_of
 from l1forge.errors import ConfigError
 from l1forge.online.learning.drift import DriftConfig
 
+NonNegative = Annotated[Real, Field(ge=0.0)]
+
 
 @dataclass(frozen=True)
-class LearnerConfig:
+class LearnerConfig(Section):
     """Windows, fine-tuning and acceptance settings of the continual learner."""
 
     check_events: int = 5000  # zero-bias events per drift-test window
     adapt_events: int = 15000  # events of the new conditions collected before fine-tuning
-    holdout_fraction: float = 0.2  # of those, kept out of training for the acceptance checks
+    # of those, kept out of training for the acceptance checks
+    holdout_fraction: Annotated[Real, Field(gt=0.0, lt=0.9)] = 0.2
     replay_capacity: int = 20000  # reservoir of older events
-    replay_fraction: float = 0.5  # share of replayed events in the fine-tuning set
+    # share of replayed events in the fine-tuning set
+    replay_fraction: Annotated[Real, Field(ge=0.0, lt=1.0)] = 0.5
     epochs: int = 30  # the setting measured in benchmarks/continual.py
     batch_size: int = 512
     learning_rate: float = 1e-3
@@ -34,13 +42,15 @@ class LearnerConfig:
     verify_vectors: int = 20000  # random vectors besides the corners for the bit-exact check
     # input scaling of the fine-tuned firmware: refitted on the "new" events, on the training
     # "mix" (new + replayed), or the parent's ("none")
-    refit_scaling: str = "new"
+    refit_scaling: Annotated[str, one_of(("new", "mix", "none"))] = "new"
     # against forgetting: distillation of the parent's latent means (mu) on replayed old events,
     # as a fraction of the parent's mean sum(mu**2) there, and an L2 anchor of the weights to
     # the parent's (relative to the parent's mean squared weight); 0 switches a term off
-    distill_weight: float = 0.0
-    anchor_weight: float = 0.0
-    distill_target: str = "mu"  # "mu": every latent mean; "score": only sum(mu**2)
+    distill_weight: NonNegative = 0.0
+    anchor_weight: NonNegative = 0.0
+    distill_target: Annotated[str, one_of(("mu", "score"))] = (
+        "mu"  # "mu": every latent mean; "score": only sum(mu**2)
+    )
     reinit: bool = False  # train from fresh weights instead of the parent's (a retraining)
     # held-out signal efficiency on the old conditions (``reference_signal`` at thresholds
     # calibrated on the reference zero bias): relative loss vs the parent allowed
@@ -56,24 +66,15 @@ class LearnerConfig:
         {"reinit": True, "replay_fraction": 0.0},
         {"reinit": True, "replay_fraction": 0.0, "seed": 2},
     )
-    candidate_choice: str = "first"
+    candidate_choice: Annotated[str, one_of(("first", "best"))] = "first"
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self, "learner")
         if self.check_events < self.drift.min_events:
             raise ConfigError("learner.check_events must be >= drift.min_events")
-        if not 0.0 < self.holdout_fraction < 0.9 or not 0.0 <= self.replay_fraction < 1.0:
-            raise ConfigError("learner.holdout_fraction in (0, 0.9), replay_fraction in [0, 1)")
-        if self.refit_scaling not in ("new", "mix", "none"):
-            raise ConfigError("learner.refit_scaling: one of 'new', 'mix', 'none'")
         if self.adapt_events < self.check_events:
             raise ConfigError("learner.adapt_events must be >= learner.check_events")
-        if self.distill_weight < 0.0 or self.anchor_weight < 0.0:
-            raise ConfigError("learner.distill_weight and learner.anchor_weight must be >= 0")
-        if self.candidate_choice not in ("first", "best"):
-            raise ConfigError("learner.candidate_choice: one of 'first', 'best'")
-        if self.distill_target not in ("mu", "score"):
-            raise ConfigError("learner.distill_target: one of 'mu', 'score'")
         for over in self.candidates:
             bad = set(over) - (_CANDIDATE_FIELDS - {"candidates", "drift"})
             if bad:
