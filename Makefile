@@ -4,8 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.l1forge-installed
+ROOT_VENV := .venv-root
 
-.PHONY: setup system demo test lint validate bench clean
+.PHONY: setup system demo test lint validate bench clean root-venv
 
 setup: system $(STAMP)
 
@@ -27,9 +28,17 @@ lint: setup
 test: setup lint
 	$(VENV)/bin/python -m pytest -m "not slow" -q
 
-validate: setup lint
+validate: setup lint root-venv
 	$(VENV)/bin/python -m pytest -q
 	$(MAKE) bench
+
+# ROOT from the package index (~700 MB) in a venv of its own: tests/online/datapath/test_root_reads.py
+root-venv: $(ROOT_VENV)/.installed
+
+$(ROOT_VENV)/.installed: requirements-root.txt
+	@test -x $(ROOT_VENV)/bin/python || $(PYTHON) -m venv $(ROOT_VENV)
+	$(ROOT_VENV)/bin/python -m pip install -q -r requirements-root.txt
+	@touch $@
 
 # Every benchmark runs even when one fails its own check; each JSON is kept in out/bench-results/.
 bench: setup
@@ -42,4 +51,4 @@ demo: setup
 	$(VENV)/bin/l1forge demo
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ROOT_VENV) out build *.egg-info .pytest_cache .ruff_cache
