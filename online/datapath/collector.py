@@ -32,6 +32,7 @@ from l1forge.online.datapath.protocol import (
     META,
     U64,
 )
+from l1forge.online.datapath.status import CollectorStatus
 from l1forge.online.datapath.storage import AcceptedWriter, FileRecord, StorageError
 from l1forge.online.datapath.wire import (
     TOPIC_MONITOR,
@@ -390,14 +391,14 @@ class Collector:
             missing_ranges=tuple(gaps[:10]),
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CollectorStatus:
         with self._lock:
             c = self.counts
             n_lat = min(self.n_latency, LATENCY_WINDOW)
             lat = self.latencies[:n_lat]
             seeds = c.seeds[: len(self.menu.seeds)].tolist()
             names = self.menu.names
-            out = {
+            out: CollectorStatus = {
                 "events_processed": c.n_processed,
                 "events_accepted": c.n_accepted,
                 "batches_collected": c.n_batches,
