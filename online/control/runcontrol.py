@@ -119,7 +119,7 @@ def summary_to_dict(summary: Any) -> dict[str, Any]:
     """A RunSummary (dataclass or object with ``to_dict``) as a JSON-able dict."""
     if hasattr(summary, "to_dict"):
         return summary.to_dict()
-    if dataclasses.is_dataclass(summary):
+    if dataclasses.is_dataclass(summary) and not isinstance(summary, type):
         return json.loads(json.dumps(dataclasses.asdict(summary), default=str))
     return dict(summary)
 

@@ -421,7 +421,8 @@ class Dispatcher:
         t_source = entry.t_source if entry is not None else 0.0
         owner = entry is not None and w is not None and entry.worker == w.ident
         if kind == W_FAILED:
-            if not owner:  # the batch is (or was) with another worker: its answer counts
+            # not the owner: the batch is (or was) with another worker, whose answer counts
+            if entry is None or not owner:
                 log.warning("ignoring a failure report for batch %d from a former holder", seq)
                 return
             meta = META.pack(seq, t_source, 0, entry.n_events, FLAG_OWNER)
@@ -432,7 +433,7 @@ class Dispatcher:
         n_events = entry.n_events if entry is not None else 0
         flags = (FLAG_SAMPLED if sampled else 0) | (FLAG_OWNER if owner else 0)
         meta = META.pack(seq, t_source, len(result), n_events, flags)
-        extra = entry.frames if sampled else []
+        extra = entry.frames if entry is not None and sampled else []
         self.collector.send_multipart([C_RESULT, meta, *result, *extra], copy=False)
         if w is None:  # a result from a worker declared dead still counts (first one wins)
             with self._lock:

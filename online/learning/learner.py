@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from l1forge.online.learning.drift import DriftDetector, DriftReport, expected_f
 from l1forge.online.learning.registry import ModelRegistry, ModelVersion
 from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
+
+if TYPE_CHECKING:
+    from l1forge.models.config import NetConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ def seed_fractions(menu: Any, model: str) -> dict[str, tuple[float, float]]:
 # ---- fine-tuning (l1forge.models.finetune; TensorFlow imported there, lazily) --------------
 
 
-def net_config_of(version: ModelVersion) -> Any:
+def net_config_of(version: ModelVersion) -> NetConfig:
     """The NetConfig a version was trained with (stored in its provenance)."""
     from l1forge.models.config import make_config
 
@@ -268,7 +271,8 @@ class Learner:
     def _adapt(self) -> AdaptationResult:
         x_new, x_fit, x_hold = self._split_new()
         net_cfg = net_config_of(self.version)
-        if self.version.weights_path is None:
+        parent_weights = self.version.weights_path
+        if parent_weights is None:
             raise ConfigError(f"model {self.version.name} has no Keras weights to fine-tune from")
         runs = sorted({r for r, _ in self._lumi})
         lumis = [ls for _, ls in self._lumi]
@@ -284,7 +288,9 @@ class Learner:
         with tempfile.TemporaryDirectory() as tmp:
             done: list[Candidate] = []
             for i, c in enumerate(settings):
-                done.append(self._candidate(i, c, net_cfg, x_fit, x_hold, Path(tmp)))
+                done.append(
+                    self._candidate(i, c, net_cfg, parent_weights, x_fit, x_hold, Path(tmp))
+                )
                 if self.config.candidate_choice == "first" and done[-1].passed:
                     break
             best = choose(done)
@@ -349,7 +355,8 @@ class Learner:
         self,
         index: int,
         cfg: LearnerConfig,
-        net_cfg: Any,
+        net_cfg: NetConfig,
+        parent_weights: Path,
         x_fit: np.ndarray,
         x_hold: np.ndarray,
         tmp: Path,
@@ -372,7 +379,7 @@ class Learner:
         tuned = fine_tune(
             net_cfg,
             self.net,
-            self.version.weights_path,
+            parent_weights,
             x_train,
             cfg,
             tmp / f"candidate{index}.weights.h5",
