@@ -23,6 +23,8 @@ $(STAMP): requirements.txt pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/typecheck_tree.py
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(VENV)/bin/python -m pytest -m "not slow" -q
