@@ -20,6 +20,7 @@ from l1forge.models.qnet import QNet
 
 if TYPE_CHECKING:
     from l1forge.models.config import NetConfig
+    from l1forge.models.networks import InputScaling, VAEModels
 
 
 class VerificationError(L1ForgeError, RuntimeError):
@@ -53,8 +54,8 @@ def flat_inputs(objects_hw: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.int64, copy=False)
 
 
-def scaling_of(net: QNet) -> Any:
-    """The input scaling (offsets, shifts) of an IR's ``scale`` layer, as ``InputScaling``."""
+def scaling_of(net: QNet) -> InputScaling:
+    """The input scaling (offsets, shifts) of an IR's ``scale`` layer."""
     from l1forge.models.networks import InputScaling
 
     lay = net.layer("scale")
@@ -70,7 +71,9 @@ class FineTuned:
     weights: Path
 
 
-def rescaled_vae(net_cfg: NetConfig, old: Any, new: Any, parent: Any, beta_kl: float) -> Any:
+def rescaled_vae(
+    net_cfg: NetConfig, old: InputScaling, new: InputScaling, parent: VAEModels, beta_kl: float
+) -> VAEModels:
     """A VAE on input scaling ``new`` computing what ``parent`` (on ``old``) computes.
 
     Scaled inputs relate by x_old = x_new * 2**(s_new - s_old) + (o_new - o_old) * 2**-s_old,
@@ -148,7 +151,7 @@ def fine_tune(
     return FineTuned(deploy, net, out_weights)
 
 
-def _latent_means(m: Any, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+def _latent_means(m: VAEModels, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     """Quantized latent means (the ``mu`` layer) of a VAE for hardware events (N, features)."""
     import tensorflow as tf
 
@@ -160,7 +163,7 @@ _ENCODER_PREFIXES = ("dense", "mu_dense")
 
 
 def _train(
-    m: Any, x_train: np.ndarray, cfg: FineTuneOptions, x_old: np.ndarray | None, mu_old: Any
+    m: VAEModels, x_train: np.ndarray, cfg: FineTuneOptions, x_old: np.ndarray | None, mu_old: Any
 ) -> None:
     """Adam on the VAE loss over ``x_train`` plus the anti-forgetting terms of ``cfg``.
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -43,6 +43,9 @@ from l1forge.online.datapath.wire import (
     decode_results,
     encode_results,
 )
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ class Collector:
         menu: Menu,
         model_names: tuple[str, ...],
         events_per_lumisection: int,
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
         on_error: Callable[[str], None] | None = None,
         curve_keys: str | None = None,
     ):

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -49,6 +49,9 @@ from l1forge.online.datapath.protocol import (
     WorkerSetup,
 )
 from l1forge.online.datapath.status import DispatcherStatus
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,7 @@ class Dispatcher:
         timeout_s: float,
         monitor_fraction: float = 0.0,
         is_alive: Callable[[str], bool | None] | None = None,
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
         curve_keys: str | None = None,
     ):
         from l1forge.online.security import bind_server

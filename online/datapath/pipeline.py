@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -37,6 +37,9 @@ from l1forge.online.datapath.storage import AcceptedWriter
 from l1forge.online.datapath.summary import RunSummary, summarize
 from l1forge.online.datapath.wire import TOPIC_MONITOR
 from l1forge.online.datapath.workerpool import WorkerPool
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class Pipeline:
         run: int,
         run_dir: str | Path,
         *,
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
         menu: Menu | None = None,
         writer_factory: Callable[..., AcceptedWriter] = AcceptedWriter,
         source: Source | None = None,
