@@ -44,4 +44,4 @@ demo: setup
 	$(VENV)/bin/l1forge demo
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .ruff_cache .mypy_cache
