@@ -24,6 +24,8 @@ $(STAMP): requirements.txt pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/typecheck_tree.py
+	$(VENV)/bin/mypy
 
 test: setup lint
 	$(VENV)/bin/python -m pytest -m "not slow" -q
@@ -51,4 +53,4 @@ demo: setup
 	$(VENV)/bin/l1forge demo
 
 clean:
-	rm -rf $(VENV) $(ROOT_VENV) out build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ROOT_VENV) out build *.egg-info .pytest_cache .ruff_cache .mypy_cache

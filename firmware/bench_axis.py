@@ -30,7 +30,7 @@ def _pauses(rng: np.random.Generator, prob: float):
 
 
 async def _setup(dut, pause: float, seed: int):
-    cocotb.start_soon(Clock(dut.aclk, 10, unit="ns").start())
+    Clock(dut.aclk, 10, unit="ns").start()  # cocotb 2: start() schedules the clock task itself
     source = AxiStreamSource(
         AxiStreamBus.from_prefix(dut, "s_axis"), dut.aclk, dut.aresetn, reset_active_level=False
     )
@@ -90,7 +90,7 @@ async def axis_frames(dut) -> None:
         in_last[b * per_in - 1] = True
         out_last[b * per_out - 1] = True
 
-    cocotb.start_soon(Clock(dut.aclk, 10, unit="ns").start())
+    Clock(dut.aclk, 10, unit="ns").start()  # cocotb 2: start() schedules the clock task itself
     fall = FallingEdge(dut.aclk)
     dut.aresetn.value = 0
     dut.s_axis_tvalid.value = 0
@@ -151,7 +151,7 @@ async def axis_frames(dut) -> None:
     want_rows = np.array(want, dtype=object)
     last_rows = np.array(got_last[: len(want)] + [False] * (len(want) - len(got)))
     differs = (got_rows != want_rows) | (last_rows != out_last)
-    bad_events = np.flatnonzero(differs.reshape(n, per_out).any(axis=1)) if n else []
+    bad_events = np.flatnonzero(differs.reshape(n, per_out).any(axis=1)) if n else np.empty(0, int)
     mismatches += len(bad_events)
     if len(bad_events):
         first_bad = first_bad or f"vector {int(bad_events[0])} differs (data or TLAST)"

@@ -13,12 +13,12 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from l1forge import __version__
 from l1forge.errors import L1ForgeError
 from l1forge.firmware import packing, verilog, wrappers
-from l1forge.models.hls import DEFAULT_PART, write_hls_project
+from l1forge.models.hls import DEFAULT_PART, HlsProject, write_hls_project
 from l1forge.models.qnet import QNet
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,58 @@ def _check_hdl(out: Path, sources: list[str], name: str) -> None:
                 ) from exc
 
 
+class FirmwareModules(TypedDict):
+    """The Verilog top modules of a build."""
+
+    core: str  # the network with the packed IR buses
+    trigger: str  # valid/ready trigger wrapper
+    axis: str  # AXI-stream wrapper
+
+
+class AlkaidReport(TypedDict):
+    stage_delay_ns: list[float]  # estimated combinational delay per pipeline stage
+    cost: float  # LUT-equivalent estimate
+    reg_bits: int
+    interpreter_vectors_checked: int
+
+
+class LintReport(TypedDict):
+    verilator_wall: bool
+    icarus_g2005: bool
+
+
+class HlsBuilt(HlsProject):
+    path: str  # the project folder, relative to the build folder
+
+
+class HlsSkipped(TypedDict):
+    written: Literal[False]
+    reason: str
+
+
+class FirmwareManifest(TypedDict):
+    """``manifest.json`` of a firmware build folder (what ``build`` returns)."""
+
+    format: str  # "l1forge-firmware"
+    version: int
+    l1forge: str
+    network: str
+    name: str
+    modules: FirmwareModules
+    sources: list[str]  # relative to the build folder, in compile order
+    latency_cycles: int
+    clock_mhz: float
+    latency_ns: float
+    initiation_interval: int
+    axis_initiation_interval: int
+    axis_fifo_depth: int
+    packing: str  # the packing spec's file name
+    alkaid: AlkaidReport
+    lint: LintReport
+    hls: HlsBuilt | HlsSkipped
+    provenance: dict[str, Any]  # the IR's
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     latency_cycles: int | None = 2
@@ -81,7 +133,7 @@ class BuildOptions:
     part: str = DEFAULT_PART
 
 
-def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -> dict[str, Any]:
+def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -> FirmwareManifest:
     """Write the firmware folder for ``net`` and return its manifest."""
     out = Path(out_dir).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -101,7 +153,7 @@ def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -
     if opts.lint:
         _check_hdl(out, sources, name)
         log.info("Verilator -Wall lint and Icarus -g2005 compile clean")
-    manifest = {
+    manifest: FirmwareManifest = {
         "format": "l1forge-firmware",
         "version": 1,
         "l1forge": __version__,
@@ -136,7 +188,7 @@ def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -
     return manifest
 
 
-def _write_hls(net: QNet, out: Path, opts: BuildOptions, clock_mhz: float) -> dict[str, Any]:
+def _write_hls(net: QNet, out: Path, opts: BuildOptions, clock_mhz: float) -> HlsBuilt:
     """The hls4ml project of ``net`` in ``hls/``, its C-sim compared with the emulator."""
     from l1forge.models.vectors import bitexact_vectors
 
@@ -147,7 +199,7 @@ def _write_hls(net: QNet, out: Path, opts: BuildOptions, clock_mhz: float) -> di
     return {**entry, "path": "hls"}
 
 
-def load_manifest(out_dir: str | Path) -> dict[str, Any]:
+def load_manifest(out_dir: str | Path) -> FirmwareManifest:
     """The manifest of a firmware folder written by ``build``."""
     from l1forge.errors import DataFormatError
 

@@ -95,8 +95,16 @@ def _build(args: argparse.Namespace) -> int:
             **part,
         ),
     )
-    keys = ("name", "latency_cycles", "clock_mhz", "latency_ns", "initiation_interval", "hls")
-    print(json.dumps({k: manifest[k] for k in keys} | {"out": str(args.out)}))
+    shown = {
+        "name": manifest["name"],
+        "latency_cycles": manifest["latency_cycles"],
+        "clock_mhz": manifest["clock_mhz"],
+        "latency_ns": manifest["latency_ns"],
+        "initiation_interval": manifest["initiation_interval"],
+        "hls": manifest["hls"],
+        "out": str(args.out),
+    }
+    print(json.dumps(shown))
     return 0
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from l1forge.errors import L1ForgeError, MissingToolError
 from l1forge.firmware import wrappers
@@ -59,7 +59,10 @@ def _prepare(simulator: str) -> None:
 
 
 def build_sim(
-    firmware_dir: str | Path, simulator: str, top: str = "trigger", build_dir: str | Path = ""
+    firmware_dir: str | Path,
+    simulator: str,
+    top: Literal["trigger", "axis"] = "trigger",
+    build_dir: str | Path = "",
 ) -> SimBuild:
     """Compile the firmware for ``simulator`` with ``top`` in {"trigger", "axis"}."""
     from cocotb_tools.runner import get_runner

@@ -17,7 +17,9 @@ from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import Layer, QNet, TensorSpec
 
 
-def dense_range(src: Fixed, weight: np.ndarray, w_fmt: Fixed, bias: np.ndarray, b_fmt: Fixed):
+def dense_range(
+    src: Fixed, weight: np.ndarray, w_fmt: Fixed, bias: np.ndarray, b_fmt: Fixed
+) -> tuple[int, int, int]:
     """(lo, hi, frac_bits) of x @ weight + bias over all x in ``src``, in accumulator integers."""
     frac = max(src.frac_bits + w_fmt.frac_bits, b_fmt.frac_bits)
     w = weight.astype(object) * (1 << (frac - src.frac_bits - w_fmt.frac_bits))
@@ -28,13 +30,16 @@ def dense_range(src: Fixed, weight: np.ndarray, w_fmt: Fixed, bias: np.ndarray, 
     return int(lo), int(hi), frac
 
 
-def scale_range(src: Fixed, offset: np.ndarray, o_fmt: Fixed, shift: np.ndarray):
+def scale_range(
+    src: Fixed, offset: np.ndarray, o_fmt: Fixed, shift: np.ndarray
+) -> tuple[int, int, int]:
     """(lo, hi, frac_bits) of (x - offset) * 2**-shift over all x in ``src``."""
     base = max(src.frac_bits, o_fmt.frac_bits)
     frac = base + max(int(shift.max()), 0)
-    mult = [1 << (frac - base - int(s)) if frac - base - int(s) >= 0 else None for s in shift]
-    if any(m is None for m in mult):
+    steps = [frac - base - int(s) for s in shift]
+    if any(k < 0 for k in steps):
         raise DataFormatError("scale: shift values leave no common binary point")
+    mult = [1 << k for k in steps]
     xs = 1 << (base - src.frac_bits)
     off = [int(o) << (base - o_fmt.frac_bits) for o in offset]
     lo = min((src.min_int * xs - o) * m for o, m in zip(off, mult, strict=True))
@@ -42,7 +47,7 @@ def scale_range(src: Fixed, offset: np.ndarray, o_fmt: Fixed, shift: np.ndarray)
     return lo, hi, frac
 
 
-def sum_squares_range(src: Fixed, size: int):
+def sum_squares_range(src: Fixed, size: int) -> tuple[int, int, int]:
     m = max(abs(src.min_int), abs(src.max_int))
     return 0, size * m * m, 2 * src.frac_bits
 

@@ -244,6 +244,7 @@ def _emulate_rates(args: argparse.Namespace) -> int:
             if name in signals:
                 raise ConfigError(f"{path}: process {name!r} is also in an earlier signal file")
             signals[name] = bits
+    assert zb.seed_bits is not None  # emulate_scores fills it when given a menu
     table = menu_table(menu, zb.seed_bits, signals, args.cl)
     table |= {"menu": str(args.menu), "zero_bias": str(args.zero_bias), "signals": args.signal}
     out = Path(args.out)

@@ -230,7 +230,11 @@ class Emulation:
 
 
 def _column_dtypes(models: Sequence[Model], menu: Menu | None) -> dict[str, np.dtype]:
-    cols = {"run": np.dtype(np.uint64), "event": np.dtype(np.uint64), "seq": np.dtype(np.uint64)}
+    cols: dict[str, np.dtype] = {
+        "run": np.dtype(np.uint64),
+        "event": np.dtype(np.uint64),
+        "seq": np.dtype(np.uint64),
+    }
     cols |= {score_column(m.name): np.dtype(np.float64) for m in models}
     if menu is not None:
         cols["seed_bits"] = np.dtype(np.uint32)
@@ -257,7 +261,7 @@ def emulate_file(
         try:
             for res in emu.run(ef):
                 writer.extend(res.columns(menu))
-                if menu is not None:
+                if menu is not None and res.seed_bits is not None:
                     counts += seed_counts(res.seed_bits, len(menu.seeds))
         except BaseException:
             writer.abort()

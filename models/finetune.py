@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from l1forge.errors import ConfigError, L1ForgeError
 from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import QNet
+
+if TYPE_CHECKING:
+    from l1forge.models.config import NetConfig
+    from l1forge.models.networks import InputScaling, VAEModels
 
 
 class VerificationError(L1ForgeError, RuntimeError):
@@ -26,14 +30,22 @@ class VerificationError(L1ForgeError, RuntimeError):
 class FineTuneOptions(Protocol):
     """The training settings ``fine_tune`` reads (``online.learning.LearnerConfig`` has them)."""
 
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int
-    reinit: bool
-    distill_weight: float
-    distill_target: str
-    anchor_weight: float
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def reinit(self) -> bool: ...
+    @property
+    def distill_weight(self) -> float: ...
+    @property
+    def distill_target(self) -> str: ...
+    @property
+    def anchor_weight(self) -> float: ...
 
 
 def flat_inputs(objects_hw: np.ndarray) -> np.ndarray:
@@ -42,8 +54,8 @@ def flat_inputs(objects_hw: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.int64, copy=False)
 
 
-def scaling_of(net: QNet) -> Any:
-    """The input scaling (offsets, shifts) of an IR's ``scale`` layer, as ``InputScaling``."""
+def scaling_of(net: QNet) -> InputScaling:
+    """The input scaling (offsets, shifts) of an IR's ``scale`` layer."""
     from l1forge.models.networks import InputScaling
 
     lay = net.layer("scale")
@@ -59,7 +71,9 @@ class FineTuned:
     weights: Path
 
 
-def rescaled_vae(net_cfg: Any, old: Any, new: Any, parent: Any, beta_kl: float) -> Any:
+def rescaled_vae(
+    net_cfg: NetConfig, old: InputScaling, new: InputScaling, parent: VAEModels, beta_kl: float
+) -> VAEModels:
     """A VAE on input scaling ``new`` computing what ``parent`` (on ``old``) computes.
 
     Scaled inputs relate by x_old = x_new * 2**(s_new - s_old) + (o_new - o_old) * 2**-s_old,
@@ -82,7 +96,7 @@ def rescaled_vae(net_cfg: Any, old: Any, new: Any, parent: Any, beta_kl: float) 
 
 
 def fine_tune(
-    net_cfg: Any,
+    net_cfg: NetConfig,
     parent_net: QNet,
     parent_weights: Path,
     x_train: np.ndarray,
@@ -137,7 +151,7 @@ def fine_tune(
     return FineTuned(deploy, net, out_weights)
 
 
-def _latent_means(m: Any, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+def _latent_means(m: VAEModels, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     """Quantized latent means (the ``mu`` layer) of a VAE for hardware events (N, features)."""
     import tensorflow as tf
 
@@ -149,7 +163,7 @@ _ENCODER_PREFIXES = ("dense", "mu_dense")
 
 
 def _train(
-    m: Any, x_train: np.ndarray, cfg: FineTuneOptions, x_old: np.ndarray | None, mu_old: Any
+    m: VAEModels, x_train: np.ndarray, cfg: FineTuneOptions, x_old: np.ndarray | None, mu_old: Any
 ) -> None:
     """Adam on the VAE loss over ``x_train`` plus the anti-forgetting terms of ``cfg``.
 
@@ -172,14 +186,16 @@ def _train(
     ]
     anchors = [tf.constant(v.numpy()) for v in anchored]
     anchor_norm = float(sum(np.sum(np.square(a.numpy())) for a in anchors)) or 1.0
-    distill = cfg.distill_weight > 0.0 and mu_old is not None
-    if distill:
-        x_old = np.asarray(flat_inputs(x_old), np.float32)
-        mu_old = np.asarray(mu_old, np.float32)
-        distill_norm = float(np.mean(np.sum(np.square(mu_old), axis=1))) or 1.0
+    old: tuple[np.ndarray, np.ndarray] | None = None  # (old events, distillation targets)
+    distill_norm = 1.0
+    if cfg.distill_weight > 0.0 and mu_old is not None and x_old is not None:
+        targets = np.asarray(mu_old, np.float32)
+        distill_norm = float(np.mean(np.sum(np.square(targets), axis=1))) or 1.0
         if cfg.distill_target == "score":
-            mu_old = np.sum(np.square(mu_old), axis=1, keepdims=True)
-            distill_norm = float(np.mean(np.square(mu_old))) or 1.0
+            targets = np.sum(np.square(targets), axis=1, keepdims=True)
+            distill_norm = float(np.mean(np.square(targets))) or 1.0
+        old = (np.asarray(flat_inputs(x_old), np.float32), targets)
+    distill = old is not None
 
     @tf.function
     def step(xb, ob, tb):
@@ -208,12 +224,12 @@ def _train(
     empty = np.zeros((0, x_train.shape[1]), np.float32)
     for _ in range(cfg.epochs):
         order = rng.permutation(n)
-        old_order = rng.permutation(len(x_old)) if distill else None
+        old_order = rng.permutation(len(old[0])) if old is not None else None
         for k, i in enumerate(range(0, n, bs)):
             xb = x_train[order[i : i + bs]]
-            if distill:
+            if old is not None and old_order is not None:
                 j = np.take(old_order, np.arange(k * bs, k * bs + len(xb)), mode="wrap")
-                ob, tb = x_old[j], mu_old[j]
+                ob, tb = old[0][j], old[1][j]
             else:
                 ob, tb = empty, np.zeros((0, 1), np.float32)
             step(xb, ob, tb)

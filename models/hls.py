@@ -14,7 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -277,6 +277,21 @@ def predict_qnet(hm: Any, net: QNet, x_int: np.ndarray) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
+class HlsProject(TypedDict):
+    """What ``write_hls_project`` reports (the firmware manifest's ``hls`` entry)."""
+
+    written: Literal[True]
+    project_name: str
+    hls4ml: str  # its version
+    backend: str
+    io_type: str
+    part: str
+    clock_period_ns: float
+    types_equal_ir: bool
+    nodes_type_checked: int
+    csim_vectors_checked: int  # C-sim outputs compared with the emulator (0: not compiled)
+
+
 def write_hls_project(
     net: QNet,
     out_dir: str | Path,
@@ -284,7 +299,7 @@ def write_hls_project(
     part: str = DEFAULT_PART,
     clock_period_ns: float = DEFAULT_CLOCK_NS,
     csim_vectors: np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> HlsProject:
     """Write the hls4ml project of ``net`` into ``out_dir``; with vectors, compare its C-sim.
 
     Returns the manifest entry: project, backend, part, clock, type check and, when vectors
@@ -295,20 +310,10 @@ def write_hls_project(
     out = Path(out_dir).resolve()
     hm = from_qnet(net, out, project_name, part, clock_period_ns)
     n_types = check_result_types(hm, net)
-    entry: dict[str, Any] = {
-        "written": True,
-        "project_name": hm.config.get_project_name(),
-        "hls4ml": hls4ml.__version__,
-        "backend": BACKEND,
-        "io_type": IO_TYPE,
-        "part": part,
-        "clock_period_ns": clock_period_ns,
-        "types_equal_ir": True,
-        "nodes_type_checked": n_types,
-    }
+    project_name = hm.config.get_project_name()
     if csim_vectors is None:
         hm.write()
-        entry["csim_vectors_checked"] = 0
+        n_csim = 0
     else:
         from l1forge.models.emulator import Emulator
 
@@ -321,9 +326,20 @@ def write_hls_project(
             raise BitExactnessError(
                 f"hls4ml C simulation differs from the emulator on {bad} of {len(want)} vectors"
             )
-        entry["csim_vectors_checked"] = len(csim_vectors)
+        n_csim = len(csim_vectors)
     log.info("hls4ml project of %s written to %s", net.name, out)
-    return entry
+    return {
+        "written": True,
+        "project_name": project_name,
+        "hls4ml": hls4ml.__version__,
+        "backend": BACKEND,
+        "io_type": IO_TYPE,
+        "part": part,
+        "clock_period_ns": clock_period_ns,
+        "types_equal_ir": True,
+        "nodes_type_checked": n_types,
+        "csim_vectors_checked": n_csim,
+    }
 
 
 def keras_modelgraph(

@@ -221,10 +221,11 @@ def run(cfg: StudyConfig, out_dir: str | Path, resume: bool = False) -> dict[str
     with tqdm(total=tr.steps, initial=start, desc="codesign", unit="step") as bar:
         while study.state.step < tr.steps:
             rec = study.train_step()
-            if rec["step"] % tr.log_every == 0 or rec["step"] == tr.steps:
+            step = study.state.step  # == rec["step"]
+            if step % tr.log_every == 0 or step == tr.steps:
                 study.state.trajectory.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", cost=f"{rec['cost_eur']:.0f}")
-            if rec["step"] % tr.checkpoint_every == 0:
+            if step % tr.checkpoint_every == 0:
                 study.save_checkpoint(out)
             bar.update(1)
     train_s = time.perf_counter() - t0
@@ -266,8 +267,8 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
     return summary
 
 
-def plot_trajectories(traj: list[dict[str, float]], path: Path) -> None:
-    """One panel per parameter and loss term against the step."""
+def plot_trajectories(traj: list[dict[str, float | None]], path: Path) -> None:
+    """One panel per parameter and loss term against the step (None: a term not computed)."""
     import matplotlib
 
     matplotlib.use("Agg")

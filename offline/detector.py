@@ -17,6 +17,9 @@ class DetectorParams(nn.Module):
     The absorber is a softmax over :data:`ABSORBERS`; the readout and cell count stay fixed.
     """
 
+    lo: torch.Tensor  # buffers, registered in __init__
+    hi: torch.Tensor
+
     def __init__(self, space: DetectorSpace):
         super().__init__()
         self.space = space

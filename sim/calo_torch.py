@@ -251,7 +251,7 @@ def gradient_check(
     zero = torch.zeros(1, dtype=torch.float64)
     mean = expected_cells(theta, ro, torch.tensor([e_gev], dtype=torch.float64), zero, zero)[0]
     obs = _observables_at(mean, geom.n_cells)
-    g_torch = {k: [] for k in GRADIENT_PARAMS}
+    g_torch: dict[str, list[float]] = {k: [] for k in GRADIENT_PARAMS}
     for f in obs:
         grads = torch.autograd.grad(f, [theta[k] for k in GRADIENT_PARAMS], retain_graph=True)
         for k, g in zip(GRADIENT_PARAMS, grads, strict=True):
@@ -262,9 +262,13 @@ def gradient_check(
         h = STEPS[k]
         means = []
         for sign in (1, -1):
-            g = dataclasses.replace(geom, **{k: getattr(geom, k) + sign * h})
-            ev = calo.simulate(g, np.full(n_events, e_gev), seed=seed, impact="center", options=opt)
-            means.append([float(v) for v in _observables_at(ev.deposited_gev.mean(0), g.n_cells)])
+            shifted = dataclasses.replace(geom, **{k: getattr(geom, k) + sign * h})
+            ev = calo.simulate(
+                shifted, np.full(n_events, e_gev), seed=seed, impact="center", options=opt
+            )
+            means.append(
+                [float(v) for v in _observables_at(ev.deposited_gev.mean(0), shifted.n_cells)]
+            )
         fd = (np.array(means[0]) - np.array(means[1])) / (2 * h)
         out[k] = float(np.linalg.norm(np.array(g_torch[k]) - fd) / np.linalg.norm(fd))
     return out

@@ -66,7 +66,7 @@ class EventSet:
 
     def select(self, mask: np.ndarray) -> EventSet:
         return EventSet(
-            *(getattr(self, k)[mask] for k in ARRAYS),
+            **{k: getattr(self, k)[mask] for k in ARRAYS},
             processes=self.processes,
             provenance=self.provenance,
         )

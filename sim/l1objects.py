@@ -166,7 +166,7 @@ def reduce_event(
     # e/gamma: isolated electrons and photons in the tracker acceptance
     cand = np.flatnonzero(((pid == 11) | (pid == 22)) & calo & (np.abs(eta) < r.egamma_eta_max))
     cand = cand[pt[cand] > r.egamma_pt_min * 0.5]
-    eg_rows = []
+    eg_rows = np.empty((0, 3), dtype=np.float32)
     if len(cand):
         vis = np.flatnonzero(calo | (pid == 13))
         dr = delta_r(eta[cand, None], phi[cand, None], eta[None, vis], phi[None, vis])

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from l1forge.errors import L1ForgeError
 from l1forge.fileio import write_atomic
@@ -29,6 +29,9 @@ from l1forge.online.control.runcontrol import (
 )
 from l1forge.online.security import is_loopback, stop_authenticator
 from l1forge.online.web.metrics import make_metrics
+
+if TYPE_CHECKING:
+    from l1forge.online.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class Daemon:
         self.handler = CommandHandler(self.runcontrol, status=self.status)
         self._signal: int | None = None
         self._control: ControlServer | None = None
-        self._web: Any = None
+        self._web: WebServer | None = None
         self._endpoints: dict[str, Any] = {}
         self._run_started_here = 0
         self.error: str | None = None  # why the daemon's run ended in error (after serve)

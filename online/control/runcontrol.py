@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from l1forge.errors import ConfigError, L1ForgeError
 from l1forge.fileio import probe_writable, write_atomic
@@ -33,7 +33,12 @@ from l1forge.online.config import (
     run_config_to_dict,
     run_config_to_yaml,
 )
+from l1forge.online.datapath.status import PipelineStatus
 from l1forge.online.web.metrics import PipelineMetrics
+
+if TYPE_CHECKING:
+    from l1forge.online.datapath.pipeline import Pipeline
+    from l1forge.online.dqm.service import DQMService
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,26 @@ class RunStatus(TypedDict):
     config_sha256: str | None
     error: str | None
     seconds: NotRequired[float]  # while running
-    pipeline: NotRequired[dict[str, Any]]  # while running: Pipeline.status()
+    pipeline: NotRequired[PipelineStatus]  # while running
     summary: NotRequired[dict[str, Any]]  # once a run stopped: its run_summary.json
+
+
+class DQMFiles(TypedDict):
+    """What ``stop_dqm`` reports of a run's DQM (the run summary's ``dqm``)."""
+
+    root_path: str
+    summary_path: str
+    n_lumisections: int
+    n_alarms: int
+    n_errors: int
+    monitored_events: int
+    monitored_batches: int
+
+
+class DQMFailed(TypedDict):
+    """``stop_dqm``'s report when the DQM service failed."""
+
+    error: str
 
 
 class TransitionError(L1ForgeError, RuntimeError):
@@ -119,21 +142,21 @@ def summary_to_dict(summary: Any) -> dict[str, Any]:
     """A RunSummary (dataclass or object with ``to_dict``) as a JSON-able dict."""
     if hasattr(summary, "to_dict"):
         return summary.to_dict()
-    if dataclasses.is_dataclass(summary):
+    if dataclasses.is_dataclass(summary) and not isinstance(summary, type):
         return json.loads(json.dumps(dataclasses.asdict(summary), default=str))
     return dict(summary)
 
 
 def default_pipeline_factory(
     cfg: RunConfig, run: int, run_dir: Path, metrics: PipelineMetrics | None
-) -> Any:
+) -> Pipeline:
     """`online.pipeline.Pipeline` (imported when a run starts)."""
     from l1forge.online.datapath.pipeline import Pipeline
 
     return Pipeline(cfg, run, run_dir, metrics=metrics)
 
 
-def start_dqm(cfg: RunConfig, run: int, run_dir: Path, pipeline: Any) -> Any:
+def start_dqm(cfg: RunConfig, run: int, run_dir: Path, pipeline: Pipeline) -> DQMService:
     """Subscribe a DQM service to the pipeline's monitoring tap; its files go to run_dir/dqm."""
     from l1forge.online.dqm.config import load_config
     from l1forge.online.dqm.service import DQMService
@@ -150,7 +173,7 @@ def start_dqm(cfg: RunConfig, run: int, run_dir: Path, pipeline: Any) -> Any:
     ).start()
 
 
-def stop_dqm(dqm: Any, tap_batches: int | None = None) -> dict[str, Any]:
+def stop_dqm(dqm: DQMService, tap_batches: int | None = None) -> DQMFiles | DQMFailed:
     """Stop the DQM service once it has the run's `tap_batches` tap messages (when known) and
     write its files; a DQM failure is reported, not raised."""
     try:
@@ -170,7 +193,7 @@ def stop_dqm(dqm: Any, tap_batches: int | None = None) -> dict[str, Any]:
     }
 
 
-PipelineFactory = Callable[[RunConfig, int, Path, PipelineMetrics | None], Any]
+PipelineFactory = Callable[[RunConfig, int, Path, PipelineMetrics | None], "Pipeline"]
 
 
 class RunControl:
@@ -191,8 +214,8 @@ class RunControl:
         self._lock = threading.RLock()
         self._state = RunState.IDLE
         self._config: RunConfig | None = None
-        self._pipeline: Any = None
-        self._dqm: Any = None  # online.dqm_service.DQMService of the running run
+        self._pipeline: Pipeline | None = None
+        self._dqm: DQMService | None = None  # of the running run
         self._run = 0
         self._run_dir: Path | None = None
         self._config_sha256 = ""
@@ -224,7 +247,7 @@ class RunControl:
         return self._run_dir
 
     @property
-    def pipeline(self) -> Any:
+    def pipeline(self) -> Pipeline | None:
         """The running pipeline (None unless running)."""
         return self._pipeline
 
@@ -236,7 +259,7 @@ class RunControl:
         return time.monotonic() - self._started_at
 
     @property
-    def dqm(self) -> Any:
+    def dqm(self) -> DQMService | None:
         """The running run's DQM service (None when DQM is off or no run is running)."""
         return self._dqm
 
@@ -307,13 +330,13 @@ class RunControl:
                 write_atomic(
                     run_dir / "run_config.sha256", f"{self._config_sha256}  {RUN_CONFIG_FILE}\n"
                 )
-                self._pipeline = self._factory(cfg, run, run_dir, self.metrics)
+                self._pipeline = pipeline = self._factory(cfg, run, run_dir, self.metrics)
                 self._started_at = time.monotonic()
 
-                def subscribe_dqm(pipeline: Any) -> None:  # on the tap before the first batch
+                def subscribe_dqm(pipeline: Pipeline) -> None:  # on the tap before the first batch
                     self._dqm = start_dqm(cfg, run, run_dir, pipeline)
 
-                self._pipeline.start(subscribe_dqm if cfg.monitor.dqm_enabled else None)
+                pipeline.start(subscribe_dqm if cfg.monitor.dqm_enabled else None)
             except (L1ForgeError, OSError) as exc:
                 self._fail(f"run {run} failed to start: {exc}")
                 raise RunFailedError(f"run {run} failed to start: {exc}") from exc
@@ -327,7 +350,7 @@ class RunControl:
             self._require("stop", RunState.RUNNING)
             assert self._run_dir is not None
             try:
-                summary = summary_to_dict(self._pipeline.stop(drain=True))
+                summary = summary_to_dict(self._live().stop(drain=True))
             except (L1ForgeError, OSError) as exc:
                 self._pipeline = None
                 self._fail(f"run {self._run} failed to stop cleanly: {exc}")
@@ -380,7 +403,7 @@ class RunControl:
             raw["backend"]["models"][name] = str(path)
             new_cfg = run_config_from_dict(raw)  # checks the path exists
             if self._state == RunState.RUNNING:
-                self._pipeline.set_model(name, new_cfg.backend.models[name])
+                self._live().set_model(name, new_cfg.backend.models[name])
             else:
                 from l1forge.models import qnet
 
@@ -405,12 +428,17 @@ class RunControl:
             raw["menu"]["input_rate_hz"] = doc["input_rate_hz"]
             new_cfg = run_config_from_dict(raw)
             if self._state == RunState.RUNNING:
-                self._pipeline.set_menu(menu)
+                self._live().set_menu(menu)
             self._config = new_cfg
             log.info("menu replaced: %s", ", ".join(menu.names))
             return doc
 
     # ---- internals ----
+
+    def _live(self) -> Pipeline:
+        """The running run's pipeline (the caller has checked the state is running)."""
+        assert self._pipeline is not None
+        return self._pipeline
 
     def _set(self, state: RunState) -> None:
         self._state = state

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -32,6 +32,7 @@ from l1forge.online.datapath.protocol import (
     META,
     U64,
 )
+from l1forge.online.datapath.status import CollectorStatus
 from l1forge.online.datapath.storage import AcceptedWriter, FileRecord, StorageError
 from l1forge.online.datapath.wire import (
     TOPIC_MONITOR,
@@ -42,6 +43,9 @@ from l1forge.online.datapath.wire import (
     decode_results,
     encode_results,
 )
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ class Collector:
         menu: Menu,
         model_names: tuple[str, ...],
         events_per_lumisection: int,
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
         on_error: Callable[[str], None] | None = None,
         curve_keys: str | None = None,
     ):
@@ -390,14 +394,14 @@ class Collector:
             missing_ranges=tuple(gaps[:10]),
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CollectorStatus:
         with self._lock:
             c = self.counts
             n_lat = min(self.n_latency, LATENCY_WINDOW)
             lat = self.latencies[:n_lat]
             seeds = c.seeds[: len(self.menu.seeds)].tolist()
             names = self.menu.names
-            out = {
+            out: CollectorStatus = {
                 "events_processed": c.n_processed,
                 "events_accepted": c.n_accepted,
                 "batches_collected": c.n_batches,

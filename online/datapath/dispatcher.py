@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -49,6 +49,9 @@ from l1forge.online.datapath.protocol import (
     WorkerSetup,
 )
 from l1forge.online.datapath.status import DispatcherStatus
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class Dispatcher:
         timeout_s: float,
         monitor_fraction: float = 0.0,
         is_alive: Callable[[str], bool | None] | None = None,
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
         curve_keys: str | None = None,
     ):
         from l1forge.online.security import bind_server
@@ -386,7 +389,8 @@ class Dispatcher:
         t_source = entry.t_source if entry is not None else 0.0
         owner = entry is not None and w is not None and entry.worker == w.ident
         if kind == W_FAILED:
-            if not owner:  # the batch is (or was) with another worker: its answer counts
+            # not the owner: the batch is (or was) with another worker, whose answer counts
+            if entry is None or not owner:
                 log.warning("ignoring a failure report for batch %d from a former holder", seq)
                 return
             meta = META.pack(seq, t_source, 0, entry.n_events, FLAG_OWNER)
@@ -397,7 +401,7 @@ class Dispatcher:
         n_events = entry.n_events if entry is not None else 0
         flags = (FLAG_SAMPLED if sampled else 0) | (FLAG_OWNER if owner else 0)
         meta = META.pack(seq, t_source, len(result), n_events, flags)
-        extra = entry.frames if sampled else []
+        extra = entry.frames if entry is not None and sampled else []
         self.collector.send_multipart([C_RESULT, meta, *result, *extra], copy=False)
         if w is None:  # a result from a worker declared dead still counts (first one wins)
             with self._lock:

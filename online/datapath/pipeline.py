@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -32,10 +32,14 @@ from l1forge.online.datapath.menu import Menu, build_menu
 from l1forge.online.datapath.protocol import ModelFiles, WorkerSetup
 from l1forge.online.datapath.pump import SourcePump
 from l1forge.online.datapath.sources import Sequencer, Source, make_source
+from l1forge.online.datapath.status import PipelineStatus
 from l1forge.online.datapath.storage import AcceptedWriter
 from l1forge.online.datapath.summary import RunSummary, summarize
 from l1forge.online.datapath.wire import TOPIC_MONITOR
 from l1forge.online.datapath.workerpool import WorkerPool
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class Pipeline:
         run: int,
         run_dir: str | Path,
         *,
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
         menu: Menu | None = None,
         writer_factory: Callable[..., AcceptedWriter] = AcceptedWriter,
         source: Source | None = None,
@@ -274,12 +278,13 @@ class Pipeline:
 
     # ---- status and stop ----
 
-    def status(self) -> dict[str, Any]:
-        d = self.dispatcher.status() if self.dispatcher is not None else {}
-        c = self.collector.status() if self.collector is not None else {}
+    def status(self) -> PipelineStatus:
+        d = self.dispatcher.status() if self.dispatcher is not None else None
+        c = self.collector.status() if self.collector is not None else None
         first, end = self.pump.range
         elapsed = time.perf_counter() - self._t_start if self._t_start else 0.0
-        return {
+        processed = c["events_processed"] if c is not None else 0
+        out: PipelineStatus = {
             "state": self.state,
             "error": self.error,
             "run": self.run,
@@ -288,12 +293,15 @@ class Pipeline:
             "source_blocked_s": self.source_blocked_s,
             "rejected": self._source.rejected() if self._source is not None else {},
             "seconds": elapsed,
-            "events_per_s": c.get("events_processed", 0) / elapsed if elapsed else 0.0,
+            "events_per_s": processed / elapsed if elapsed else 0.0,
             "monitor_endpoint": self.monitor_endpoint,
             "worker_endpoint": self.worker_endpoint,
-            **d,
-            **c,
         }
+        if d is not None:
+            out.update(d)
+        if c is not None:
+            out.update(c)
+        return out
 
     def wait_source_done(self, timeout_s: float | None = None) -> bool:
         """True once the source has ended (replay exhausted, n_events reached or failed)."""

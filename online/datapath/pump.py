@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -21,6 +21,9 @@ from l1forge.errors import DataFormatError
 from l1forge.online.datapath.protocol import S_BATCH, S_END, SOURCE_META
 from l1forge.online.datapath.sources import Sequencer, Source, SourceError
 from l1forge.online.datapath.wire import EventBatch, encode_batch
+
+if TYPE_CHECKING:
+    from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class SourcePump:
         abort: threading.Event,
         done: threading.Event,
         on_error: Callable[[str], None],
-        metrics: Any = None,
+        metrics: PipelineMetrics | None = None,
     ):
         self.run_number = run
         self.sequencer = sequencer

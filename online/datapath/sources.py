@@ -225,7 +225,7 @@ class ZmqInputSource:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while not stop.is_set():
-            if not poller.poll(IDLE_TICK_S * 1000):
+            if not poller.poll(int(IDLE_TICK_S * 1000)):
                 yield EMPTY
                 continue
             frames = self.sock.recv_multipart(copy=False)

@@ -83,10 +83,13 @@ def _remove(path: Path) -> None:
 def _concat(parts: list[EventRecords], n_models: int) -> EventRecords:
     if not parts:
         return EventRecords(
-            *(np.zeros(0, np.uint64) for _ in range(4)),
-            np.zeros((0, N_OBJECTS, N_FEATURES), np.int32),
-            np.zeros((0, n_models), np.float64),
-            np.zeros(0, np.uint32),
+            lumisection=np.zeros(0, np.uint64),
+            run=np.zeros(0, np.uint64),
+            seq=np.zeros(0, np.uint64),
+            event=np.zeros(0, np.uint64),
+            objects_hw=np.zeros((0, N_OBJECTS, N_FEATURES), np.int32),
+            scores=np.zeros((0, n_models), np.float64),
+            seed_bits=np.zeros(0, np.uint32),
         )
     return EventRecords(
         *(np.concatenate([getattr(p, k) for p in parts]) for k in EventRecords.__dataclass_fields__)

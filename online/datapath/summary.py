@@ -8,11 +8,12 @@ collector and the dispatcher; ``RunSummary.to_dict`` is what run control stores 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from l1forge.online.datapath.collector import Completeness
+from l1forge.online.datapath.status import CollectorStatus, DispatcherStatus, LatencyPercentiles
 from l1forge.online.datapath.storage import FileRecord
 
 
@@ -38,7 +39,7 @@ class RunSummary:
     error: str | None
     seconds: float
     events_per_s: float
-    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_ms: LatencyPercentiles | dict[str, float] = field(default_factory=dict)  # {}: untimed
     dead_workers: list[str] = field(default_factory=list)
     max_in_flight_batches: int = 0
     source_blocked_s: float = 0.0
@@ -55,8 +56,8 @@ class RunSummary:
 def summarize(
     run: int,
     proof: Completeness,
-    collector: Mapping[str, Any],
-    dispatcher: Mapping[str, Any],
+    collector: CollectorStatus,
+    dispatcher: DispatcherStatus,
     *,
     records: Iterable[FileRecord],
     rejected: dict[str, int],
@@ -85,7 +86,7 @@ def summarize(
         error=error,
         seconds=seconds,
         events_per_s=c["events_processed"] / seconds if seconds > 0 else 0.0,
-        latency_ms=c.get("latency_ms", {}),
+        latency_ms=c["latency_ms"] if "latency_ms" in c else {},
         dead_workers=d["dead_workers"],
         max_in_flight_batches=d["max_in_flight_batches"],
         source_blocked_s=source_blocked_s,

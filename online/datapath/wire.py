@@ -66,7 +66,7 @@ REASONS = (
 )
 
 # dtype codes of the objects array (the only array whose dtype varies)
-DTYPE_CODES = {1: np.dtype("<i2"), 2: np.dtype("<i4")}
+DTYPE_CODES: dict[int, np.dtype] = {1: np.dtype("<i2"), 2: np.dtype("<i4")}
 _CODE_OF = {v: k for k, v in DTYPE_CODES.items()}
 
 # magic, version, kind, flags, run, first_seq, lumisection, count, dtype, ndim, n_models,
@@ -179,7 +179,7 @@ def _check_ids(run: int, first_seq: int, lumisection: int, n: int, what: str) ->
 def _raw(a: np.ndarray, dtype: np.dtype) -> memoryview:
     """The bytes of ``a`` as ``dtype`` (little endian), without a copy when already so."""
     a = np.ascontiguousarray(a, dtype=dtype)
-    return memoryview(a.reshape(-1).view(np.uint8))
+    return a.reshape(-1).view(np.uint8).data
 
 
 def _pack_header(

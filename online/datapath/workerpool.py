@@ -14,10 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from l1forge.errors import L1ForgeError
 from l1forge.online.config import WorkersConfig
+
+if TYPE_CHECKING:
+    from l1forge.online.datapath.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class WorkerPool:
         return False
 
     def wait_configured(
-        self, dispatcher: Any, expected: int, timeout_s: float = WORKER_START_TIMEOUT_S
+        self, dispatcher: Dispatcher, expected: int, timeout_s: float = WORKER_START_TIMEOUT_S
     ) -> None:
         """Block until ``expected`` workers loaded the run setup; WorkerStartError otherwise."""
         deadline = time.monotonic() + timeout_s
@@ -127,5 +130,5 @@ class WorkerPool:
                 p.wait(5)
 
 
-def _configured(dispatcher: Any) -> int:
+def _configured(dispatcher: Dispatcher) -> int:
     return sum(w["configured"] for w in dispatcher.status()["workers"].values())

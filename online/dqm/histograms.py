@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import hist
 import numpy as np
@@ -23,6 +24,14 @@ from l1forge.online.dqm.config import PARTICLE_KINDS, DQMConfig
 from l1forge.sim.l1objects import EGAMMA, JET, MET, MUON
 
 log = logging.getLogger(__name__)
+
+
+class _Flow(TypedDict):
+    """Flow-bin keywords of a ``hist`` axis."""
+
+    underflow: bool
+    overflow: bool
+
 
 ROWS = {"met": MET, "egamma": EGAMMA, "muon": MUON, "jet": JET}
 # Which configuration check and which alarm kind each histogram group uses.
@@ -61,8 +70,8 @@ def book_histograms(
 ) -> dict[str, hist.Hist]:
     """Empty histograms of one lumisection, keyed by their path in the DQM file."""
     b = config.binning
-    flow = {"underflow": True, "overflow": True}
-    no_flow = {"underflow": False, "overflow": False}
+    flow: _Flow = {"underflow": True, "overflow": True}
+    no_flow: _Flow = {"underflow": False, "overflow": False}
     reg = hist.axis.Regular
     phi = reg(b.phi_bins, -math.pi, math.pi, name="phi", label="phi", **flow)
     hs: dict[str, hist.Hist] = {}

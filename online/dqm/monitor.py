@@ -76,7 +76,10 @@ class DQMMonitor:
             raise ConfigError(f"score_names: need distinct names, got {self.score_names}")
         self.run = int(run)
         if reference is None and self.config.reference.mode == "file":
-            reference = DQMReference.from_root(self.config.reference.path, self._book())
+            path = self.config.reference.path
+            if path is None:
+                raise ConfigError("reference.path: mode 'file' needs a reference DQM ROOT file")
+            reference = DQMReference.from_root(path, self._book())
         self._file_reference = reference
         self._running = RunningReference(self.config.reference.window_lumisections)
         self._open: dict[int, dict[str, hist.Hist]] = {}
@@ -177,12 +180,20 @@ class DQMMonitor:
                 ax = h.axes
                 alarms += compare_map(lumisection, name, counts, r, check, ax[0].edges, ax[1].edges)
                 continue
-            trials = (float(n_events), ref_events) if group == "rates" else (None, None)
+            trials, ref_trials = (float(n_events), ref_events) if group == "rates" else (None, None)
             edges = h.axes[0].edges
             if h.axes[0].traits.underflow:
                 edges = np.concatenate([[-np.inf], edges, [np.inf]])
             alarms += compare_1d(
-                lumisection, name, GROUP_KIND[group], counts, r, check, *trials, edges=edges
+                lumisection,
+                name,
+                GROUP_KIND[group],
+                counts,
+                r,
+                check,
+                trials,
+                ref_trials,
+                edges=edges,
             )
         return alarms, n_compared
 
@@ -325,9 +336,9 @@ class DQMMonitor:
         ls_axis = hist.axis.Regular(
             last - first + 1, first, last + 1, name="lumisection", underflow=False, overflow=False
         )
-        events = hist.Hist(ls_axis)
+        events: hist.Hist = hist.Hist(ls_axis)
         n_seeds = max(len(self.seed_names), 1)
-        rates = hist.Hist(
+        rates: hist.Hist = hist.Hist(
             ls_axis,
             hist.axis.Regular(n_seeds, 0, n_seeds, name="seed", underflow=False, overflow=False),
         )

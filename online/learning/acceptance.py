@@ -11,15 +11,44 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 
 from l1forge.models.qnet import QNet
 from l1forge.online.learning.drift import expected_fraction
 
+if TYPE_CHECKING:
+    from l1forge.online.datapath.menu import Menu, Seed
+    from l1forge.online.learning.settings import LearnerConfig
+
 # seed name -> {process: pass fraction}
 SignalTPR = Mapping[str, Mapping[str, float]]
+
+
+class SeedRateCheck(TypedDict):
+    """One rate seed's held-out zero-bias count against its target (``rate_errors``)."""
+
+    n_pass: int
+    expected: float
+    rel_error: float
+    ok: bool
+
+
+class OldConditionsTPR(TypedDict):
+    """Signal efficiencies on the reference conditions, candidate and parent."""
+
+    signal_tpr: dict[str, dict[str, float]]
+    parent_signal_tpr: dict[str, dict[str, float]]
+
+
+class CandidateMetrics(TypedDict):
+    """What the acceptance checks measured of a candidate (stored in its provenance)."""
+
+    holdout_rate: dict[str, SeedRateCheck]
+    signal_tpr: NotRequired[dict[str, dict[str, float]]]  # with signal_holdout
+    parent_signal_tpr: NotRequired[dict[str, dict[str, float]]]
+    old_conditions: NotRequired[OldConditionsTPR]  # with reference_signal
 
 
 @dataclass(frozen=True)
@@ -27,11 +56,11 @@ class Candidate:
     """One trained candidate of an adaptation (not registered yet) and the outcome of its checks."""
 
     index: int  # position among the adaptation's settings
-    cfg: Any  # the LearnerConfig it was trained with
+    cfg: LearnerConfig  # the settings it was trained with
     net: QNet
     weights: Path
     n_replay: int  # replayed older events in its training set
-    metrics: dict[str, Any]
+    metrics: CandidateMetrics
     reasons: tuple[str, ...]  # why it must not go live (empty: it passed every check)
     efficiency: float  # mean held-out signal efficiency over the rate seeds (0 without signal)
     provenance: dict[str, Any]  # kind, training settings, verification, metrics
@@ -41,7 +70,7 @@ class Candidate:
         return not self.reasons
 
 
-def rate_seeds(menu: Any, model: str) -> list[Any]:
+def rate_seeds(menu: Menu, model: str) -> list[Seed]:
     """The seeds of ``model`` that have a target rate (the ones calibration sets)."""
     return [s for s in menu.seeds if s.model == model and s.target_rate_hz is not None]
 
@@ -52,12 +81,13 @@ def rate_agreement(n_pass: int, expected: float, rel_tol: float) -> bool:
 
 
 def rate_errors(
-    menu: Any, model: str, s_hold: np.ndarray, max_rate_error: float
-) -> dict[str, dict[str, Any]]:
+    menu: Menu, model: str, s_hold: np.ndarray, max_rate_error: float
+) -> dict[str, SeedRateCheck]:
     """Per rate seed of ``model``: held-out zero-bias events passing its threshold against the
     count its target rate expects, and whether they agree (``rate_agreement``)."""
-    out = {}
+    out: dict[str, SeedRateCheck] = {}
     for seed in rate_seeds(menu, model):
+        assert seed.target_rate_hz is not None  # rate_seeds keeps the seeds with a target
         f = expected_fraction(seed.target_rate_hz, menu.input_rate_hz, seed.prescale)
         n_pass = int(np.count_nonzero(s_hold > seed.threshold))
         exp = f * len(s_hold)
@@ -70,7 +100,7 @@ def rate_errors(
     return out
 
 
-def rate_reasons(rates: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def rate_reasons(rates: Mapping[str, SeedRateCheck]) -> list[str]:
     """A reason per seed whose held-out rate is off (from ``rate_errors``)."""
     return [
         f"seed {k}: held-out rate off by {v['rel_error']:+.1%}"

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from l1forge.online.datapath.tap import TapSubscriber
 from l1forge.online.datapath.wire import TOPIC_ZERO_BIAS, WireError, decode_results
 from l1forge.online.learning.acceptance import (
     Candidate,
+    CandidateMetrics,
     choose,
     efficiency_losses,
     final_reasons,
@@ -48,6 +49,10 @@ from l1forge.online.learning.registry import ModelRegistry, ModelVersion
 from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
 
+if TYPE_CHECKING:
+    from l1forge.models.config import NetConfig
+    from l1forge.online.datapath.menu import Menu
+
 log = logging.getLogger(__name__)
 
 
@@ -58,8 +63,8 @@ class AdaptationResult:
     version: str
     accepted: bool
     reasons: tuple[str, ...]
-    metrics: dict[str, Any]
-    menu: Any  # the menu sent after the adaptation (for the accepted or the kept model)
+    metrics: CandidateMetrics  # of the candidate that went live, or else of the first one
+    menu: Menu  # the menu sent after the adaptation (for the accepted or the kept model)
     candidates: tuple[str, ...] = ()  # every version registered by this adaptation
 
 
@@ -76,21 +81,22 @@ def score(net: QNet, x: np.ndarray, emulator: Emulator | None = None) -> np.ndar
         return emu.run_float(flat_inputs(x))[:, 0]
 
 
-def seed_fractions(menu: Any, model: str) -> dict[str, tuple[float, float]]:
+def seed_fractions(menu: Menu, model: str) -> dict[str, tuple[float, float]]:
     """Seed name -> (threshold, expected zero-bias pass fraction) for the drift detector."""
-    return {
-        s.name: (
+    out = {}
+    for s in rate_seeds(menu, model):
+        assert s.target_rate_hz is not None  # rate_seeds keeps the seeds with a target
+        out[s.name] = (
             float(s.threshold),
             expected_fraction(s.target_rate_hz, menu.input_rate_hz, s.prescale),
         )
-        for s in rate_seeds(menu, model)
-    }
+    return out
 
 
 # ---- fine-tuning (l1forge.models.finetune; TensorFlow imported there, lazily) --------------
 
 
-def net_config_of(version: ModelVersion) -> Any:
+def net_config_of(version: ModelVersion) -> NetConfig:
     """The NetConfig a version was trained with (stored in its provenance)."""
     from l1forge.models.config import make_config
 
@@ -123,7 +129,7 @@ class Learner:
     def __init__(
         self,
         registry: ModelRegistry,
-        menu: Any,
+        menu: Menu,
         reference_inputs: np.ndarray,
         *,
         model: str = "ad",
@@ -131,7 +137,7 @@ class Learner:
         signal_holdout: Mapping[str, np.ndarray] | None = None,
         reference_signal: Mapping[str, np.ndarray] | None = None,
         transform_signal: Callable[[np.ndarray], np.ndarray] | None = None,
-        on_menu: Callable[[Any], None] | None = None,
+        on_menu: Callable[[Menu], None] | None = None,
         on_model: Callable[[str, Path], None] | None = None,
     ):
         version = registry.active
@@ -171,7 +177,7 @@ class Learner:
         ref = score(self.net, x_ref, self.emulator)
         return DriftDetector(seed_fractions(self.menu, self.model), ref, x_ref, self.config.drift)
 
-    def _calibrate(self, scores: np.ndarray) -> Any:
+    def _calibrate(self, scores: np.ndarray) -> Menu:
         """The menu with this model's rate seeds recalibrated; every other seed unchanged."""
         own = tuple(s for s in self.menu.seeds if s.model == self.model)
         part = dataclasses.replace(self.menu, seeds=own)
@@ -182,7 +188,7 @@ class Learner:
             self.menu, seeds=tuple(done.get(s.name, s) for s in self.menu.seeds)
         )
 
-    def _send_menu(self, menu: Any) -> None:
+    def _send_menu(self, menu: Menu) -> None:
         self.menu = menu
         if self.on_menu is not None:
             self.on_menu(menu)
@@ -261,7 +267,7 @@ class Learner:
         n_hold = int(len(x_new) * self.config.holdout_fraction)
         return x_new, x_new[perm[n_hold:]], x_new[perm[:n_hold]]
 
-    def _signal_tpr(self, net: QNet, menu: Any, old: bool = False) -> dict[str, dict[str, float]]:
+    def _signal_tpr(self, net: QNet, menu: Menu, old: bool = False) -> dict[str, dict[str, float]]:
         """Signal efficiency per rate seed and process at the thresholds of ``menu`` (on
         ``reference_signal`` as it is when ``old``)."""
         out: dict[str, dict[str, float]] = {}
@@ -278,7 +284,8 @@ class Learner:
     def _adapt(self) -> AdaptationResult:
         x_new, x_fit, x_hold = self._split_new()
         net_cfg = net_config_of(self.version)
-        if self.version.weights_path is None:
+        parent_weights = self.version.weights_path
+        if parent_weights is None:
             raise ConfigError(f"model {self.version.name} has no Keras weights to fine-tune from")
         runs = sorted({r for r, _ in self._lumi})
         lumis = [ls for _, ls in self._lumi]
@@ -294,7 +301,9 @@ class Learner:
         with tempfile.TemporaryDirectory() as tmp:
             done: list[Candidate] = []
             for i, c in enumerate(settings):
-                done.append(self._candidate(i, c, net_cfg, x_fit, x_hold, Path(tmp)))
+                done.append(
+                    self._candidate(i, c, net_cfg, parent_weights, x_fit, x_hold, Path(tmp))
+                )
                 if self.config.candidate_choice == "first" and done[-1].passed:
                     break
             best = choose(done)
@@ -359,7 +368,8 @@ class Learner:
         self,
         index: int,
         cfg: LearnerConfig,
-        net_cfg: Any,
+        net_cfg: NetConfig,
+        parent_weights: Path,
         x_fit: np.ndarray,
         x_hold: np.ndarray,
         tmp: Path,
@@ -382,7 +392,7 @@ class Learner:
         tuned = fine_tune(
             net_cfg,
             self.net,
-            self.version.weights_path,
+            parent_weights,
             x_train,
             cfg,
             tmp / f"candidate{index}.weights.h5",
@@ -423,7 +433,7 @@ class Learner:
 
     def _acceptance(
         self, candidate: QNet, x_fit: np.ndarray, x_hold: np.ndarray, cfg: LearnerConfig
-    ) -> tuple[dict[str, Any], list[str], float]:
+    ) -> tuple[CandidateMetrics, list[str], float]:
         """Held-out rate of the candidate, its signal efficiency against the parent's (both
         recalibrated on the same new events) and, with ``reference_signal``, against the parent's
         on the old conditions (both calibrated on the reference zero bias). Returns the metrics,
@@ -434,7 +444,7 @@ class Learner:
             cand_menu, self.model, score(candidate, x_hold), self.config.max_rate_error
         )
         reasons = rate_reasons(rates)
-        metrics: dict[str, Any] = {"holdout_rate": rates}
+        metrics: CandidateMetrics = {"holdout_rate": rates}
         efficiency = 0.0
         seeds = [s.name for s in rate_seeds(cand_menu, self.model)]
         if self.signal_holdout:

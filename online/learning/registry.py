@@ -16,6 +16,7 @@ a torn pointer. Versions are never modified after registration except for an add
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import json
 import logging
@@ -130,7 +131,7 @@ class ModelRegistry:
         name = self.active_name
         return self.get(name) if name else None
 
-    def history(self) -> list[str]:
+    def history(self) -> builtins.list[str]:  # builtins: the list method shadows list here
         """Versions made active, oldest first; the last one is the active version."""
         return list(self._pointer().get("history", []))
 
@@ -202,7 +203,7 @@ class ModelRegistry:
                 n += 1
         raise RegistryError(f"{self.versions_dir}: could not find a free version name")
 
-    def _write_pointer(self, name: str, history: list[str]) -> None:
+    def _write_pointer(self, name: str, history: builtins.list[str]) -> None:
         doc = {"active": name, "history": history}
         write_atomic(self.folder / ACTIVE_FILE, json.dumps(doc, indent=1) + "\n")
 
