@@ -1,0 +1,207 @@
+"""The run-time register bank: map and encodings in Python, the mid-stream switch on the RTL."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from l1forge.errors import ConfigError
+from l1forge.firmware import packing, registers
+from l1forge.firmware.build import BuildOptions, build
+from l1forge.firmware.sim import read_stats, run_bench
+from l1forge.firmware.vectors import bench_vectors
+from l1forge.models.build import NetBuilder
+from l1forge.models.emulator import Emulator
+from l1forge.models.fixed import Fixed
+from l1forge.online.datapath.menu import Menu, Seed
+
+LATENCY = 3
+SEEDS = 4
+BEAT_BITS = 32
+
+
+def scaled_net(n_in: int = 8, seed: int = 7):
+    """The exporter's encoder shape, small: scale (TRN/WRAP) -> quantize ap_fixed<14,8>
+    (RND_CONV/SAT) -> dense/relu -> mu -> sum of squares; outputs (score, mu)."""
+    rng = np.random.default_rng(seed)
+    b = NetBuilder("reg_enc", n_in, Fixed(True, 16, 16))
+    b.scale("scale", rng.integers(-64, 64, n_in), Fixed(True, 7, 7), rng.integers(0, 7, n_in))
+    b.quantize("x_q", Fixed(True, 14, 8), "RND_CONV", "SAT")
+    w = Fixed(True, 8, 1)
+    b.dense("dense0", rng.integers(-128, 128, (n_in, 6)), w, rng.integers(-128, 128, 6), w)
+    b.relu("relu0", Fixed(False, 8, 4), "RND_CONV", "SAT")
+    b.dense("mu_dense", rng.integers(-128, 128, (6, 3)), w, rng.integers(-128, 128, 3), w)
+    b.quantize("mu", Fixed(True, 12, 6), "RND_CONV", "SAT")
+    b.sum_squares("score")
+    return b.build(outputs=("score", "mu"))
+
+
+@pytest.fixture(scope="module")
+def reg_net():
+    return scaled_net()
+
+
+@pytest.fixture(scope="module")
+def reg_fw(reg_net, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fw_regs")
+    opts = BuildOptions(
+        latency_cycles=LATENCY, beat_bits=BEAT_BITS, hls=False, registers=True, seeds=SEEDS
+    )
+    build(reg_net, out, opts)
+    return out
+
+
+def _rmap(fw) -> registers.RegisterMap:
+    return registers.RegisterMap.from_json(packing.load(fw / "packing.json").registers)
+
+
+# ---- Python side ----------------------------------------------------------------------
+
+
+def test_map_in_packing_json(reg_fw, reg_net):
+    spec = packing.load(reg_fw / "packing.json")
+    rmap = _rmap(reg_fw)
+    assert rmap.to_json() == spec.registers  # round trip
+    assert spec.n_seed_bits == SEEDS and spec.n_net_outputs == 4
+    assert spec.output.slots[-1].tensor == packing.SEED_SLOT
+    assert rmap.score_field == "score[0]" and rmap.scale_layers == ("scale", "x_q")
+    assert rmap.latency_cycles == LATENCY
+    off, sh = rmap.reg("OFFSET"), rmap.reg("SHIFT")
+    assert (off.lo, off.hi, off.width) == (-64, 63, 7)  # the IR's offset format
+    assert (sh.lo, sh.hi) == (0, 6)  # 0 .. the scale output's frac_bits
+    assert list(off.reset) == reg_net.layers[0].arrays["offset"].tolist()
+    thr = rmap.reg("THRESHOLD")
+    assert (thr.lo, thr.hi, thr.frac_bits) == (-1, 2**24 - 1, 12)
+    manifest = json.loads((reg_fw / "manifest.json").read_text())
+    assert manifest["registers"]["enabled"] and manifest["modules"]["regbank"] == "reg_enc_regbank"
+
+
+def test_threshold_encoding_equals_the_menu(reg_fw):
+    """score_int > T equals the menu's real-valued score > t for every score on the grid."""
+    rmap = _rmap(reg_fw)
+    lsb = 2.0**-rmap.score.frac_bits
+    scores = np.array([0, 1, 2, 4095, 4096, 4097, 2**24 - 2, 2**24 - 1], dtype=np.int64)
+    ts = [-1.0, -lsb / 2, 0.0, lsb / 3, lsb, 0.999, 1.0, 1.0 + lsb / 2, 4095.99, 4096.0, math.inf]
+    for t in ts:
+        menu = Menu((Seed("s", "ad", threshold=t),))
+        want = menu.decide({"ad": scores * lsb}, np.arange(len(scores)))
+        got = rmap.seed_bits(scores, rmap.threshold_ints([t]))[:, 0]
+        np.testing.assert_array_equal(got, want.astype(np.int64), err_msg=f"threshold {t}")
+    assert rmap.threshold_ints([]) == [2**24 - 1] * SEEDS  # unused slots never fire
+    menu = Menu(tuple(Seed(f"AD{i}", "ad", threshold=float(i)) for i in range(3)))
+    t, slots = rmap.menu_thresholds(menu, "ad")
+    assert t == [0.0, 1.0, 2.0] and slots == {"AD0": 0, "AD1": 1, "AD2": 2}
+
+
+def test_out_of_range_values_are_refused_in_python(reg_fw):
+    rmap = _rmap(reg_fw)
+    with pytest.raises(registers.RegisterError, match=r"OFFSET: 64 outside -64\.\.63"):
+        rmap.scale_writes([64] + [0] * 7, [0] * 8)
+    with pytest.raises(registers.RegisterError, match="SHIFT"):
+        rmap.scale_writes([0] * 8, [7] + [0] * 7)
+    with pytest.raises(registers.RegisterError, match="read-only"):
+        rmap.word("VERSION", 1)
+    with pytest.raises(registers.RegisterError, match="8 features"):
+        rmap.scale_writes([0] * 7, [0] * 7)
+    assert isinstance(registers.RegisterError("x"), ConfigError)
+
+
+def test_without_registers_the_build_is_unchanged(tmp_path, reg_net):
+    """A build without --registers writes no bank, no seed bits and no map."""
+    build(reg_net, tmp_path, BuildOptions(latency_cycles=2, beat_bits=BEAT_BITS, hls=False))
+    spec = packing.load(tmp_path / "packing.json")
+    assert spec.registers is None and spec.n_seed_bits == 0
+    assert not (tmp_path / "rtl" / "reg_enc_regbank.v").exists()
+    assert "axil" not in (tmp_path / "rtl" / "reg_enc_axis.v").read_text()
+
+
+# ---- RTL: the switch in mid-stream ----------------------------------------------------
+
+
+def _expected(net, x, rmap, thresholds, spec):
+    """Packed outputs (network outputs, then the seed bits) of ``net`` under ``thresholds``."""
+    with Emulator(net) as emu:
+        y = emu.run(x)
+    bits = rmap.seed_bits(y[:, 0], rmap.threshold_ints(thresholds))
+    packed = packing.pack(np.concatenate([y, bits], axis=1), spec.output, spec.output.bytes_for(32))
+    return packed, y
+
+
+def _plan(reg_net, reg_fw, n_random, tmp_path):
+    rmap = _rmap(reg_fw)
+    spec = packing.load(reg_fw / "packing.json")
+    x = bench_vectors(reg_net, n_random, seed=17)
+    rng = np.random.default_rng(5)
+    off, sh = rmap.reg("OFFSET"), rmap.reg("SHIFT")
+    new_off = rng.integers(off.lo, off.hi + 1, off.count)
+    new_off[:2] = (off.lo, off.hi)  # the extremes of the offset format
+    new_sh = rng.integers(sh.lo, sh.hi + 1, sh.count)
+    new_sh[:2] = (sh.hi, sh.lo)
+    new_net = registers.with_scaling(reg_net, new_off, new_sh)
+    with Emulator(reg_net) as emu:
+        scores = emu.run(x)[:, 0] * 2.0**-rmap.score.frac_bits
+    old_t = [float(np.quantile(scores, q)) for q in (0.5, 0.8, 0.95)] + [math.inf]
+    # seed 3 goes from never to always: its bit tells the threshold sets apart on every event
+    new_t = [float(np.quantile(scores, q)) for q in (0.3, 0.6, 0.9)] + [-math.inf]
+    exp_old, y_old = _expected(reg_net, x, rmap, old_t, spec)
+    exp_new, y_new = _expected(new_net, x, rmap, new_t, spec)
+    t_reg, o_reg, s_reg = (rmap.reg(k) for k in ("THRESHOLD", "OFFSET", "SHIFT"))
+    bad = [
+        [o_reg.addr(0), o_reg.hi + 1, 4],
+        [o_reg.addr(1), o_reg.lo - 1, 4],
+        [s_reg.addr(0), s_reg.hi + 1, 4],
+        [s_reg.addr(2), s_reg.lo - 1, 4],
+        [t_reg.addr(0), t_reg.hi + 1, 4],
+        [t_reg.addr(1), t_reg.lo - 1, 4],
+        [rmap.reg("VERSION").address, 7, 4],  # read-only
+        [rmap.reg("COMMIT").address, 2, 4],  # COMMIT takes 1 only
+        [0x300, 1, 4],  # unmapped
+        [o_reg.addr(3), 1, 2],  # partial (WSTRB 0x3)
+    ]
+    plan = {
+        "old": [*rmap.threshold_writes(old_t), rmap.commit_write()],
+        "new": [*rmap.threshold_writes(new_t), *rmap.scale_writes(new_off, new_sh)],
+        "bad": bad,
+        "switch_at": len(x) // 5,
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    vec = tmp_path / "v.npz"
+    np.savez(
+        vec,
+        in_bytes=packing.pack(x, spec.input, spec.input.bytes_for(32)),
+        expected_old=exp_old,
+        expected_new=exp_new,
+        out_bytes=exp_old.shape[1],
+    )
+    return vec, exp_old, np.any(y_old != y_new, axis=1)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize(("simulator", "n_random"), [("icarus", 1500), ("verilator", 5000)])
+def test_switch_in_mid_stream(simulator, n_random, reg_net, reg_fw, tmp_path):
+    from l1forge.firmware.sim import build_sim
+
+    vec, exp_old, differ = _plan(reg_net, reg_fw, n_random, tmp_path)
+    assert differ.mean() > 0.5  # the new scaling changes the network's outputs on most events
+    sim = build_sim(reg_fw, simulator, "trigger", tmp_path / "build")
+    env = {
+        "L1F_FIRMWARE": str(reg_fw),
+        "L1F_VECTORS": str(vec),
+        "L1F_PLAN": str(tmp_path / "plan.json"),
+        "L1F_STATS": str(tmp_path / "stats.json"),
+    }
+    run_bench(sim, "l1forge.firmware.bench_registers", env, tmp_path)
+    stats = read_stats(tmp_path)
+    n = len(exp_old)
+    assert stats["events_in"] == stats["events_out"] == n
+    assert stats["mismatches"] == stats["lost_or_duplicated"] == stats["timing_errors"] == 0
+    assert stats["events_old_set"] > n // 10 and stats["events_new_set"] > n // 2
+    assert stats["refused"] == stats["bad_writes"] == 10
+    assert stats["version_after_commit"] == stats["version_after_refused"] == 2
+    # the scaling switch is pinned down by events around the boundary whose outputs differ
+    # (seed 3 pins the threshold switch on every event)
+    k = stats["first_new_event"]
+    assert differ[k - 3 : k].any() and differ[k : k + 3].any()
