@@ -38,6 +38,14 @@ def register(subparsers: Any) -> None:
         default=20000,
         help="random vectors for the alkaid-vs-emulator check",
     )
+    b.add_argument(
+        "--registers",
+        action="store_true",
+        help="AXI4-Lite register bank: seed thresholds and run-time input offsets/shifts",
+    )
+    b.add_argument(
+        "--seeds", type=int, default=8, help="threshold registers with --registers (default 8)"
+    )
     b.set_defaults(func=_build)
 
     r = sub.add_parser("report", help="latency and yosys resources of a firmware folder")
@@ -92,10 +100,20 @@ def _build(args: argparse.Namespace) -> int:
             lint=not args.no_lint,
             n_check=args.check_vectors,
             hls_csim_vectors=args.hls_csim_vectors,
+            registers=args.registers,
+            seeds=args.seeds,
             **part,
         ),
     )
-    keys = ("name", "latency_cycles", "clock_mhz", "latency_ns", "initiation_interval", "hls")
+    keys = (
+        "name",
+        "latency_cycles",
+        "clock_mhz",
+        "latency_ns",
+        "initiation_interval",
+        "hls",
+        "registers",
+    )
     print(json.dumps({k: manifest[k] for k in keys} | {"out": str(args.out)}))
     return 0
 
@@ -105,6 +123,8 @@ def _report(args: argparse.Namespace) -> int:
 
     out = report(args.dir, allow_dsp=args.allow_dsp, timeout=args.timeout)
     keys = ("latency_cycles", "latency_ns", "clock_mhz", "initiation_interval", "resources")
+    if "register_bank" in out:
+        keys += ("register_bank",)
     print(json.dumps({k: out[k] for k in keys} | {"target": out["target"]}))
     return 0
 

@@ -416,3 +416,62 @@ def register_map(
         scaling.layer_names if scaling else (),
         latency_cycles,
     )
+
+
+class RegisterClient:
+    """Seed thresholds and input scaling written through a register port with one map: the
+    PYNQ driver's MMIO on a board, the RTL backend's simulated AXI4-Lite bus in tests."""
+
+    def __init__(self, rmap: RegisterMap, bus: RegisterBus):
+        self.map = rmap
+        self.bus = bus
+
+    def set_thresholds(self, thresholds: Sequence[float], commit: bool = True) -> None:
+        """Real-valued thresholds, one per seed slot (unused slots never fire)."""
+        self._write(self.map.threshold_writes(thresholds), commit)
+
+    def set_scaling(self, offset: Sequence[int], shift: Sequence[int], commit: bool = True) -> None:
+        """The input scale's integer offsets (in the IR's offset format) and shifts."""
+        self._write(self.map.scale_writes(offset, shift), commit)
+
+    def commit(self) -> None:
+        self.bus.write(*self.map.commit_write())
+
+    def read(self, name: str, index: int = 0) -> int:
+        """The integer value of register ``name[index]`` (the shadow set for parameters)."""
+        return self.map.decode(name, self.bus.read(self.map.reg(name).addr(index)))
+
+    @property
+    def version(self) -> int:
+        return self.read("VERSION")
+
+    def _write(self, writes: list[tuple[int, int]], commit: bool) -> None:
+        for addr, word in writes:
+            self.bus.write(addr, word)
+        if commit:
+            self.commit()
+
+
+class RecordingBus:
+    """A register port that keeps the last word written to each address, in first-write order,
+    for a simulation that replays them through AXI4-Lite; reads return what was written."""
+
+    def __init__(self, rmap: RegisterMap):
+        self.map = rmap
+        self.words: dict[int, int] = {}
+        self.commits = 0
+
+    def write(self, offset: int, value: int) -> None:
+        if (offset, value) == self.map.commit_write():
+            self.commits += 1
+        else:
+            self.words[offset] = int(value) & 0xFFFFFFFF
+
+    def read(self, offset: int) -> int:
+        if offset == self.map.reg("VERSION").address:
+            return self.commits
+        return self.words.get(offset, 0)
+
+    def replay(self) -> list[tuple[int, int]]:
+        """The writes (then COMMIT) that bring a freshly reset bank to the committed state."""
+        return [*self.words.items(), self.map.commit_write()] if self.commits else []

@@ -54,6 +54,22 @@ def reg_fw(reg_net, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def reg_sims(reg_fw, tmp_path_factory):
+    """Simulator builds of the register firmware, compiled once per simulator."""
+    from l1forge.firmware.sim import build_sim
+
+    cache = {}
+
+    def get(simulator: str):
+        if simulator not in cache:
+            bdir = tmp_path_factory.mktemp(f"build_regs_{simulator}")
+            cache[simulator] = build_sim(reg_fw, simulator, "trigger", bdir)
+        return cache[simulator]
+
+    return get
+
+
 def _rmap(fw) -> registers.RegisterMap:
     return registers.RegisterMap.from_json(packing.load(fw / "packing.json").registers)
 
@@ -181,12 +197,10 @@ def _plan(reg_net, reg_fw, n_random, tmp_path):
 
 @pytest.mark.rtl
 @pytest.mark.parametrize(("simulator", "n_random"), [("icarus", 1500), ("verilator", 5000)])
-def test_switch_in_mid_stream(simulator, n_random, reg_net, reg_fw, tmp_path):
-    from l1forge.firmware.sim import build_sim
-
+def test_switch_in_mid_stream(simulator, n_random, reg_net, reg_fw, reg_sims, tmp_path):
     vec, exp_old, differ = _plan(reg_net, reg_fw, n_random, tmp_path)
     assert differ.mean() > 0.5  # the new scaling changes the network's outputs on most events
-    sim = build_sim(reg_fw, simulator, "trigger", tmp_path / "build")
+    sim = reg_sims(simulator)
     env = {
         "L1F_FIRMWARE": str(reg_fw),
         "L1F_VECTORS": str(vec),
@@ -205,3 +219,129 @@ def test_switch_in_mid_stream(simulator, n_random, reg_net, reg_fw, tmp_path):
     # (seed 3 pins the threshold switch on every event)
     k = stats["first_new_event"]
     assert differ[k - 3 : k].any() and differ[k : k + 3].any()
+
+
+@pytest.mark.rtl
+def test_rtl_backend_programs_the_bank(reg_net, reg_fw, reg_sims):
+    """The RTL backend writes through the same map over a simulated AXI4-Lite bus."""
+    from l1forge.firmware.rtl_backend import RtlSimBackend
+
+    rmap = _rmap(reg_fw)
+    x = bench_vectors(reg_net, 300, seed=23)
+    backend = RtlSimBackend(reg_fw, "verilator", sim=reg_sims("verilator"))
+    try:
+        with Emulator(reg_net) as emu:
+            np.testing.assert_array_equal(backend.infer(x), emu.run(x))
+        assert not backend.last_seed_bits.any()  # reset thresholds never fire
+        rng = np.random.default_rng(2)
+        off = rng.integers(-64, 64, 8)
+        sh = rng.integers(0, 7, 8)
+        t = [0.5, 2.0, 8.0, -math.inf]
+        backend.registers.set_thresholds(t)
+        backend.registers.set_scaling(off, sh)
+        assert backend.registers.version == 2
+        assert backend.registers.read("OFFSET", 3) == off[3]
+        with Emulator(registers.with_scaling(reg_net, off, sh)) as emu:
+            want = emu.run(x)
+        np.testing.assert_array_equal(backend.infer(x), want)
+        bits = rmap.seed_bits(want[:, 0], rmap.threshold_ints(t))
+        np.testing.assert_array_equal(backend.last_seed_bits, bits)
+        assert bits[:, :3].any() and not bits[:, :3].all() and bits[:, 3].all()
+    finally:
+        backend.close()
+
+
+class _Mmio:
+    """A PYNQ MMIO stand-in: records writes, answers reads with the last word written."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[int, int]] = []
+        self.mem: dict[int, int] = {}
+
+    def write(self, offset: int, value: int) -> None:
+        self.log.append((offset, value))
+        self.mem[offset] = value
+
+    def read(self, offset: int) -> int:
+        return self.mem.get(offset, 0)
+
+
+def test_pynq_driver_writes_through_the_map(reg_fw):
+    from types import SimpleNamespace
+
+    from l1forge.firmware.pynq_driver import PynqBackend
+
+    mmio = _Mmio()
+    overlay = SimpleNamespace(axi_dma_0=object(), l1forge_regs=mmio)
+    drv = PynqBackend(reg_fw, overlay=overlay, allocate=lambda shape, dtype: np.zeros(shape, dtype))
+    rmap = _rmap(reg_fw)
+    drv.registers.set_thresholds([1.0, 2.0])
+    drv.registers.set_scaling(list(range(8)), [1] * 8)
+    assert mmio.log == [
+        *rmap.threshold_writes([1.0, 2.0]),
+        rmap.commit_write(),
+        *rmap.scale_writes(list(range(8)), [1] * 8),
+        rmap.commit_write(),
+    ]
+    assert drv.registers.read("OFFSET", 7) == 7 and drv.n_outputs == 4
+    with pytest.raises(registers.RegisterError):
+        drv.registers.set_scaling([99] * 8, [0] * 8)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("src_signed", [True, False])
+def test_requantize_verilog_every_mode(src_signed, tmp_path):
+    """The scaling stage's re-quantization equals models.fixed.requantize for every rounding
+    and overflow mode, on every 8-bit source value (Icarus)."""
+    import subprocess
+
+    from l1forge.firmware.regbank import requantize_verilog
+    from l1forge.models.fixed import OVERFLOW_MODES, ROUNDING_MODES, requantize
+
+    src_frac = 4
+    dsts = [Fixed(True, 4, 2), Fixed(False, 3, 1), Fixed(True, 6, 1), Fixed(True, 12, 7)]
+    cases, body = [], []
+    for r in ROUNDING_MODES:
+        for o in OVERFLOW_MODES:
+            for dst in dsts:
+                p = f"c{len(cases)}"
+                lines, y = requantize_verilog(p, "a", 8, src_frac, src_signed, dst, r, o)
+                body += [f"    {ln}" for ln in lines]
+                body.append(f"    always @(*) out[{len(cases)}] = {{{32 - dst.width}'d0, {y}}};")
+                cases.append((r, o, dst))
+    n = len(cases)
+    tb = "\n".join(
+        [
+            "module tb;",
+            "    reg [7:0] a;",
+            f"    reg [31:0] out [0:{n - 1}];",
+            *body,
+            "    integer v, c;",
+            "    initial begin",
+            "        for (v = 0; v < 256; v = v + 1) begin",
+            "            a = v; #1;",
+            f'            for (c = 0; c < {n}; c = c + 1) $display("%0d %0d %0d", v, c, out[c]);',
+            "        end",
+            "        $finish;",
+            "    end",
+            "endmodule",
+        ]
+    )
+    (tmp_path / "tb.v").write_text(tb)
+    subprocess.run(
+        ["iverilog", "-g2005", "-o", "tb.vvp", "tb.v"], cwd=tmp_path, check=True, timeout=300
+    )
+    res = subprocess.run(
+        ["vvp", "-n", "tb.vvp"], cwd=tmp_path, check=True, capture_output=True, text=True
+    )
+    got = np.zeros((256, n), dtype=np.int64)
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            got[int(parts[0]), int(parts[1])] = int(parts[2])
+    codes = np.arange(256)
+    src = np.where(codes >= 128, codes - 256, codes) if src_signed else codes
+    for c, (r, o, dst) in enumerate(cases):
+        want = requantize(src.astype(np.float64), src_frac, dst, r, o).astype(np.int64)
+        raw = np.where(want < 0, want + (1 << dst.width), want)
+        np.testing.assert_array_equal(got[:, c], raw, err_msg=f"{r} {o} {dst.hls_type()}")
