@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from typing import Any
 
 import cocotb
 import numpy as np
@@ -35,7 +36,7 @@ def _le(word: int) -> bytes:
 
 
 @cocotb.test()
-async def registers_switch(dut) -> None:
+async def registers_switch(dut: Any) -> None:
     """New thresholds, offsets and shifts committed while events flow back to back."""
     fw = os.environ["L1F_FIRMWARE"]
     rmap = RegisterMap.from_json(packing.load(os.path.join(fw, "packing.json")).registers)
@@ -50,7 +51,7 @@ async def registers_switch(dut) -> None:
 
     fall = await start_and_reset(dut)
     master = axil_master(dut)
-    notes: dict[str, object] = {}
+    notes: dict[str, int] = {}
 
     # reset values read back, identification, then the old set committed before the stream
     async def read(addr: int) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections import deque
+from typing import Any
 
 import cocotb
 import numpy as np
@@ -24,7 +25,7 @@ from cocotb.triggers import FallingEdge
 from l1forge.firmware import packing
 
 
-def has_registers(dut) -> bool:
+def has_registers(dut: Any) -> bool:
     """Whether the wrapper has the AXI4-Lite register bank (``firmware build --registers``)."""
     return hasattr(dut, "axil_aresetn")
 
@@ -50,8 +51,8 @@ async def start_and_reset(dut) -> FallingEdge:
     return fall
 
 
-def axil_master(dut):  # -> cocotbext.axi.AxiLiteMaster
-    """cocotbext-axi's AXI4-Lite master on the wrapper's ``s_axil_*`` ports."""
+def axil_master(dut: Any) -> Any:
+    """cocotbext-axi's ``AxiLiteMaster`` on the wrapper's ``s_axil_*`` ports."""
     from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
     master = AxiLiteMaster(
@@ -62,7 +63,7 @@ def axil_master(dut):  # -> cocotbext.axi.AxiLiteMaster
     return master
 
 
-async def program_registers(master, writes: list[tuple[int, int]]) -> None:
+async def program_registers(master: Any, writes: list[tuple[int, int]]) -> None:
     """Perform register writes (byte address, 32-bit word) in order; any error response fails."""
     for addr, word in writes:
         resp = await master.write(addr, int(word).to_bytes(4, "little"))

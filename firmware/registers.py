@@ -161,9 +161,9 @@ class RegisterMap:
         if not self.has_scaling:
             raise RegisterError(f"{self.network!r} was built without run-time input scaling")
         writes = []
-        for name, values in (("OFFSET", offset), ("SHIFT", shift)):
+        for name, given in (("OFFSET", offset), ("SHIFT", shift)):
             r = self.reg(name)
-            values = np.asarray(values).ravel()
+            values = np.asarray(given).ravel()
             if len(values) != r.count:
                 raise RegisterError(f"{name}: {len(values)} values for {r.count} features")
             writes += [(r.addr(i), self.word(name, int(v))) for i, v in enumerate(values)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -345,3 +346,53 @@ def test_requantize_verilog_every_mode(src_signed, tmp_path):
         want = requantize(src.astype(np.float64), src_frac, dst, r, o).astype(np.int64)
         raw = np.where(want < 0, want + (1 << dst.width), want)
         np.testing.assert_array_equal(got[:, c], raw, err_msg=f"{r} {o} {dst.hls_type()}")
+
+
+@pytest.mark.rtl
+def test_thresholds_only_switch_at_one_cycle_latency(tmp_path):
+    """A network without a scale op: thresholds only, a one-cycle trigger (Icarus)."""
+    from l1forge.firmware.sim import build_sim
+    from l1forge.models.build import random_mlp
+
+    net = random_mlp(6, (4,), 2, score=True, seed=3, name="tiny_thr")
+    net = dataclasses.replace(net, outputs=("score", "mu"))
+    fw = tmp_path / "fw"
+    opts = BuildOptions(latency_cycles=1, beat_bits=BEAT_BITS, hls=False, registers=True, seeds=2)
+    build(net, fw, opts)
+    rmap = _rmap(fw)
+    assert not rmap.has_scaling and rmap.latency_cycles == 1
+    spec = packing.load(fw / "packing.json")
+    x = bench_vectors(net, 600, seed=3)
+    with Emulator(net) as emu:
+        scores = emu.run(x)[:, 0] * 2.0**-rmap.score.frac_bits
+    old_t = [float(np.quantile(scores, 0.5)), math.inf]
+    new_t = [float(np.quantile(scores, 0.2)), -math.inf]
+    plan = {
+        "old": [*rmap.threshold_writes(old_t), rmap.commit_write()],
+        "new": rmap.threshold_writes(new_t),
+        "bad": [[rmap.reg("THRESHOLD").addr(0), rmap.reg("THRESHOLD").hi + 1, 4]],
+        "switch_at": 200,
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    exp_old, _ = _expected(net, x, rmap, old_t, spec)
+    exp_new, _ = _expected(net, x, rmap, new_t, spec)
+    vec = tmp_path / "v.npz"
+    np.savez(
+        vec,
+        in_bytes=packing.pack(x, spec.input, spec.input.bytes_for(32)),
+        expected_old=exp_old,
+        expected_new=exp_new,
+        out_bytes=exp_old.shape[1],
+    )
+    sim = build_sim(fw, "icarus", "trigger", tmp_path / "build")
+    env = {
+        "L1F_FIRMWARE": str(fw),
+        "L1F_VECTORS": str(vec),
+        "L1F_PLAN": str(tmp_path / "plan.json"),
+        "L1F_STATS": str(tmp_path / "stats.json"),
+    }
+    run_bench(sim, "l1forge.firmware.bench_registers", env, tmp_path)
+    stats = read_stats(tmp_path)
+    assert stats["events_out"] == len(x) and stats["mismatches"] == 0
+    assert stats["events_old_set"] > 200 and stats["events_new_set"] > 200
+    assert stats["refused"] == 1
