@@ -252,6 +252,35 @@ def test_rtl_backend_programs_the_bank(reg_net, reg_fw, reg_sims):
         backend.close()
 
 
+@pytest.mark.rtl
+def test_patterns_of_a_register_build_describe_the_bank_after_reset(
+    reg_net, reg_fw, reg_sims, tmp_path
+):
+    """``patterns write`` on a register build: expected = the emulator's outputs and every seed
+    bit 0 (the bank just after reset); replayed on Icarus with no register writes, it matches."""
+    from l1forge.firmware import patterns
+    from l1forge.models import qnet
+
+    spec = packing.load(reg_fw / "packing.json")
+    x = bench_vectors(reg_net, 200, seed=41)
+    ir = qnet.save(reg_net, tmp_path / "reg.qnet.json")
+    paths = patterns.write_patterns(ir, x, tmp_path / "pat", spec, source="bench_vectors seed 41")
+    with Emulator(reg_net) as emu:
+        y = emu.run(x)
+    zeros = np.zeros((len(x), SEEDS), dtype=y.dtype)
+    exp = patterns.read_pattern(paths["expected"], "output")
+    assert exp.valid_words() == patterns.words_of(np.concatenate([y, zeros], 1), spec.output)
+    captured = tmp_path / "captured.pattern"
+    env = {
+        "L1F_PATTERN_IN": str(paths["input"]),
+        "L1F_PATTERN_OUT": str(captured),
+        "L1F_LATENCY": str(LATENCY),
+    }
+    run_bench(reg_sims("icarus"), "l1forge.firmware.bench_pattern", env, tmp_path)
+    assert patterns.compare_expected(captured, paths["expected"]).ok
+    assert patterns.compare_emulator(captured, paths["input"], ir).ok
+
+
 class _Mmio:
     """A PYNQ MMIO stand-in: records writes, answers reads with the last word written."""
 
