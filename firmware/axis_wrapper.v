@@ -11,7 +11,7 @@
 module {{NAME}}_axis (
     input  wire aclk,
     input  wire aresetn,
-    input  wire [{{BEAT}}-1:0] s_axis_tdata,
+{{AXIL_PORTS}}    input  wire [{{BEAT}}-1:0] s_axis_tdata,
     input  wire s_axis_tvalid,
     output wire s_axis_tready,
     input  wire s_axis_tlast,
@@ -71,7 +71,7 @@ module {{NAME}}_axis (
         .in_valid(in_done),
         .in_data(event_bus[IN_BITS-1:0]),
         .out_valid(core_valid),
-        .out_data(core_data)
+        .out_data(core_data){{AXIL_CONNECTS}}
     );
 
     // ---- result FIFO --------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections import deque
+from typing import Any
 
 import cocotb
 import numpy as np
@@ -24,18 +25,49 @@ from cocotb.triggers import FallingEdge
 from l1forge.firmware import packing
 
 
+def has_registers(dut: Any) -> bool:
+    """Whether the wrapper has the AXI4-Lite register bank (``firmware build --registers``)."""
+    return hasattr(dut, "axil_aresetn")
+
+
 async def start_and_reset(dut) -> FallingEdge:
-    """Start the 100 MHz bench clock and hold reset for two cycles with the input idle;
-    returns the falling-edge trigger the drivers step on."""
+    """Start the 100 MHz bench clock and hold reset for two cycles with the input idle (and
+    the register bank's reset, if any); returns the falling-edge trigger the drivers step on."""
     Clock(dut.clk, 10, unit="ns").start()  # cocotb 2: start() schedules the clock task itself
     fall = FallingEdge(dut.clk)
+    regs = has_registers(dut)
     dut.rst.value = 1
     dut.in_valid.value = 0
     dut.in_data.value = 0
+    if regs:
+        dut.axil_aresetn.value = 0
+        for port in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
+            getattr(dut, f"s_axil_{port}").value = 0
     for _ in range(2):
         await fall
     dut.rst.value = 0
+    if regs:
+        dut.axil_aresetn.value = 1
     return fall
+
+
+def axil_master(dut: Any) -> Any:
+    """cocotbext-axi's ``AxiLiteMaster`` on the wrapper's ``s_axil_*`` ports."""
+    from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+    master = AxiLiteMaster(
+        AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.axil_aresetn, reset_active_level=False
+    )
+    master.write_if.log.setLevel("WARNING")
+    master.read_if.log.setLevel("WARNING")
+    return master
+
+
+async def program_registers(master: Any, writes: list[tuple[int, int]]) -> None:
+    """Perform register writes (byte address, 32-bit word) in order; any error response fails."""
+    for addr, word in writes:
+        resp = await master.write(addr, int(word).to_bytes(4, "little"))
+        assert int(resp.resp) == 0, f"register write {addr:#x} <- {word:#x}: response {resp.resp}"
 
 
 @cocotb.test()
@@ -51,6 +83,11 @@ async def trigger_stream(dut) -> None:
     n = len(ins)
 
     fall = await start_and_reset(dut)
+    if "L1F_REG_WRITES" in os.environ:  # the RTL backend's register writes (simulated bus)
+        with open(os.environ["L1F_REG_WRITES"]) as fh:
+            await program_registers(axil_master(dut), [tuple(w) for w in json.load(fh)])
+        for _ in range(latency + 1):  # let a commit's threshold switch complete
+            await fall
 
     queue = deque(range(n))
     pipe: list[int | None] = [None] * latency

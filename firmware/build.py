@@ -13,11 +13,11 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from l1forge import __version__
-from l1forge.errors import L1ForgeError
-from l1forge.firmware import packing, verilog, wrappers
+from l1forge.errors import ConfigError, L1ForgeError
+from l1forge.firmware import packing, regbank, registers, verilog, wrappers
 from l1forge.models.hls import DEFAULT_PART, HlsProject, write_hls_project
 from l1forge.models.qnet import QNet
 
@@ -75,6 +75,7 @@ class FirmwareModules(TypedDict):
     core: str  # the network with the packed IR buses
     trigger: str  # valid/ready trigger wrapper
     axis: str  # AXI-stream wrapper
+    regbank: NotRequired[str]  # the register bank (with ``BuildOptions.registers``)
 
 
 class AlkaidReport(TypedDict):
@@ -98,6 +99,16 @@ class HlsSkipped(TypedDict):
     reason: str
 
 
+class RegisterInfo(TypedDict):
+    """The run-time register bank of a build (``BuildOptions.registers``)."""
+
+    enabled: bool
+    seeds: int  # threshold registers, seed bits on the output bus
+    scaling_layers: list[str]  # IR layers computed by the wrapper's scaling stage
+    core_latency_cycles: int
+    map: str | None  # where the register map is
+
+
 class FirmwareManifest(TypedDict):
     """``manifest.json`` of a firmware build folder (what ``build`` returns)."""
 
@@ -116,6 +127,7 @@ class FirmwareManifest(TypedDict):
     axis_fifo_depth: int
     packing: str  # the packing spec's file name
     alkaid: AlkaidReport
+    registers: RegisterInfo
     lint: LintReport
     hls: HlsBuilt | HlsSkipped
     provenance: dict[str, Any]  # the IR's
@@ -131,6 +143,8 @@ class BuildOptions:
     n_check: int = 20000
     hls_csim_vectors: int = 2000
     part: str = DEFAULT_PART
+    registers: bool = False  # AXI4-Lite register bank: seed thresholds and input scaling
+    seeds: int = 8  # threshold registers (seed bits on the output bus) with ``registers``
 
 
 def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -> FirmwareManifest:
@@ -138,45 +152,78 @@ def build(net: QNet, out_dir: str | Path, opts: BuildOptions = BuildOptions()) -
     out = Path(out_dir).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     name = verilog._identifier(net.name)
+    scaling, core_net = registers.split_scaling(net) if opts.registers else (None, net)
+    stage = int(scaling is not None)  # the run-time scaling stage is one pipeline stage
+    core_cycles = opts.latency_cycles
+    if core_cycles is not None and stage:
+        if core_cycles < 2:
+            raise ConfigError(
+                "--latency-cycles must be at least 2 with run-time input scaling "
+                "(one cycle for the scaling stage, one or more for the core)"
+            )
+        core_cycles -= stage
     rtl = verilog.write_verilog(
-        net, out, opts.latency_cycles, opts.clock_mhz, opts.beat_bits, opts.n_check, name
+        core_net, out, core_cycles, opts.clock_mhz, opts.beat_bits, opts.n_check, name
     )
+    latency = rtl.latency_cycles + stage
     spec = packing.packing_from_qnet(net, opts.beat_bits)
+    extra: list[str] = []
+    axil = ("", "")
+    if opts.registers:
+        rmap = registers.register_map(net, opts.seeds, latency, scaling)
+        spec = packing.with_seed_bits(spec, rmap.n_seeds, rmap.to_json())
+        core_spec = packing.packing_from_qnet(core_net, opts.beat_bits)
+        (out / "rtl" / f"{name}_regbank.v").write_text(
+            regbank.regbank_verilog(name, rmap, scaling, spec.input.bits)
+        )
+        trigger = regbank.trigger_wrapper_regs(
+            name, rmap, spec.input.bits, core_spec.input.bits, core_spec.output.bits, latency
+        )
+        extra = [f"rtl/{name}_regbank.v"]
+        axil = regbank.axis_passthrough()
+    else:
+        trigger = wrappers.trigger_wrapper(name, spec, latency)
     spec.save(out / "packing.json")
-    (out / "rtl" / f"{name}_trigger.v").write_text(
-        wrappers.trigger_wrapper(name, spec, rtl.latency_cycles)
-    )
-    (out / "rtl" / f"{name}_axis.v").write_text(
-        wrappers.axis_wrapper(name, spec, rtl.latency_cycles)
-    )
-    sources = [*rtl.sources, f"rtl/{name}_trigger.v", f"rtl/{name}_axis.v"]
+    (out / "rtl" / f"{name}_trigger.v").write_text(trigger)
+    (out / "rtl" / f"{name}_axis.v").write_text(wrappers.axis_wrapper(name, spec, latency, axil))
+    sources = [*rtl.sources, *extra, f"rtl/{name}_trigger.v", f"rtl/{name}_axis.v"]
     if opts.lint:
         _check_hdl(out, sources, name)
         log.info("Verilator -Wall lint and Icarus -g2005 compile clean")
+    modules: FirmwareModules = {
+        "core": rtl.top,
+        "trigger": f"{name}_trigger",
+        "axis": f"{name}_axis",
+    }
+    if opts.registers:
+        modules["regbank"] = f"{name}_regbank"
     manifest: FirmwareManifest = {
         "format": "l1forge-firmware",
         "version": 1,
         "l1forge": __version__,
         "network": net.name,
         "name": name,
-        "modules": {
-            "core": rtl.top,
-            "trigger": f"{name}_trigger",
-            "axis": f"{name}_axis",
-        },
+        "modules": modules,
         "sources": sources,
-        "latency_cycles": rtl.latency_cycles,
+        "latency_cycles": latency,
         "clock_mhz": rtl.clock_mhz,
-        "latency_ns": rtl.latency_cycles * 1000.0 / rtl.clock_mhz,
+        "latency_ns": latency * 1000.0 / rtl.clock_mhz,
         "initiation_interval": 1,
         "axis_initiation_interval": max(spec.beats_per_input, spec.beats_per_output),
-        "axis_fifo_depth": wrappers.fifo_depth(rtl.latency_cycles),
+        "axis_fifo_depth": wrappers.fifo_depth(latency),
         "packing": "packing.json",
         "alkaid": {
             "stage_delay_ns": list(rtl.stage_delay_ns),
             "cost": rtl.alkaid_cost,
             "reg_bits": rtl.reg_bits,
             "interpreter_vectors_checked": rtl.vectors_checked,
+        },
+        "registers": {
+            "enabled": opts.registers,
+            "seeds": opts.seeds if opts.registers else 0,
+            "scaling_layers": list(scaling.layer_names) if scaling else [],
+            "core_latency_cycles": rtl.latency_cycles,
+            "map": "packing.json#registers" if opts.registers else None,
         },
         "lint": {"verilator_wall": opts.lint, "icarus_g2005": opts.lint},
         "hls": _write_hls(net, out, opts, rtl.clock_mhz)

@@ -38,6 +38,14 @@ def register(subparsers: Any) -> None:
         default=20000,
         help="random vectors for the alkaid-vs-emulator check",
     )
+    b.add_argument(
+        "--registers",
+        action="store_true",
+        help="AXI4-Lite register bank: seed thresholds and run-time input offsets/shifts",
+    )
+    b.add_argument(
+        "--seeds", type=int, default=8, help="threshold registers with --registers (default 8)"
+    )
     b.set_defaults(func=_build)
 
     r = sub.add_parser("report", help="latency and yosys resources of a firmware folder")
@@ -92,6 +100,8 @@ def _build(args: argparse.Namespace) -> int:
             lint=not args.no_lint,
             n_check=args.check_vectors,
             hls_csim_vectors=args.hls_csim_vectors,
+            registers=args.registers,
+            seeds=args.seeds,
             **part,
         ),
     )
@@ -102,6 +112,7 @@ def _build(args: argparse.Namespace) -> int:
         "latency_ns": manifest["latency_ns"],
         "initiation_interval": manifest["initiation_interval"],
         "hls": manifest["hls"],
+        "registers": manifest["registers"],
         "out": str(args.out),
     }
     print(json.dumps(shown))
@@ -112,7 +123,15 @@ def _report(args: argparse.Namespace) -> int:
     from l1forge.firmware.report import report
 
     out = report(args.dir, allow_dsp=args.allow_dsp, timeout=args.timeout)
-    keys = ("latency_cycles", "latency_ns", "clock_mhz", "initiation_interval", "resources")
+    keys: tuple[str, ...] = (
+        "latency_cycles",
+        "latency_ns",
+        "clock_mhz",
+        "initiation_interval",
+        "resources",
+    )
+    if "register_bank" in out:
+        keys += ("register_bank",)
     print(json.dumps({k: out[k] for k in keys} | {"target": out["target"]}))
     return 0
 

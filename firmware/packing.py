@@ -23,6 +23,7 @@ from l1forge.models.qnet import QNet
 FORMAT_NAME = "l1forge-packing"
 FORMAT_VERSION = 1
 DEFAULT_BEAT_BITS = 64
+SEED_SLOT = "seed_bits"  # the output slot of a register build's seed bits (one bit each)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class PackingSpec:
     input: BusLayout
     output: BusLayout
     beat_bits: int = DEFAULT_BEAT_BITS
+    registers: dict[str, Any] | None = None  # the register map (``registers.RegisterMap``)
 
     def __post_init__(self) -> None:
         if self.beat_bits < 8 or self.beat_bits % 8 or self.beat_bits & (self.beat_bits - 1):
@@ -108,6 +110,16 @@ class PackingSpec:
     @property
     def beats_per_output(self) -> int:
         return beats(self.output.bits, self.beat_bits)
+
+    @property
+    def n_seed_bits(self) -> int:
+        """Seed bits at the end of the output bus (0 without a register bank)."""
+        return sum(s.size for s in self.output.slots if s.tensor == SEED_SLOT)
+
+    @property
+    def n_net_outputs(self) -> int:
+        """Output values of the network itself (the output bus without the seed bits)."""
+        return self.output.n_values - self.n_seed_bits
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,7 +138,7 @@ class PackingSpec:
                 "bytes_per_input": self.input.bytes_for(self.beat_bits),
                 "bytes_per_output": self.output.bytes_for(self.beat_bits),
             },
-        }
+        } | ({"registers": self.registers} if self.registers is not None else {})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -153,6 +165,15 @@ def packing_from_qnet(net: QNet, beat_bits: int = DEFAULT_BEAT_BITS) -> PackingS
     return PackingSpec(net.name, _bus(net, net.inputs), _bus(net, net.outputs), beat_bits)
 
 
+def with_seed_bits(spec: PackingSpec, n_seeds: int, registers: dict[str, Any]) -> PackingSpec:
+    """``spec`` with ``n_seeds`` one-bit seed fields after the network's outputs, and the map."""
+    if any(s.tensor == SEED_SLOT for s in (*spec.input.slots, *spec.output.slots)):
+        raise DataFormatError(f"tensor name {SEED_SLOT!r} is reserved for the seed bits")
+    seeds = TensorSlot(SEED_SLOT, n_seeds, 1, False, 0, spec.output.bits)
+    out = BusLayout((*spec.output.slots, seeds))
+    return PackingSpec(spec.network, spec.input, out, spec.beat_bits, registers)
+
+
 def load(path: str | Path) -> PackingSpec:
     """Read a packing JSON written by ``PackingSpec.save``; malformed files are refused."""
     path = Path(path)
@@ -169,7 +190,9 @@ def load(path: str | Path) -> PackingSpec:
                 for t in doc[side]["tensors"]
             )
             buses.append(BusLayout(slots))
-        return PackingSpec(doc["network"], buses[0], buses[1], doc["axis"]["beat_bits"])
+        return PackingSpec(
+            doc["network"], buses[0], buses[1], doc["axis"]["beat_bits"], doc.get("registers")
+        )
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataFormatError(f"{path}: unreadable packing spec: {exc!r}") from exc
 

@@ -181,7 +181,8 @@ def write_patterns(
     source: str | None = None,
 ) -> dict[str, Path]:
     """``input.pattern`` (the events' packed inputs), ``expected.pattern`` (the emulator's
-    packed outputs) and the ``packing.json`` they name, for integer inputs ``x``."""
+    packed outputs; a register build's seed bits as just after reset, all 0) and the
+    ``packing.json`` they name, for integer inputs ``x``."""
     from l1forge.models import qnet
     from l1forge.models.emulator import Emulator
 
@@ -191,7 +192,7 @@ def write_patterns(
     out.mkdir(parents=True, exist_ok=True)
     spec_path = spec.save(out / PACKING_FILE)
     with Emulator(net) as emu:
-        y = emu.run(np.asarray(x))
+        y = reset_outputs(emu.run(np.asarray(x)), spec)
     header: dict[str, Any] = {
         "network": net.name,
         "qnet_sha256": sha256_file(qnet_path),
@@ -293,8 +294,16 @@ def compare_emulator(
     n_bytes = -(-spec.input.bits // 8)
     x = packing.unpack(packing.from_ints(inp.valid_words(), n_bytes), spec.input)
     with Emulator(net) as emu:
-        y = emu.run(x)
+        y = reset_outputs(emu.run(x), spec)
     return compare_words(cap, words_of(y, spec.output), spec.output)
+
+
+def reset_outputs(y: np.ndarray, spec: PackingSpec) -> np.ndarray:
+    """The output bus values of a register build just after reset: the network's outputs (the
+    IR's own scaling) and every seed bit 0 (reset thresholds never fire); ``y`` otherwise."""
+    if not spec.n_seed_bits:
+        return y
+    return np.concatenate([y, np.zeros((len(y), spec.n_seed_bits), dtype=y.dtype)], axis=1)
 
 
 def _spec_beside(p: Pattern) -> PackingSpec:

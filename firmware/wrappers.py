@@ -62,8 +62,11 @@ def fifo_depth(latency_cycles: int) -> int:
     return 1 << (latency_cycles + 2 - 1).bit_length()
 
 
-def axis_wrapper(name: str, spec: PackingSpec, latency_cycles: int) -> str:
-    """Verilog of ``<name>_axis`` around ``<name>_trigger``."""
+def axis_wrapper(
+    name: str, spec: PackingSpec, latency_cycles: int, axil: tuple[str, str] = ("", "")
+) -> str:
+    """Verilog of ``<name>_axis`` around ``<name>_trigger``; ``axil`` = (port declarations,
+    connections) of a register bank's AXI4-Lite slave, passed through unchanged."""
     beat, n_in, n_out = spec.beat_bits, spec.beats_per_input, spec.beats_per_output
     depth = fifo_depth(latency_cycles)
     aw = depth.bit_length() - 1
@@ -121,6 +124,8 @@ def axis_wrapper(name: str, spec: PackingSpec, latency_cycles: int) -> str:
             "IN_ASSEMBLE": assemble,
             "HEAD_PAD": head_pad,
             "OUT_SELECT": select,
+            "AXIL_PORTS": axil[0],
+            "AXIL_CONNECTS": axil[1],
         },
     )
 
