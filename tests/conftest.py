@@ -43,3 +43,20 @@ def jet_tagger_ir(jet_tagger_models):
 
     model = jet_tagger_models["sequential"]
     return import_qkeras(model, parse_format(JET_TAGGER_INPUT_FORMAT), name="jet_tagger")
+
+
+@pytest.fixture(scope="session")
+def sim_build(tmp_path_factory):
+    """(firmware folder, simulator, top) -> its simulation build, compiled lazily, once."""
+    from l1forge.firmware.sim import build_sim
+
+    cache = {}
+
+    def get(firmware_dir, simulator: str, top: str = "trigger"):
+        key = (str(firmware_dir), simulator, top)
+        if key not in cache:
+            bdir = tmp_path_factory.mktemp(f"build_{simulator}_{top}")
+            cache[key] = build_sim(firmware_dir, simulator, top, bdir)
+        return cache[key]
+
+    return get

@@ -19,7 +19,7 @@ from l1forge.models.emulator import Emulator
 from l1forge.models.qkeras_import import reference_model, reference_predict
 from l1forge.models.qnet import save
 
-from .conftest import write_vectors
+from .benches import trigger_env, write_vectors
 
 LATENCY = 2
 
@@ -83,13 +83,7 @@ def test_jet_tagger_qkeras_emulator_csim_rtl(
     )
     vec = write_vectors(net, x, tmp_path / "v.npz")
     sim = build_sim(jet_firmware, simulator, "trigger", tmp_path / "build")
-    env = {
-        "L1F_VECTORS": str(vec),
-        "L1F_LATENCY": str(LATENCY),
-        "L1F_PATTERN": "back_to_back",
-        "L1F_SEED": "1",
-        "L1F_STATS": str(tmp_path / "stats.json"),
-    }
+    env = trigger_env(vec, tmp_path / "stats.json", latency=LATENCY, seed=1)
     run_bench(sim, "l1forge.firmware.bench_trigger", env, tmp_path)
     stats = read_stats(tmp_path)
     assert stats["compared"] == len(x) and stats["mismatches"] == 0

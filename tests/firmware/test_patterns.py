@@ -18,7 +18,7 @@ from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
 from l1forge.sim.dataset import EventSet, write_events
 
-from .conftest import LATENCY
+from .benches import LATENCY
 
 N_VECTORS = 300
 
@@ -94,6 +94,21 @@ def test_compare_names_the_first_differing_event(written, tmp_path, capsys):
     assert f"event 17 (line {line} of cap.pattern): score[0]=" in out.err
 
 
+def _event_file(path, obj: np.ndarray, run: int):
+    """An event file of minimum-bias events whose objects (hardware units) are `obj`."""
+    n = len(obj)
+    ev = EventSet(
+        obj.astype(np.float32),
+        obj,
+        np.full(n, run, np.uint64),
+        np.arange(n, dtype=np.uint64),
+        np.zeros(n, np.int16),
+        np.ones(n, np.float32),
+        ("minbias",),
+    )
+    return write_events(path, ev)
+
+
 def _bad_case(written, tmp_path, case):
     cap = _capture(written, tmp_path / "cap.pattern")
     cmp = ["firmware", "patterns", "compare", str(cap)]
@@ -112,16 +127,7 @@ def _bad_case(written, tmp_path, case):
     if case == "events of another width":
         rng = np.random.default_rng(0)
         obj = rng.integers(0, 100, (20, 19, 3)).astype(np.int32)
-        ev = EventSet(
-            obj.astype(np.float32),
-            obj,
-            np.zeros(20, np.uint64),
-            np.arange(20, dtype=np.uint64),
-            np.zeros(20, np.int16),
-            np.ones(20, np.float32),
-            ("minbias",),
-        )
-        events = write_events(tmp_path / "ev.h5", ev)
+        events = _event_file(tmp_path / "ev.h5", obj, run=0)
         argv = ["firmware", "patterns", "write", "--qnet", str(written["ir"])]
         return [*argv, "--events", str(events), "--out", str(tmp_path / "p")], "16 inputs"
     raise AssertionError(case)
@@ -141,16 +147,7 @@ def test_write_from_an_event_file(tmp_path, capsys):
     ir = qnet.save(random_mlp(57, (8,), 2, score=True, seed=8, name="enc57"), tmp_path / "e.json")
     rng = np.random.default_rng(1)
     obj = rng.integers(-200, 800, (64, 19, 3)).astype(np.int32)
-    ev = EventSet(
-        obj.astype(np.float32),
-        obj,
-        np.ones(64, np.uint64),
-        np.arange(64, dtype=np.uint64),
-        np.zeros(64, np.int16),
-        np.ones(64, np.float32),
-        ("minbias",),
-    )
-    events = write_events(tmp_path / "ev.h5", ev)
+    events = _event_file(tmp_path / "ev.h5", obj, run=1)
     out = tmp_path / "pat"
     argv = ["firmware", "patterns", "write", "--qnet", str(ir), "--events", str(events)]
     assert main([*argv, "--n", "40", "--out", str(out)]) == 0

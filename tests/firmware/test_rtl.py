@@ -9,19 +9,13 @@ from l1forge.firmware.sim import BenchFailed, read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.emulator import Emulator
 
-from .conftest import LATENCY, write_vectors
+from .benches import LATENCY, trigger_env, write_vectors
 
 SIMS = ["icarus", "verilator"]
 
 
 def _trigger_env(vectors, pattern, stats):
-    return {
-        "L1F_VECTORS": str(vectors),
-        "L1F_LATENCY": str(LATENCY),
-        "L1F_PATTERN": pattern,
-        "L1F_SEED": "3",
-        "L1F_STATS": str(stats),
-    }
+    return trigger_env(vectors, stats, pattern=pattern, seed=3)
 
 
 @pytest.mark.rtl

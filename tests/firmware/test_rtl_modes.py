@@ -9,6 +9,7 @@ SAT_ZERO has no alkaid equivalent and is refused (``test_verilog.py``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -16,14 +17,19 @@ import pytest
 
 from l1forge.firmware import packing
 from l1forge.firmware.build import BuildOptions, build
-from l1forge.firmware.sim import build_sim, read_stats, run_bench
+from l1forge.firmware.sim import read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.firmware.verilog import ALKAID_OVERFLOW, ALKAID_ROUNDING, COMPOSED_ROUNDING
 from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import Layer, QNet, TensorSpec
 
-from .conftest import BEAT_BITS, write_vectors
+from .benches import (
+    BEAT_BITS,
+    assert_bench_fails_on_a_corrupted_expectation,
+    trigger_env,
+    write_vectors,
+)
 
 ROUNDINGS = (*ALKAID_ROUNDING, *COMPOSED_ROUNDING)
 MODES = list(itertools.product(ROUNDINGS, ALKAID_OVERFLOW))
@@ -91,17 +97,9 @@ def modes_fw(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def modes_sim(modes_fw, tmp_path_factory):
-    """simulator -> the modes design's trigger build, compiled once per module."""
-    builds = {}
-
-    def get(simulator: str):
-        if simulator not in builds:
-            bdir = tmp_path_factory.mktemp(f"b_modes_{simulator}")
-            builds[simulator] = build_sim(modes_fw[1], simulator, "trigger", bdir)
-        return builds[simulator]
-
-    return get
+def modes_sim(modes_fw, sim_build):
+    """simulator -> the modes design's trigger build, compiled once."""
+    return functools.partial(sim_build, modes_fw[1])
 
 
 @pytest.mark.rtl
@@ -111,13 +109,9 @@ def test_every_mode_pair_bit_exact_on_rtl(simulator, modes_fw, modes_sim, tmp_pa
     sim = modes_sim(simulator)
     x = bench_vectors(net, N_RANDOM[simulator], seed=17)
     vec = write_vectors(net, x, tmp_path / "v.npz")
-    env = {
-        "L1F_VECTORS": str(vec),
-        "L1F_LATENCY": str(LATENCY),
-        "L1F_PATTERN": "back_to_back",
-        "L1F_STATS": str(tmp_path / "run" / "stats.json"),
-        "L1F_OUT": str(tmp_path / "out.npz"),
-    }
+    env = trigger_env(
+        vec, tmp_path / "run" / "stats.json", latency=LATENCY, out=tmp_path / "out.npz"
+    )
     run_bench(sim, "l1forge.firmware.bench_trigger", env, tmp_path / "run")
     stats = read_stats(tmp_path / "run")
     assert stats["compared"] == len(x) and stats["mismatches"] == 0
@@ -134,17 +128,9 @@ def test_every_mode_pair_bit_exact_on_rtl(simulator, modes_fw, modes_sim, tmp_pa
 @pytest.mark.rtl
 def test_modes_bench_fails_on_a_corrupted_expectation(modes_fw, modes_sim, tmp_path):
     net, _ = modes_fw
-    sim = modes_sim("verilator")
-    vec = write_vectors(net, bench_vectors(net, 100, seed=3), tmp_path / "v.npz", corrupt=77)
-    env = {
-        "L1F_VECTORS": str(vec),
-        "L1F_LATENCY": str(LATENCY),
-        "L1F_PATTERN": "back_to_back",
-        "L1F_STATS": str(tmp_path / "run" / "stats.json"),
-    }
-    result = run_bench(sim, "l1forge.firmware.bench_trigger", env, tmp_path / "run", check=False)
-    assert (result.tests, result.failed) == (1, 1)
-    assert read_stats(tmp_path / "run")["mismatches"] == 1
+    assert_bench_fails_on_a_corrupted_expectation(
+        modes_sim("verilator"), net, tmp_path, n=100, seed=3, corrupt=77, latency=LATENCY
+    )
 
 
 def test_modes_net_covers_every_pair():

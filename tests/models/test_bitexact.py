@@ -10,7 +10,7 @@ from l1forge.models import hls, networks
 from l1forge.models.emulator import Emulator
 from l1forge.models.vectors import bitexact_vectors, relu_boundary_hits, relu_boundary_vectors
 
-from .conftest import BIT_CONFIGS, KINDS
+from .configs import BIT_CONFIGS, KINDS
 
 N_VECTORS = 100_000
 CASES = [(c, k) for c in BIT_CONFIGS for k in KINDS]

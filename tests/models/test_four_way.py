@@ -11,6 +11,7 @@ plus 1,400 random vectors through it, split over two processes, and ``make valid
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,13 +20,18 @@ from numpy.testing import assert_array_equal
 
 from l1forge.firmware import packing
 from l1forge.firmware.build import BuildOptions, build
-from l1forge.firmware.sim import build_sim, read_stats, run_bench, run_benches
+from l1forge.firmware.sim import read_stats, run_benches
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models import hls, networks
 from l1forge.models.emulator import Emulator
 from l1forge.models.vectors import corner_vectors, relu_boundary_vectors
 
-from ..firmware.conftest import BEAT_BITS, write_vectors
+from ..firmware.benches import (
+    BEAT_BITS,
+    assert_bench_fails_on_a_corrupted_expectation,
+    trigger_env,
+    write_vectors,
+)
 
 LATENCY = 2
 N_ICARUS = 1_400  # random vectors after the ~600 corners in `make test`
@@ -56,17 +62,9 @@ def exported(built, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sim_of(exported, tmp_path_factory):
+def sim_of(exported, sim_build):
     """simulator -> its build of the exported encoder's trigger wrapper, compiled once."""
-    builds = {}
-
-    def get(simulator: str):
-        if simulator not in builds:
-            bdir = tmp_path_factory.mktemp(f"b_{simulator}")
-            builds[simulator] = build_sim(exported[2], simulator, "trigger", bdir)
-        return builds[simulator]
-
-    return get
+    return functools.partial(sim_build, exported[2])
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +83,9 @@ def rtl_run(exported, sim_of, tmp_path_factory):
         jobs = []
         for k, idx in enumerate(parts):
             vec = write_vectors(net, x[idx], work / f"v{k}.npz")
-            env = {
-                "L1F_VECTORS": str(vec),
-                "L1F_LATENCY": str(LATENCY),
-                "L1F_PATTERN": "back_to_back",
-                "L1F_STATS": str(work / f"s{k}" / "stats.json"),
-                "L1F_OUT": str(work / f"out{k}.npz"),
-            }
+            env = trigger_env(
+                vec, work / f"s{k}" / "stats.json", latency=LATENCY, out=work / f"out{k}.npz"
+            )
             jobs.append((env, work / f"s{k}"))
         results = run_benches(
             sim_of(simulator), "l1forge.firmware.bench_trigger", jobs, check=False
@@ -174,14 +168,6 @@ def test_qkeras_hls4ml_emulator_rtl_agree(exported, rtl_run):
 @pytest.mark.rtl
 def test_exported_bench_fails_on_a_corrupted_expectation(exported, sim_of, tmp_path):
     _, net, _ = exported
-    sim = sim_of("verilator")
-    vec = write_vectors(net, bench_vectors(net, 100, seed=1), tmp_path / "v.npz", corrupt=50)
-    env = {
-        "L1F_VECTORS": str(vec),
-        "L1F_LATENCY": str(LATENCY),
-        "L1F_PATTERN": "back_to_back",
-        "L1F_STATS": str(tmp_path / "run" / "stats.json"),
-    }
-    result = run_bench(sim, "l1forge.firmware.bench_trigger", env, tmp_path / "run", check=False)
-    assert (result.tests, result.failed) == (1, 1)
-    assert read_stats(tmp_path / "run")["mismatches"] == 1
+    assert_bench_fails_on_a_corrupted_expectation(
+        sim_of("verilator"), net, tmp_path, n=100, seed=1, corrupt=50, latency=LATENCY
+    )

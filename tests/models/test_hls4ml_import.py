@@ -14,6 +14,8 @@ from l1forge.models.hls4ml_import import convert_keras, import_modelgraph
 from l1forge.models.qkeras_import import parse_format, reference_model, reference_predict
 from l1forge.models.vectors import bitexact_vectors
 
+from .imports import cli_import
+
 FMT = parse_format(JET_TAGGER_INPUT_FORMAT)
 
 
@@ -134,16 +136,11 @@ def test_refusals_name_the_layer(tmp_path, extra, types, words):
 
 
 def test_cli_import_hls4ml(jet_tagger_models, tmp_path, capsys):
-    import json
-
     from l1forge.cli import main
 
-    h5 = tmp_path / "jet.h5"
-    jet_tagger_models["functional"].save(h5)
     out = tmp_path / "jet_mg.qnet.json"
-    args = ["import", "hls4ml", str(h5), "--out", str(out), "--csim-vectors", "0"]
-    assert main([*args, "--input-format", JET_TAGGER_INPUT_FORMAT]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    model = jet_tagger_models["functional"]
+    args, summary = cli_import("hls4ml", model, out, capsys, "--csim-vectors", "0")
     assert summary["layers"][0] == "fc1:dense" and out.is_file()
     assert main(args) == 2  # no input format for a file hls4ml must convert
     assert "--input-format" in capsys.readouterr().err

@@ -19,6 +19,8 @@ from l1forge.models.qkeras_import import (
 )
 from l1forge.models.vectors import bitexact_vectors
 
+from .imports import cli_import
+
 FMT = parse_format(JET_TAGGER_INPUT_FORMAT)
 
 
@@ -164,14 +166,9 @@ def test_refuses_graphs_that_are_not_chains():
 
 
 def test_cli_imports_and_refuses_in_one_line(jet_tagger_models, tmp_path, capsys):
-    import json
-
-    h5 = tmp_path / "jet.h5"
-    jet_tagger_models["sequential"].save(h5)
     out = tmp_path / "jet.qnet.json"
-    args = ["import", "qkeras", str(h5), "--out", str(out), "--check-vectors", "500"]
-    assert main([*args, "--input-format", JET_TAGGER_INPUT_FORMAT]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    model = jet_tagger_models["sequential"]
+    args, summary = cli_import("qkeras", model, out, capsys, "--check-vectors", "500")
     assert summary["bit_exact_vs_source"] and summary["vectors_checked"] >= 500
     assert out.is_file() and out.with_suffix(".npz").is_file()
     # no input format: the refusal is one line, exit 2

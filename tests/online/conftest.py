@@ -1,13 +1,19 @@
-"""Session fixtures for the online tests: tiny real networks and a small real Pythia dataset."""
+"""Fixtures for the online tests: tiny real networks, a small real Pythia dataset (session), and
+running parts (a pipeline, a DQM service, a ZeroMQ context) that are always stopped at teardown."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from l1forge.models import qnet
 from l1forge.models.build import random_mlp
+from l1forge.online.datapath.pipeline import Pipeline, PipelineError
+from l1forge.online.dqm.service import DQMService
 from l1forge.sim.dataset import concat_events, write_events
 from l1forge.sim.generate import generate_events
 
@@ -44,3 +50,52 @@ def events_h5(tmp_path_factory) -> Path:
     write_events(out / "minbias.h5", bg)
     write_events(out / "signal.h5", sig)
     return write_events(out / "events.h5", concat_events([bg, sig]))
+
+
+@pytest.fixture
+def zmq_ctx() -> Iterator[zmq.Context]:
+    """A ZeroMQ context of the test's own; its sockets are closed (linger 0) at teardown."""
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def running_pipeline(tmp_path):
+    """``running_pipeline(cfg, run, run_dir=None, *, start=True, **kw)`` -> a started `Pipeline`.
+
+    ``run_dir`` defaults to ``tmp_path / f"run{run}"``; ``kw`` go to `Pipeline`. With
+    ``start=False`` the test starts it itself. The test may stop it (``stop`` returns the same
+    summary when called again); every pipeline still running at teardown is stopped.
+    """
+    made: list[Pipeline] = []
+
+    def start(cfg, run: int, run_dir: Path | None = None, *, start: bool = True, **kw) -> Pipeline:
+        pipe = Pipeline(cfg, run, run_dir or tmp_path / f"run{run}", **kw)
+        made.append(pipe)
+        if start:
+            pipe.start()
+        return pipe
+
+    yield start
+    for pipe in reversed(made):
+        if pipe.state != "created":
+            with contextlib.suppress(PipelineError):  # a start that failed tore itself down
+                pipe.stop()
+
+
+@pytest.fixture
+def running_dqm():
+    """``running_dqm(endpoint, **kw)`` -> a started `DQMService`; stopped at teardown unless the
+    test stopped it."""
+    made: list[DQMService] = []
+
+    def start(endpoint: str, **kw) -> DQMService:
+        svc = DQMService(endpoint, **kw).start()
+        made.append(svc)
+        return svc
+
+    yield start
+    for svc in reversed(made):
+        if svc.result is None:
+            svc.stop()

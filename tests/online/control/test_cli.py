@@ -1,144 +1,46 @@
-"""`l1forge online` end to end: the daemon in a subprocess, driven by the CLI and by signals."""
+"""`l1forge online` end to end: the CLI's commands against a daemon in a subprocess, its clear
+errors, and the demo's online stage."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
-from l1forge.online.control.commands import ControlClient
-from l1forge.online.control.daemon import read_endpoints
-from l1forge.online.datapath.storage import verify_run_files
-from l1forge.sim.dataset import read_events
-
-L1FORGE = [sys.executable, "-m", "l1forge.cli"]
-START_TIMEOUT_S = 120.0
+from .daemons import check_run_files, cli
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*L1FORGE, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-@pytest.fixture
-def run_yaml(tmp_path, events_h5, tiny_ir_path) -> Path:
-    """A looping replay paced at 20 kHz (so a run lasts until it is stopped), 2 workers, DQM."""
-    doc = {
-        "source": {
-            "kind": "replay",
-            "path": str(events_h5),
-            "loop": True,
-            "n_events": 50_000_000,
-            "rate_hz": 20_000,
-        },
-        "backend": {"kind": "emulator", "models": {"ad": str(tiny_ir_path)}},
-        "workers": {"n": 2},
-        "menu": {
-            "seeds": [
-                {"name": "AD_Loose", "model": "ad", "target_rate_hz": 1.0e6},
-                {"name": "ZeroBias", "model": "", "prescale": 50},
-            ]
-        },
-        "storage": {"out_dir": str(tmp_path / "data"), "events_per_lumisection": 2000},
-        "monitor": {"dqm_enabled": True, "fraction": 0.2},
-        "batch_size": 512,
-        "state_dir": str(tmp_path / "state"),
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def _start_daemon(run_yaml: Path, tmp_path: Path) -> tuple[subprocess.Popen, ControlClient]:
-    """Start `l1forge online run --config`; return it once it has processed some events."""
-    out = open(tmp_path / "daemon.out", "w")
-    err = open(tmp_path / "daemon.err", "w")
-    proc = subprocess.Popen(
-        [*L1FORGE, "online", "run", "--config", str(run_yaml)],
-        stdout=out,
-        stderr=err,
-        text=True,
-        start_new_session=True,  # its own process group, like a shell job
-    )
-    proc.out, proc.err = out, err  # type: ignore[attr-defined]
-    state_dir = tmp_path / "state"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    client = None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (tmp_path / "daemon.err").read_text()
-        if client is None and (state_dir / "endpoints.json").exists():
-            client = ControlClient(read_endpoints(state_dir)["control"], timeout_s=10)
-        if client is not None:
-            st = client.status()
-            if st["state"] == "running" and st["pipeline"].get("events_processed", 0) > 0:
-                return proc, client
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail(
-        "the daemon did not start processing in time:\n" + (tmp_path / "daemon.err").read_text()
-    )
-
-
-def _finish(proc: subprocess.Popen, tmp_path: Path) -> tuple[int, dict, str]:
-    rc = proc.wait(timeout=120)
-    proc.out.close()  # type: ignore[attr-defined]
-    proc.err.close()  # type: ignore[attr-defined]
-    stdout = (tmp_path / "daemon.out").read_text()
-    return rc, json.loads(stdout), (tmp_path / "daemon.err").read_text()
-
-
-def _check_run_files(summary: dict) -> None:
-    assert summary["lost"] == 0 and summary["duplicated"] == 0
-    assert summary["n_processed"] == summary["n_events_in"] > 0
-    files = verify_run_files(summary["run_dir"], summary["run"])
-    assert files.ok, files.to_json()
-    assert files.complete_manifest
-    assert files.n_events == summary["n_accepted"] > 0
-    assert files.seed_counts == summary["per_seed"]
-
-
-def test_run_then_status_and_stop_through_the_cli(run_yaml, tmp_path):
-    proc, _ = _start_daemon(run_yaml, tmp_path)
-    try:
-        state = ["--state-dir", str(tmp_path / "state")]
-        st = _cli("online", "status", *state)
-        assert st.returncode == 0, st.stderr
-        status = json.loads(st.stdout)
-        assert status["state"] == "running" and status["run"] == 1
-        assert status["endpoints"]["control"].startswith("tcp://127.0.0.1:")
-        # The web endpoint serves the pipeline's Prometheus metrics and the same status.
-        with urllib.request.urlopen(status["endpoints"]["metrics"], timeout=10) as resp:
-            samples = {
-                line.split(" ")[0]: float(line.split(" ")[1])
-                for line in resp.read().decode().splitlines()
-                if line and not line.startswith("#")
-            }
-        assert samples["l1forge_events_processed_total"] > 0
-        assert samples['l1forge_run_state{l1forge_run_state="running"}'] == 1.0
-        assert samples["l1forge_run_number"] == 1.0
-        with urllib.request.urlopen(status["endpoints"]["web"] + "status", timeout=10) as resp:
-            assert json.loads(resp.read())["state"] == "running"
-        stop = _cli("online", "stop", *state)
-        assert stop.returncode == 0, stop.stderr
-        stopped = json.loads(stop.stdout)
-    except BaseException:
-        proc.kill()
-        raise
-    rc, printed, err = _finish(proc, tmp_path)
+def test_run_then_status_and_stop_through_the_cli(daemon_yaml, tmp_path, start_daemon):
+    daemon, _ = start_daemon(daemon_yaml)
+    state = ["--state-dir", str(tmp_path / "state")]
+    st = cli("online", "status", *state)
+    assert st.returncode == 0, st.stderr
+    status = json.loads(st.stdout)
+    assert status["state"] == "running" and status["run"] == 1
+    assert status["endpoints"]["control"].startswith("tcp://127.0.0.1:")
+    # The web endpoint serves the pipeline's Prometheus metrics and the same status.
+    with urllib.request.urlopen(status["endpoints"]["metrics"], timeout=10) as resp:
+        samples = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in resp.read().decode().splitlines()
+            if line and not line.startswith("#")
+        }
+    assert samples["l1forge_events_processed_total"] > 0
+    assert samples['l1forge_run_state{l1forge_run_state="running"}'] == 1.0
+    assert samples["l1forge_run_number"] == 1.0
+    with urllib.request.urlopen(status["endpoints"]["web"] + "status", timeout=10) as resp:
+        assert json.loads(resp.read())["state"] == "running"
+    stop = cli("online", "stop", *state)
+    assert stop.returncode == 0, stop.stderr
+    stopped = json.loads(stop.stdout)
+    rc, printed, err = daemon.finish()
     assert rc == 0, err
     assert printed["run_summary"]["run"] == stopped["run"] == 1
-    _check_run_files(stopped)
+    check_run_files(stopped)
     # DQM followed the monitoring tap and wrote its file into the run folder.
     assert stopped["dqm"]["monitored_events"] > 0, stopped["dqm"]
     assert Path(stopped["dqm"]["root_path"]).is_file()
@@ -152,67 +54,31 @@ def test_run_then_status_and_stop_through_the_cli(run_yaml, tmp_path):
     )
 
 
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_signal_drains_closes_files_and_exits_0(run_yaml, tmp_path, how):
-    proc, _ = _start_daemon(run_yaml, tmp_path)
-    if how == "sigterm":
-        proc.send_signal(signal.SIGTERM)
-    else:  # a terminal's Ctrl-C: SIGINT to the whole foreground process group
-        os.killpg(proc.pid, signal.SIGINT)
-    rc, printed, err = _finish(proc, tmp_path)
-    assert rc == 0, err
-    assert "Traceback" not in err
-    summary = printed["run_summary"]
-    assert summary["error"] is None
-    _check_run_files(summary)
-    # The next daemon on the same state_dir continues the run numbering.
-    assert json.loads((tmp_path / "state" / "run_number.json").read_text())["last_run"] == 1
-
-
-def test_unwritable_output_folder_is_a_clear_error(run_yaml, tmp_path):
+def test_unwritable_output_folder_is_a_clear_error(daemon_yaml, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
-    res = _cli(
-        "online", "run", "--config", str(run_yaml), "--set", f"storage.out_dir={blocker}/data"
+    res = cli(
+        "online", "run", "--config", str(daemon_yaml), "--set", f"storage.out_dir={blocker}/data"
     )
     assert res.returncode == 2
     assert f"{blocker}/data" in res.stderr and "storage.out_dir" in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_bad_config_and_no_daemon_are_clear_errors(run_yaml, tmp_path):
-    res = _cli("online", "run", "--config", str(run_yaml), "--set", "workers.n=-2")
+def test_bad_config_and_no_daemon_are_clear_errors(daemon_yaml, tmp_path):
+    res = cli("online", "run", "--config", str(daemon_yaml), "--set", "workers.n=-2")
     assert res.returncode == 2 and "workers.n: expected an integer" in res.stderr
-    res = _cli("online", "status", "--state-dir", str(tmp_path / "nowhere"))
+    res = cli("online", "status", "--state-dir", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "no daemon is running" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_keys_command(tmp_path):
-    res = _cli("online", "keys", "--out", str(tmp_path / "keys"))
+    res = cli("online", "keys", "--out", str(tmp_path / "keys"))
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert (tmp_path / "keys" / "server.key_secret").is_file()
     assert (Path(doc["authorized_clients"]) / "client.key").is_file()
-
-
-def test_finite_source_ends_the_run_and_the_daemon(run_yaml, tmp_path, events_h5):
-    res = _cli(
-        "online",
-        "run",
-        "--config",
-        str(run_yaml),
-        "--set",
-        "source.loop=false",
-        "--set",
-        "source.rate_hz=null",
-        "--set",
-        "workers.n=1",
-    )
-    assert res.returncode == 0, res.stderr
-    summary = json.loads(res.stdout)["run_summary"]
-    assert summary["n_events_in"] == len(read_events(events_h5)) == summary["n_processed"]
-    _check_run_files(summary)
 
 
 def test_demo_online_stage(tmp_path, events_h5, tiny_ir_path, monkeypatch):

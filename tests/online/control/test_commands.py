@@ -23,16 +23,9 @@ REPLY_MS = 5000
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.term()
-
-
-@pytest.fixture
-def server(tmp_path, ctx):
+def server(tmp_path, zmq_ctx):
     rc = RunControl(tmp_path / "state")
-    srv = ControlServer(CommandHandler(rc), "tcp://127.0.0.1:0", context=ctx).start()
+    srv = ControlServer(CommandHandler(rc), "tcp://127.0.0.1:0", context=zmq_ctx).start()
     yield srv
     srv.close()
 
@@ -68,39 +61,39 @@ def _raw_request(ctx, endpoint: str, frames: list[bytes], kind: int = zmq.REQ) -
         ([b""], "not JSON"),
     ],
 )
-def test_garbage_gets_an_error_reply(server, ctx, frames, words):
-    reply = _raw_request(ctx, server.endpoint, frames)
+def test_garbage_gets_an_error_reply(server, zmq_ctx, frames, words):
+    reply = _raw_request(zmq_ctx, server.endpoint, frames)
     assert reply is not None and reply["ok"] is False
     assert reply["type"] == "RequestError"
     assert words in reply["error"]
     # ... and the server still answers a good request.
-    ok = _raw_request(ctx, server.endpoint, [b'{"command": "status"}'])
+    ok = _raw_request(zmq_ctx, server.endpoint, [b'{"command": "status"}'])
     assert ok["ok"] is True and ok["result"]["state"] == "idle"
 
 
-def test_odd_framing_and_oversized_messages_do_not_kill_the_server(server, ctx):
+def test_odd_framing_and_oversized_messages_do_not_kill_the_server(server, zmq_ctx):
     # A DEALER that sends without the REQ envelope still gets an answer.
-    dealer = ctx.socket(zmq.DEALER)
+    dealer = zmq_ctx.socket(zmq.DEALER)
     dealer.linger = 0
     dealer.connect(server.endpoint)
     dealer.send(b'{"command": "status"}')
     assert dealer.poll(REPLY_MS)
     assert json.loads(dealer.recv_multipart()[-1])["ok"] is True
     # Over MAX_REQUEST_BYTES: ZeroMQ drops that connection; nobody answers it.
-    big = ctx.socket(zmq.DEALER)
+    big = zmq_ctx.socket(zmq.DEALER)
     big.linger = 0
     big.connect(server.endpoint)
     big.send_multipart([b"", b"x" * (commands.MAX_REQUEST_BYTES + 1)])
     assert not big.poll(300)
     big.close(linger=0)
     dealer.close(linger=0)
-    client = ControlClient(server.endpoint, timeout_s=5, context=ctx)
+    client = ControlClient(server.endpoint, timeout_s=5, context=zmq_ctx)
     assert client.status()["state"] == "idle"
     assert server.n_requests == 2  # the oversized message never reached the handler
 
 
-def test_commands_errors_come_back_as_control_errors(server, ctx, tmp_path):
-    client = ControlClient(server.endpoint, timeout_s=5, context=ctx)
+def test_commands_errors_come_back_as_control_errors(server, zmq_ctx, tmp_path):
+    client = ControlClient(server.endpoint, timeout_s=5, context=zmq_ctx)
     with pytest.raises(ControlError, match="cannot start in state idle"):
         client.start()
     with pytest.raises(ControlError, match="no configuration given"):
@@ -113,21 +106,21 @@ def test_commands_errors_come_back_as_control_errors(server, ctx, tmp_path):
     assert client.status()["state"] == "idle"
 
 
-def test_shutdown_sets_the_flag(tmp_path, ctx):
+def test_shutdown_sets_the_flag(tmp_path, zmq_ctx):
     handler = CommandHandler(RunControl(tmp_path / "state"))
-    srv = ControlServer(handler, context=ctx).start()
+    srv = ControlServer(handler, context=zmq_ctx).start()
     try:
-        assert ControlClient(srv.endpoint, timeout_s=5, context=ctx).shutdown()["shutdown"]
+        assert ControlClient(srv.endpoint, timeout_s=5, context=zmq_ctx).shutdown()["shutdown"]
         assert handler.shutdown_requested.is_set()
     finally:
         srv.close()
 
 
-def test_client_times_out_without_a_server(ctx):
-    probe = ctx.socket(zmq.ROUTER)
+def test_client_times_out_without_a_server(zmq_ctx):
+    probe = zmq_ctx.socket(zmq.ROUTER)
     port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(linger=0)  # a port nobody listens on any more
-    client = ControlClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3, context=ctx)
+    client = ControlClient(f"tcp://127.0.0.1:{port}", timeout_s=0.3, context=zmq_ctx)
     with pytest.raises(ControlTimeout, match="no reply"):
         client.status()
 

@@ -21,24 +21,25 @@ from l1forge.online.control.runcontrol import (
 )
 from l1forge.online.web.metrics import make_metrics
 
+from .daemons import run_doc
+
 
 def _write_yaml(tmp_path, events, ir):
     """A small run: replay of `events` through the IR `ir`, 2 workers, no DQM."""
-    doc = {
-        "source": {"kind": "replay", "path": str(events)},
-        "backend": {"kind": "emulator", "models": {"ad": str(ir)}},
-        "workers": {"n": 2},
-        "menu": {
+    doc = run_doc(
+        tmp_path,
+        events,
+        ir,
+        menu={
             "seeds": [
                 {"name": "AD_Loose", "model": "ad", "target_rate_hz": 2.0e6},
                 {"name": "ZeroBias", "model": "", "prescale": 100},
             ]
         },
-        "storage": {"out_dir": str(tmp_path / "data"), "events_per_lumisection": 1000},
-        "monitor": {"dqm_enabled": False},
-        "batch_size": 256,
-        "state_dir": str(tmp_path / "state"),
-    }
+        storage={"events_per_lumisection": 1000},
+        monitor={"dqm_enabled": False},
+        batch_size=256,
+    )
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -102,11 +103,11 @@ def test_run_numbers_persist_atomically(tmp_path):
         RunControl(tmp_path)
 
 
-def test_full_cycle_and_run_numbers_across_instances(tmp_path, run_yaml):
+def test_full_cycle_and_run_numbers_across_instances(tmp_path, run_yaml, run_control):
     paced = {"source.rate_hz": 20_000.0, "source.loop": True, "source.n_events": 10_000_000}
     cfg = load_run_config(run_yaml, {**paced, "workers.n": 1})
     metrics = make_metrics()
-    rc = RunControl(cfg.state_dir, metrics=metrics)
+    rc = run_control(cfg.state_dir, metrics=metrics)
     rc.configure(cfg)
     run = rc.start()
     assert run == 1 and rc.state == RunState.RUNNING
@@ -134,7 +135,7 @@ def test_full_cycle_and_run_numbers_across_instances(tmp_path, run_yaml):
     assert rc.start() == 2
     rc.stop()
     # A new process (a new RunControl on the same state_dir) continues the numbering.
-    rc2 = RunControl(cfg.state_dir)
+    rc2 = run_control(cfg.state_dir)
     rc2.configure(cfg)
     assert rc2.start() == 3
     rc2.stop()

@@ -1,8 +1,12 @@
-"""Event sources: HDF5 replay, live Pythia, the ZeroMQ input, and the sequencer's numbering."""
+"""Event sources: HDF5 replay, live Pythia, the ZeroMQ input (also under hostile input in a
+running pipeline), and the sequencer's numbering."""
 
 from __future__ import annotations
 
+import collections
+import struct
 import threading
+import zlib
 
 import h5py
 import numpy as np
@@ -19,9 +23,23 @@ from l1forge.online.datapath.sources import (
     ZmqInputSource,
     make_source,
 )
-from l1forge.online.datapath.wire import EventBatch, encode_batch
+from l1forge.online.datapath.wire import (
+    MAX_EVENTS_PER_MESSAGE,
+    EventBatch,
+    ResultBatch,
+    WireError,
+    decode_batch,
+    encode_batch,
+    encode_results,
+)
 from l1forge.sim.dataset import read_events
 from l1forge.sim.l1objects import ETA_MAX_HW, ETA_MIN_HW, PHI_MAX_HW, PHI_MIN_HW, PT_MAX_HW
+
+from .runs import assert_run_matches_emulator, wait_for
+
+# the documented wire header (online/datapath/wire.py): fields 7 = count, 8 = dtype code,
+# 11..13 = objects shape, 17 = payload bytes, 18 = payload CRC-32, 19 = header CRC-32
+HEADER = struct.Struct("<4sHBBQQQIBBH3IId32sQII")
 
 
 def chunks_of(n: int, sizes: list[int], seed: int = 0) -> list[Chunk]:
@@ -150,3 +168,95 @@ def test_pythia_source_streams_live_events():
     assert PHI_MIN_HW <= obj[..., 2].min() and obj[..., 2].max() <= PHI_MAX_HW
     assert (obj[:, 0, 0] > 0).mean() > 0.5  # most events have some missing transverse energy
     assert src.proc.poll() is not None  # the generator process is gone
+
+
+def _reheader(frames: list, *, crc_payload: bool = True, **fields) -> list:
+    """Frames with header fields replaced and the checksums made consistent again."""
+    names = {"version": 1, "kind": 2, "count": 7, "dtype": 8, "shape0": 11, "shape1": 12}
+    f = list(HEADER.unpack(bytes(frames[0])))
+    for k, v in fields.items():
+        f[names[k]] = v
+    payload = [bytes(p) for p in frames[1:]]
+    if crc_payload:
+        crc = 0
+        for p in payload:
+            crc = zlib.crc32(p, crc)
+        f[17], f[18] = sum(len(p) for p in payload), crc
+    body = HEADER.pack(*f[:-1], 0)
+    return [HEADER.pack(*f[:-1], zlib.crc32(body[:-4])), *payload]
+
+
+def hostile_messages(good: list, n: int, rng: np.random.Generator) -> list[list[bytes]]:
+    """`n` malformed or hostile messages of many kinds, derived from a good message."""
+    head, ev, obj = (bytes(f) for f in good)
+    k = len(ev) // 8
+    nan_obj = np.full(k * 57, np.nan, dtype=np.float32).tobytes()
+    inf_obj = np.full(k * 57, np.inf, dtype=np.float32).tobytes()
+    big = np.frombuffer(obj, dtype=np.int16).copy()
+    big[::3] = 5000  # pT beyond 12 bits
+    results = ResultBatch(
+        0, 0, 0, np.arange(4, dtype=np.uint64), np.full((4, 1), np.nan),
+        np.zeros(4, np.uint32), np.zeros((0, 19, 3), np.int16), np.zeros(0, np.uint32), 0.0, "x",
+    )  # fmt: skip
+    makers = [
+        lambda: [rng.bytes(int(rng.integers(0, 300)))],
+        lambda: [head[: int(rng.integers(0, len(head)))], ev, obj],
+        lambda: [head[:4] + struct.pack("<H", int(rng.integers(2, 65535))) + head[6:], ev, obj],
+        lambda: [head, ev],
+        lambda: [head, ev, obj, b"extra"],
+        lambda: [head, ev, obj[: -int(rng.integers(1, 100))]],
+        lambda: [head, ev, obj + b"\0\0"],
+        lambda: [head, ev, obj[:10] + bytes([obj[10] ^ 0xFF]) + obj[11:]],
+        lambda: _reheader(good, count=int(rng.integers(MAX_EVENTS_PER_MESSAGE + 1, 1 << 32))),
+        lambda: _reheader(good, count=k, dtype=int(rng.integers(3, 256))),
+        lambda: _reheader(good, shape1=18),
+        lambda: _reheader([head, ev, big.tobytes()]),
+        lambda: _reheader([head, ev, nan_obj], dtype=2),
+        lambda: _reheader([head, ev, inf_obj], dtype=2),
+        lambda: [bytes(f) for f in encode_results(results)],
+        lambda: [b""],
+    ]
+    return [makers[int(rng.integers(0, len(makers)))]() for _ in range(n)]
+
+
+def test_ten_thousand_hostile_messages_are_rejected_by_reason_and_data_flows_after(
+    events_h5, models, run_cfg, zmq_ctx, running_pipeline
+):
+    daq = zmq_ctx.socket(zmq.PUSH)
+    daq.setsockopt(zmq.LINGER, 0)
+    daq.setsockopt(zmq.SNDTIMEO, 30_000)
+    daq.setsockopt(zmq.SNDHWM, 100_000)
+    port = daq.bind_to_random_port("tcp://127.0.0.1")
+    cfg = run_cfg(source={"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}", "loop": False})
+    ev = read_events(events_h5)
+    n_good, per_msg = 1000, 200
+    good = [
+        encode_batch(
+            EventBatch(99, 5 + s, 0, ev.event[s : s + per_msg], ev.objects_hw[s : s + per_msg])
+        )
+        for s in range(0, n_good, per_msg)
+    ]
+    bad = hostile_messages(good[0], 10_000, np.random.default_rng(0))
+    truth = collections.Counter()
+    for frames in bad:
+        with pytest.raises(WireError) as err:
+            decode_batch(frames)
+        truth[err.value.reason] += 1
+    pipe = running_pipeline(cfg, 14)
+    for frames in bad:
+        daq.send_multipart(frames)
+    for frames in good:
+        daq.send_multipart(frames, copy=False)
+    wait_for(lambda: pipe.status()["events_processed"] == n_good, what="the good events")
+    status = pipe.status()
+    assert status["state"] == "running" and status["error"] is None
+    assert status["rejected"] == dict(truth)
+    summary = pipe.stop()
+    assert sum(summary.rejected.values()) == 10_000
+    assert len(summary.rejected) >= 8, summary.rejected  # many different reasons
+    assert {"magic", "version", "truncated", "size", "checksum", "count", "range"} <= set(
+        summary.rejected
+    )
+    assert summary.n_processed == summary.n_events_in == n_good
+    # the daemon numbers them 0..999
+    assert_run_matches_emulator(summary, pipe, events_h5, models, n_good)

@@ -20,30 +20,10 @@ from l1forge.models.evaluate import threshold_at_fpr
 from l1forge.models.fixed import Fixed
 from l1forge.online.learning.drift import DriftConfig, DriftDetector, expected_fraction, rate_check
 from l1forge.sim.faults import EnergyScale, inject
-from l1forge.sim.l1objects import to_hardware
+
+from .events import zero_bias_like
 
 FRACTIONS = {"loose": 0.05, "tight": 0.01}  # zero-bias pass fractions of two seeds
-
-
-def zero_bias_like(n: int, seed: int) -> np.ndarray:
-    """Hardware-unit events (N, 19, 3) with falling pT spectra and random multiplicities."""
-    rng = np.random.default_rng(seed)
-    phys = np.zeros((n, 19, 3), dtype=np.float32)
-    phys[:, 0, 0] = rng.exponential(15.0, n)  # MET
-    phys[:, 0, 2] = rng.uniform(-np.pi, np.pi, n)
-    for sl, mean, pt_min in (
-        (slice(1, 5), 8.0, 5.0),
-        (slice(5, 9), 6.0, 3.0),
-        (slice(9, 19), 20.0, 15.0),
-    ):
-        k = sl.stop - sl.start
-        pt = pt_min + rng.exponential(mean, (n, k))
-        keep = rng.random((n, k)) < np.linspace(0.6, 0.05, k)
-        pt = -np.sort(-(pt * keep), axis=1)
-        phys[:, sl, 0] = pt
-        phys[:, sl, 1] = np.where(pt > 0, rng.uniform(-2.5, 2.5, (n, k)), 0)
-        phys[:, sl, 2] = np.where(pt > 0, rng.uniform(-np.pi, np.pi, (n, k)), 0)
-    return to_hardware(phys).astype(np.int64)
 
 
 def ht_squared_net():

@@ -2,7 +2,7 @@
 bit-exact and swapped into a running emulator backend, rejection, and the monitoring tap.
 
 A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` is the starting
-version; events are synthetic zero-bias-like hardware events (see test_drift), the drift is a
+version; events are synthetic zero-bias-like hardware events (see events.py), the drift is a
 30 % calorimeter energy scale from ``l1forge.sim.faults``.
 """
 
@@ -30,7 +30,7 @@ from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
 from l1forge.sim.faults import EnergyScale, inject
 
-from .test_drift import zero_bias_like
+from .events import zero_bias_like
 
 DRIFT = EnergyScale(0.30)
 CFG = LearnerConfig(
@@ -308,13 +308,12 @@ def _event_file(path: Path, objects_hw: np.ndarray) -> Path:
 
 
 @pytest.mark.slow
-def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
+def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run, zmq_ctx, running_pipeline):
     """A running pipeline on drifted events: the learner on its zero-bias tap recalibrates the
     menu and swaps a fine-tuned network into the workers without stopping the run."""
     import zmq
 
     from l1forge.online.config import run_config_from_dict
-    from l1forge.online.datapath.pipeline import Pipeline
     from l1forge.online.datapath.wire import TOPIC_ZERO_BIAS, decode_results
 
     reg, v1, learner_proto = _learner(tmp_path, trained_run, CFG)
@@ -341,7 +340,7 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
         "state_dir": str(tmp_path / "state"),
         "duration_s": 600.0,
     }
-    pipe = Pipeline(run_config_from_dict(raw, tmp_path), 1, tmp_path / "run1")
+    pipe = running_pipeline(run_config_from_dict(raw, tmp_path), 1, start=False)
     learner = Learner(
         reg,
         pipe.menu,
@@ -351,8 +350,7 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
         on_model=pipe.set_model,
     )
     stop = threading.Event()
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
+    sub = zmq_ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     try:
         pipe.start()
@@ -384,9 +382,7 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run):
         assert pipe.status()["state"] == "running"
     finally:
         stop.set()
-        summary = pipe.stop()
-        sub.close(0)
-        ctx.term()
+    summary = pipe.stop()
     assert (summary.lost, summary.duplicated) == (0, 0)
 
 

@@ -18,7 +18,6 @@ import pytest
 from l1forge.online.config import run_config_from_dict
 from l1forge.online.datapath.backends import EmulatorBackend
 from l1forge.online.datapath.menu import Menu, Seed, seed_counts
-from l1forge.online.datapath.pipeline import Pipeline
 from l1forge.online.datapath.wire import ResultBatch, encode_results
 from l1forge.online.dqm.service import DQMService
 from l1forge.online.web.metrics import make_metrics
@@ -275,7 +274,7 @@ def faulty_replay(events_h5, tmp_path_factory) -> Path:
 
 
 def test_dashboard_of_a_real_pipeline_run(
-    faulty_replay, tiny_ir_path, tiny_classifier_ir_path, tmp_path
+    faulty_replay, tiny_ir_path, tiny_classifier_ir_path, tmp_path, running_pipeline, running_dqm
 ):
     cfg = run_config_from_dict(
         {
@@ -294,7 +293,7 @@ def test_dashboard_of_a_real_pipeline_run(
     )
     run = 2718
     metrics = make_metrics()
-    pipeline = Pipeline(cfg, run, tmp_path / "run", metrics=metrics)
+    pipeline = running_pipeline(cfg, run, tmp_path / "run", start=False, metrics=metrics)
     dqm: DQMService | None = None
     with (
         WebServer(
@@ -302,29 +301,26 @@ def test_dashboard_of_a_real_pipeline_run(
         ) as web,
         Browser(log_path=tmp_path / "chromium.log") as browser,
     ):
-        try:
-            pipeline.start()
-            dqm = DQMService(
-                pipeline.monitor_endpoint,
-                run=run,
-                out_dir=tmp_path / "dqm",
-                seed_names=pipeline.menu.names,
-                score_names=pipeline.model_names,
-                input_rate_hz=pipeline.menu.input_rate_hz,
-            ).start()
-            page = browser.new_page(web.url)
-            page.wait_for(f"document.getElementById('run-number').textContent === '{run}'")
-            processed = "document.getElementById('v-events_processed')?.getAttribute('data-value')"
-            seen = set()
-            while not pipeline.wait_source_done(0.25):
-                seen.add(page.evaluate(processed))
-            seen.discard(None)
-            assert len(seen) >= 3, f"the page showed only {sorted(seen)} while the run went"
-            assert page.evaluate("document.getElementById('run-state').textContent") == "running"
-        finally:
-            summary = pipeline.stop()
-            if dqm is not None:
-                dqm_result = dqm.stop()
+        pipeline.start()
+        dqm = running_dqm(
+            pipeline.monitor_endpoint,
+            run=run,
+            out_dir=tmp_path / "dqm",
+            seed_names=pipeline.menu.names,
+            score_names=pipeline.model_names,
+            input_rate_hz=pipeline.menu.input_rate_hz,
+        )
+        page = browser.new_page(web.url)
+        page.wait_for(f"document.getElementById('run-number').textContent === '{run}'")
+        processed = "document.getElementById('v-events_processed')?.getAttribute('data-value')"
+        seen = set()
+        while not pipeline.wait_source_done(0.25):
+            seen.add(page.evaluate(processed))
+        seen.discard(None)
+        assert len(seen) >= 3, f"the page showed only {sorted(seen)} while the run went"
+        assert page.evaluate("document.getElementById('run-state').textContent") == "running"
+        summary = pipeline.stop()
+        dqm_result = dqm.stop()
         assert summary.lost == summary.duplicated == 0
         assert summary.n_processed == REPLAY_LS * EVENTS_PER_LS
         errors = [a for a in dqm.monitor.alarms if a.severity == "error"]

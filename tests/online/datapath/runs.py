@@ -1,0 +1,135 @@
+"""Helpers for the data-path tests: run configurations of a looped replay, what a lossless run
+must give, the run's ROOT files read back, and waiting on a running pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import uproot
+
+from l1forge.models import qnet
+from l1forge.models.emulator import Emulator
+from l1forge.online.config import run_config_from_dict
+from l1forge.online.datapath.backends import outputs_float
+from l1forge.online.datapath.menu import Menu
+from l1forge.online.datapath.pipeline import Pipeline
+from l1forge.online.datapath.storage import TREE, verify_run_files
+from l1forge.sim.dataset import read_events
+
+N_RUN = 6000  # events per test run (the 1700-event file replayed in a loop)
+BATCH = 256
+PER_LS = 2000
+
+
+def model_scores(models: dict[str, Path], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Each model's score (first output, real-valued) straight from the emulator."""
+    out = {}
+    for name, path in models.items():
+        net = qnet.load(path)
+        emu = Emulator(net)
+        out[name] = outputs_float(net, emu.run(x))[:, 0]
+        emu.close()
+    return out
+
+
+def seeds_for(events_h5: Path, models: dict[str, Path]) -> list[dict]:
+    """Seeds whose thresholds are score quantiles of the file, so every seed fires."""
+    s = model_scores(models, read_events(events_h5).inputs)
+    q = lambda name, f: float(np.quantile(s[name], f))  # noqa: E731
+    return [
+        {"name": "AD_Loose", "model": "ad", "threshold": q("ad", 0.8)},
+        {"name": "AD_Tight", "model": "ad", "threshold": q("ad", 0.97), "prescale": 2},
+        {"name": "Classifier", "model": "classifier", "threshold": q("classifier", 0.9)},
+        {"name": "ZeroBias", "model": "", "prescale": 25},
+    ]
+
+
+def make_cfg(tmp: Path, events_h5: Path, models: dict[str, Path], **over) -> object:
+    """A RunConfig for a looped replay of `events_h5` (keys of `over` replace sections)."""
+    raw = {
+        "source": {"kind": "replay", "path": str(events_h5), "loop": True, "n_events": N_RUN},
+        "backend": {"kind": "emulator", "models": {k: str(v) for k, v in models.items()}},
+        "workers": {"n": 2, "credits": 2, "heartbeat_s": 0.2, "timeout_s": 2.0},
+        "menu": {"seeds": seeds_for(events_h5, models)},
+        "storage": {"out_dir": str(tmp), "events_per_lumisection": PER_LS, "min_free_mb": 1},
+        "monitor": {"fraction": 0.25},
+        "batch_size": BATCH,
+        "state_dir": str(tmp / "state"),
+    }
+    for key, value in over.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    return run_config_from_dict(raw, tmp)
+
+
+def expected_run(events_h5: Path, models: dict[str, Path], menu: Menu, n: int) -> dict:
+    """What a lossless run of `n` replayed events must give: bits, objects, per-seed counts."""
+    ev = read_events(events_h5)
+    seqs = np.arange(n, dtype=np.uint64)
+    idx = (seqs % np.uint64(len(ev))).astype(np.int64)
+    bits = menu.decide(model_scores(models, ev.inputs[idx]), seqs)
+    return {
+        "seqs": seqs,
+        "bits": bits,
+        "objects_hw": ev.objects_hw[idx],
+        "event": ev.event[idx],
+        "counts": menu.counts(bits),
+    }
+
+
+def stored_events(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every event in the run's ROOT files, sorted by sequence number."""
+    parts = []
+    for f in sorted(run_dir.glob("run*_ls*.root")):
+        with uproot.open(f) as rf:
+            parts.append(rf[TREE].arrays(["seq", "seed_bits", "objects_hw", "event"], library="np"))
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(cols["seq"])
+    out = {k: v[order] for k, v in cols.items()}
+    out["objects_hw"] = (
+        np.stack(out["objects_hw"]) if out["objects_hw"].dtype == object else out["objects_hw"]
+    )
+    return out
+
+
+def assert_stored_equal_expected(run_dir: Path, run: int, exp: dict) -> None:
+    acc = np.flatnonzero(exp["bits"])
+    summary = verify_run_files(run_dir, run, expected_seqs=exp["seqs"][acc])
+    assert summary.ok, summary.to_json()
+    got = stored_events(run_dir)
+    np.testing.assert_array_equal(got["seq"], exp["seqs"][acc])
+    np.testing.assert_array_equal(got["seed_bits"], exp["bits"][acc])
+    np.testing.assert_array_equal(got["event"], exp["event"][acc])
+    np.testing.assert_array_equal(
+        np.asarray(got["objects_hw"]).reshape(-1, 19, 3), exp["objects_hw"][acc]
+    )
+
+
+def assert_run_matches_emulator(summary, pipe: Pipeline, events_h5, models, n: int) -> None:
+    """Nothing lost or duplicated, and the run's seed counts and stored events are what the
+    emulator and the run's menu give for the first `n` replayed events."""
+    assert (summary.lost, summary.duplicated) == (0, 0)
+    exp = expected_run(events_h5, models, pipe.menu, n)
+    assert summary.per_seed == exp["counts"]
+    assert_stored_equal_expected(pipe.run_dir, pipe.run, exp)
+
+
+def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_pid(pipe: Pipeline, name: str) -> int:
+    return wait_for(
+        lambda: pipe.status()["workers"].get(name, {}).get("pid"), what=f"worker {name}"
+    )
+
+
+def in_flight(pipe: Pipeline, name: str) -> int:
+    return pipe.status()["workers"].get(name, {}).get("in_flight", 0)
