@@ -104,6 +104,9 @@ _PHRASES = {
 }
 
 
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
 def _config_error(exc: ValidationError, prefix: Sequence[int | str]) -> ConfigError:
     """The first pydantic error as a `ConfigError` that starts with the dotted key."""
     err = exc.errors()[0]
@@ -126,7 +129,11 @@ def _config_error(exc: ValidationError, prefix: Sequence[int | str]) -> ConfigEr
         phrase = _PHRASES.get(kind)
         shown = repr(err.get("input"))
         shown = shown if len(shown) <= 80 else shown[:76] + " ..."
-        reason = f"{phrase.format(**ctx) if phrase else err['msg']}, got {shown}"
+        text = phrase.format(**ctx) if phrase else err["msg"]
+        value = err.get("input")
+        if kind in _BOUNDS and isinstance(value, int | float) and not isinstance(value, bool):
+            text = text.replace("a value", "an integer" if isinstance(value, int) else "a number")
+        reason = f"{text}, got {shown}"
     return ConfigError(f"{dotted(loc) or 'configuration'}: {reason}")
 
 
