@@ -196,20 +196,24 @@ def _plan(reg_net, reg_fw, n_random, tmp_path):
     return vec, exp_old, np.any(y_old != y_new, axis=1)
 
 
-@pytest.mark.rtl
-@pytest.mark.parametrize(("simulator", "n_random"), [("icarus", 1500), ("verilator", 5000)])
-def test_switch_in_mid_stream(simulator, n_random, reg_net, reg_fw, reg_sims, tmp_path):
-    vec, exp_old, differ = _plan(reg_net, reg_fw, n_random, tmp_path)
-    assert differ.mean() > 0.5  # the new scaling changes the network's outputs on most events
-    sim = reg_sims(simulator)
+def _run_switch_bench(sim, fw, vec, tmp_path) -> dict:
+    """Run bench_registers on ``sim`` with the vectors and the plan ``_plan`` wrote; its stats."""
     env = {
-        "L1F_FIRMWARE": str(reg_fw),
+        "L1F_FIRMWARE": str(fw),
         "L1F_VECTORS": str(vec),
         "L1F_PLAN": str(tmp_path / "plan.json"),
         "L1F_STATS": str(tmp_path / "stats.json"),
     }
     run_bench(sim, "l1forge.firmware.bench_registers", env, tmp_path)
-    stats = read_stats(tmp_path)
+    return read_stats(tmp_path)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize(("simulator", "n_random"), [("icarus", 1500), ("verilator", 5000)])
+def test_switch_in_mid_stream(simulator, n_random, reg_net, reg_fw, reg_sims, tmp_path):
+    vec, exp_old, differ = _plan(reg_net, reg_fw, n_random, tmp_path)
+    assert differ.mean() > 0.5  # the new scaling changes the network's outputs on most events
+    stats = _run_switch_bench(reg_sims(simulator), reg_fw, vec, tmp_path)
     n = len(exp_old)
     assert stats["events_in"] == stats["events_out"] == n
     assert stats["mismatches"] == stats["lost_or_duplicated"] == stats["timing_errors"] == 0
@@ -414,14 +418,7 @@ def test_thresholds_only_switch_at_one_cycle_latency(tmp_path):
         out_bytes=exp_old.shape[1],
     )
     sim = build_sim(fw, "icarus", "trigger", tmp_path / "build")
-    env = {
-        "L1F_FIRMWARE": str(fw),
-        "L1F_VECTORS": str(vec),
-        "L1F_PLAN": str(tmp_path / "plan.json"),
-        "L1F_STATS": str(tmp_path / "stats.json"),
-    }
-    run_bench(sim, "l1forge.firmware.bench_registers", env, tmp_path)
-    stats = read_stats(tmp_path)
+    stats = _run_switch_bench(sim, fw, vec, tmp_path)
     assert stats["events_out"] == len(x) and stats["mismatches"] == 0
     assert stats["events_old_set"] > 200 and stats["events_new_set"] > 200
     assert stats["refused"] == 1
