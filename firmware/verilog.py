@@ -111,6 +111,11 @@ def trace_qnet(net: QNet) -> tuple[Any, Any]:
             of = lay.array_formats["offset"]
             off = lay.arrays["offset"].astype(np.float64) * 2.0**-of.frac_bits
             y = (src - off) * 2.0 ** -lay.arrays["shift"].astype(np.float64)
+        elif lay.op == "affine":
+            mf, af = lay.array_formats["mult"], lay.array_formats["add"]
+            m = lay.arrays["mult"].astype(np.float64) * 2.0**-mf.frac_bits
+            a = lay.arrays["add"].astype(np.float64) * 2.0**-af.frac_bits
+            y = src * m + a
         elif lay.op == "sum_squares":
             y = np.sum(src**2, keepdims=True)
         else:
