@@ -41,11 +41,11 @@ TRIGGER_SCORE_HINT = (
 )
 
 
-def parse_format(text: str) -> Fixed:
+def parse_format(text: str, what: str = "input format") -> Fixed:
     """``ap_fixed<W,I>`` / ``ap_ufixed<W,I>`` (hls4ml's notation, modes ignored) -> Fixed."""
     m = re.fullmatch(r"\s*(ap_u?fixed|u?fixed)\s*<\s*(\d+)\s*,\s*(-?\d+)\s*(?:,[^>]*)?>\s*", text)
     if not m:
-        raise DataFormatError(f"input format {text!r}: expected ap_fixed<W,I> or ap_ufixed<W,I>")
+        raise DataFormatError(f"{what} {text!r}: expected ap_fixed<W,I> or ap_ufixed<W,I>")
     return Fixed("ufixed" not in m.group(1), int(m.group(2)), int(m.group(3)))
 
 
@@ -191,7 +191,7 @@ def batchnorm_constants(layer: Any, fmt: Fixed = BN_FORMAT) -> tuple[np.ndarray,
     beta = weights.get("beta", np.zeros(n))
     with np.errstate(divide="ignore", invalid="ignore"):
         mult = gamma / np.sqrt(var + layer.epsilon)
-    add = beta - mean * mult
+        add = beta - mean * mult
     ints = []
     for what, v in (("scale gamma/sqrt(var+eps)", mult), ("bias beta-mean*scale", add)):
         if not np.all(np.isfinite(v)):
