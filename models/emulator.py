@@ -107,7 +107,19 @@ def _requantize_int(
             f"layer {name!r}: accumulator exceeds 2**53; only truncation to a coarser format is "
             "supported at this width"
         )
-    return requantize((acc >> shift).astype(np.float64), 0, dst, "TRN", overflow)
+    if dst.width > 52:
+        raise DataFormatError(f"layer {name!r}: output {dst.hls_type()} is wider than 52 bits")
+    q = acc >> shift  # floor: truncation, exact in int64
+    lo, hi = dst.min_int, dst.max_int
+    if overflow == "WRAP":
+        q = ((q - lo) & ((1 << dst.width) - 1)) + lo
+    elif overflow == "SAT":
+        q = np.clip(q, lo, hi)
+    elif overflow == "SAT_SYM":
+        q = np.clip(q, -hi if dst.signed else lo, hi)
+    else:  # SAT_ZERO
+        q = np.where((q < lo) | (q > hi), 0, q)
+    return q.astype(np.float64)  # within dst (<= 62 bits) and used as integers from here on
 
 
 def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
