@@ -66,38 +66,9 @@ def sim_build(tmp_path_factory):
 def general_bn_model():
     """QDense -> BatchNormalization (scales of both signs, not powers of two) -> quantized_relu
     -> QDense: the batch norm is imported as the IR's fixed-point affine op."""
-    import numpy as np
-    import tensorflow as tf
-    from qkeras import QActivation, QDense, quantized_bits, quantized_relu
+    from l1forge.models.examples import batchnorm_mlp
 
-    tf.keras.utils.set_random_seed(4)
-    bn = tf.keras.layers.BatchNormalization(name="bn")
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input((10,)),
-            QDense(
-                16,
-                kernel_quantizer=quantized_bits(6, 0, alpha=1),
-                bias_quantizer=quantized_bits(6, 0, alpha=1),
-                name="fc1",
-            ),
-            bn,
-            QActivation(quantized_relu(6, 0), name="relu1"),
-            QDense(
-                5,
-                kernel_quantizer=quantized_bits(6, 0, alpha=1),
-                bias_quantizer=quantized_bits(6, 0, alpha=1),
-                name="out",
-            ),
-        ],
-        name="bn_net",
-    )
-    rng = np.random.default_rng(1)
-    gamma = rng.uniform(0.3, 2.0, 16) * np.where(np.arange(16) % 5 == 0, -1.0, 1.0)
-    bn.set_weights(
-        [gamma, rng.normal(0, 0.5, 16), rng.normal(0, 0.3, 16), rng.uniform(0.2, 3.0, 16)]
-    )
-    return model
+    return batchnorm_mlp(seed=4)
 
 
 @pytest.fixture(scope="session")
