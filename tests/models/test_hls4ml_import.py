@@ -196,3 +196,16 @@ def test_pytorch_modelgraph_is_bit_exact_to_its_csim_not_to_torch(tmp_path):
     with torch.no_grad():
         y_torch = m(torch.tensor(xf)).numpy()
     assert np.any(y_torch != y)  # the documented reason the torch route is not source-exact
+
+
+def test_keras_batchnorm_through_hls4ml_converter(general_bn_model, tmp_path):
+    """hls4ml's Keras converter types the float batch norm itself; its ModelGraph imports with
+    the batch norm as the affine op and the C-sim equals the emulator."""
+    hm = hls.compile_csim(convert_keras(general_bn_model, FMT, tmp_path, project_name="bn_mg"))
+    net = import_modelgraph(hm, name="bn_mg")
+    assert "affine" in [lay.op for lay in net.layers]
+    x = bitexact_vectors(net, 5000, seed=3)
+    xf = net.input_specs[0].fixed.to_float(x)
+    y = Emulator(net).run_float(x)
+    assert_array_equal(hls.predict(hm, xf), y)
+    assert len(np.unique(y)) > 20
