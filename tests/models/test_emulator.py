@@ -142,3 +142,16 @@ def test_wide_affine_runs_in_int64(overflow):
     net = b.build()
     x = np.concatenate([rng.integers(-(2**29), 2**29, (2000, 4)), corners(Fixed(True, 30, 10), 4)])
     assert_array_equal(Emulator(net).run(x), ref_run(net, x))
+
+
+@pytest.mark.parametrize("overflow", ["WRAP", "SAT"])
+def test_wide_dense_runs_in_int64(overflow):
+    """A dense accumulator past 2**52 takes the int64 path and keeps the output's binary point."""
+    rng = np.random.default_rng(6)
+    wf = Fixed(True, 28, 2)
+    b = NetBuilder("wide_dense", 4, Fixed(True, 30, 10))
+    w = rng.integers(wf.min_int, wf.max_int + 1, (4, 3))
+    b.dense("d", w, wf, rng.integers(-99, 99, 3), wf, Fixed(True, 26, 8), "TRN", overflow)
+    net = b.build()
+    x = np.concatenate([rng.integers(-(2**29), 2**29, (2000, 4)), corners(Fixed(True, 30, 10), 4)])
+    assert_array_equal(Emulator(net).run(x), ref_run(net, x))
