@@ -1,13 +1,15 @@
 """Bring-your-own models: each imported, checked bit for bit and turned into sized firmware.
 
-Models (all built here, trained briefly on random data; ``network_source`` says so): the hls4ml
-tutorial jet tagger (16 -> 64 -> 32 -> 32 -> 5, quantized_bits(6,0,alpha=1) weights,
-quantized_relu(6)) imported from QKeras; the same network (functional API) converted by
-hls4ml's Keras converter and imported from its ModelGraph; a float PyTorch MLP converted by
-hls4ml's PyTorch converter. For each: source (QKeras float64 / torch float64) == emulator,
-hls4ml C-sim == emulator (the project written from the IR for the QKeras import, the source
-ModelGraph for the hls4ml routes), RTL mismatches on Icarus and Verilator, yosys LUT/DSP and
-the latency. Prints one JSON object.
+Models (all built here, the first three trained briefly on random data; ``network_source``
+says so): the hls4ml tutorial jet tagger (16 -> 64 -> 32 -> 32 -> 5,
+quantized_bits(6,0,alpha=1) weights, quantized_relu(6)) imported from QKeras; the same network
+(functional API) converted by hls4ml's Keras converter and imported from its ModelGraph; a
+float PyTorch MLP converted by hls4ml's PyTorch converter; a QKeras MLP with a general (not
+power-of-two, partly negative) BatchNormalization, imported as the IR's affine op with mult/add
+in ap_fixed<16,6> (its source is the QKeras model with those rounded constants). For each:
+source (QKeras float64 / torch float64) == emulator, hls4ml C-sim == emulator (the project
+written from the IR for the QKeras imports, the source ModelGraph for the hls4ml routes), RTL
+mismatches on Icarus and Verilator, yosys LUT/DSP and the latency. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from l1forge.firmware.sim import build_sim, read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models import hls
 from l1forge.models.emulator import Emulator
-from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT, jet_tagger
+from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT, batchnorm_mlp, jet_tagger
 from l1forge.models.hls4ml_import import convert_keras, import_modelgraph
 from l1forge.models.qkeras_import import (
     import_qkeras,
@@ -40,7 +42,7 @@ from l1forge.models.qkeras_import import (
 )
 from l1forge.models.vectors import bitexact_vectors
 
-MODELS = ("jet_tagger", "jet_tagger_modelgraph", "torch_mlp")
+MODELS = ("jet_tagger", "jet_tagger_modelgraph", "torch_mlp", "batchnorm_mlp")
 BEAT_BITS = 64
 LATENCY = 2
 
@@ -165,6 +167,19 @@ def _models(args: argparse.Namespace, work: Path):
             lambda xf: reference_predict(ref_f, xf),
             lambda x, xf: hls.predict(src, xf),
         )
+    if "batchnorm_mlp" in args.models:
+        bn_model = batchnorm_mlp(seed=4)
+        bn_net = import_qkeras(bn_model, fmt, name="batchnorm_mlp")
+        bn_ref = reference_model(bn_model)
+        bn_hm = hls.compile_csim(hls.from_qnet(bn_net, work / "bn_ir_hls"))
+        bn_lsb = bn_net.output_specs[0].fixed.lsb
+        yield (
+            "batchnorm_mlp",
+            "qkeras",
+            bn_net,
+            lambda xf: reference_predict(bn_ref, xf),
+            lambda x, xf: hls.predict_qnet(bn_hm, bn_net, x) * bn_lsb,
+        )
     if "torch_mlp" in args.models:
         pt, torch_fn = _pytorch(work)
         pt = hls.compile_csim(pt)
@@ -195,7 +210,8 @@ def main() -> int:
     out = {
         "benchmark": "import",
         "network_source": "built here: tutorial-style jet tagger and a PyTorch MLP, trained "
-        "briefly on random data (seeds 1, 2, 0)",
+        "briefly on random data (seeds 1, 2, 0); batch-norm MLP with seeded random constants "
+        "(seed 4, l1forge.models.examples.batchnorm_mlp)",
         "models": models,
     }
     print(json.dumps(out, indent=1))

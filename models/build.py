@@ -47,6 +47,18 @@ def scale_range(
     return lo, hi, frac
 
 
+def affine_range(
+    src: Fixed, mult: np.ndarray, m_fmt: Fixed, add: np.ndarray, a_fmt: Fixed
+) -> tuple[int, int, int]:
+    """(lo, hi, frac_bits) of x * mult + add (per feature) over all x in ``src``."""
+    frac = max(src.frac_bits + m_fmt.frac_bits, a_fmt.frac_bits)
+    m = mult.astype(object) * (1 << (frac - src.frac_bits - m_fmt.frac_bits))
+    a = add.astype(object) * (1 << (frac - a_fmt.frac_bits))
+    lo = (np.minimum(m * src.min_int, m * src.max_int) + a).min()
+    hi = (np.maximum(m * src.min_int, m * src.max_int) + a).max()
+    return int(lo), int(hi), frac
+
+
 def sum_squares_range(src: Fixed, size: int) -> tuple[int, int, int]:
     m = max(abs(src.min_int), abs(src.max_int))
     return 0, size * m * m, 2 * src.frac_bits
@@ -100,6 +112,38 @@ class NetBuilder:
             overflow=overflow,
             arrays={"offset": offset, "shift": shift},
             array_formats={"offset": offset_fixed},
+        )
+
+    def affine(
+        self,
+        name: str,
+        mult: np.ndarray,
+        mult_fixed: Fixed,
+        add: np.ndarray,
+        add_fixed: Fixed,
+        out: Fixed | None = None,
+        rounding: str = "TRN",
+        overflow: str = "WRAP",
+    ) -> NetBuilder:
+        """x * mult + add per feature (a general fixed-point batch normalization)."""
+        src = self.last_spec
+        mult = np.asarray(mult, dtype=np.int64)
+        add = np.asarray(add, dtype=np.int64)
+        if mult.shape != (src.size,) or add.shape != (src.size,):
+            raise DataFormatError(
+                f"{name}: mult {mult.shape} / add {add.shape} need {src.size} entries each"
+            )
+        if out is None:
+            out = Fixed.covering(*affine_range(src.fixed, mult, mult_fixed, add, add_fixed))
+        return self._add(
+            "affine",
+            name,
+            src.size,
+            out,
+            rounding=rounding,
+            overflow=overflow,
+            arrays={"mult": mult, "add": add},
+            array_formats={"mult": mult_fixed, "add": add_fixed},
         )
 
     def dense(

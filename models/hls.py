@@ -127,6 +127,26 @@ def _scale_node(lay: Layer, net: QNet, src: str) -> tuple[dict[str, Any], dict[s
     return node, types
 
 
+def _affine_node(lay: Layer, net: QNet, src: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """x * mult + add as hls4ml's batch normalization x * scale + bias, with the IR's types."""
+    m_fmt, a_fmt = lay.array_formats["mult"], lay.array_formats["add"]
+    node = {
+        "class_name": "BatchNormalization",
+        "inputs": [src],
+        "n_in": net.tensors[lay.input].size,
+        "n_filt": -1,
+        "scale_data": _exact_values(lay.arrays["mult"], m_fmt),
+        "bias_data": _exact_values(lay.arrays["add"], a_fmt),
+        "use_gamma": True,
+        "use_beta": True,
+    }
+    types = {
+        "scale": hls_type(_covering_int_bits(m_fmt)),
+        "bias": hls_type(_covering_int_bits(a_fmt)),
+    }
+    return node, types
+
+
 def layer_list(net: QNet) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]], dict[str, str]]:
     """hls4ml layer dicts, per-node precisions and IR tensor -> node names, from the IR alone."""
     if len(net.inputs) != 1:
@@ -146,6 +166,8 @@ def layer_list(net: QNet) -> tuple[list[dict[str, Any]], dict[str, dict[str, str
             node, types = _dense_node(lay, net, src)
         elif lay.op == "scale":
             node, types = _scale_node(lay, net, src)
+        elif lay.op == "affine":
+            node, types = _affine_node(lay, net, src)
         elif lay.op in ("relu", "quantize"):
             act = "relu" if lay.op == "relu" else "linear"
             node, types = {"class_name": "Activation", "activation": act, "inputs": [src]}, {}

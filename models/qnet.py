@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 OPS: dict[str, tuple[tuple[str, ...], bool]] = {
     "quantize": ((), True),  # re-quantize to the output format
     "scale": (("offset", "shift"), True),  # (x - offset) * 2**-shift, per feature
+    "affine": (("mult", "add"), True),  # x * mult + add, per feature
     "dense": (("weight", "bias"), True),  # x @ weight + bias
     "relu": ((), True),  # max(x, 0), re-quantized
     "sum_squares": ((), True),  # sum_i x_i**2, one output
@@ -49,7 +50,8 @@ class Layer:
     """One operation: reads tensor ``input``, writes tensor ``output``.
 
     ``arrays`` holds the op's integer arrays; ``array_formats`` the fixed-point format of the
-    ones that are numbers in a format (weight, bias, offset), so their real values are known.
+    ones that are numbers in a format (weight, bias, offset, mult, add), so their real values
+    are known.
     """
 
     name: str
@@ -180,6 +182,13 @@ def _check_shapes(lay: Layer, src: TensorSpec, dst: TensorSpec, where: str) -> N
             raise _fail(where, "shift out of range -62..62")
         if set(lay.array_formats) != {"offset"}:
             raise _fail(where, "scale needs a format for offset")
+    elif lay.op == "affine":
+        if a["mult"].shape != (src.size,) or a["add"].shape != (src.size,):
+            raise _fail(where, "mult and add need one entry per input feature")
+        if src.size != dst.size:
+            raise _fail(where, "affine keeps the number of features")
+        if set(lay.array_formats) != {"mult", "add"}:
+            raise _fail(where, "affine needs formats for mult and add")
     elif lay.op == "sum_squares":
         if dst.size != 1:
             raise _fail(where, "sum_squares has exactly one output")
