@@ -22,6 +22,7 @@ import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from l1forge.firmware.vectors import bench_vectors
 from l1forge.models import hls
 from l1forge.models.emulator import Emulator
 from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT, batchnorm_mlp, jet_tagger
+from l1forge.models.fixed import Fixed
 from l1forge.models.hls4ml_import import convert_keras, import_modelgraph
 from l1forge.models.qkeras_import import (
     import_qkeras,
@@ -140,22 +142,26 @@ def _measure(name, frontend, net, source, csim, args, work: Path) -> dict:
     return entry
 
 
+def _from_qkeras(name: str, model: Any, fmt: Fixed, work: Path):
+    """The _models entry of a QKeras model imported as written; C-sim from the IR's project."""
+    net = import_qkeras(model, fmt, name=name)
+    ref = reference_model(model)
+    hm = hls.compile_csim(hls.from_qnet(net, work / f"{name}_ir_hls"))  # written from the IR
+    lsb = net.output_specs[0].fixed.lsb
+    return (
+        name,
+        "qkeras",
+        net,
+        lambda xf: reference_predict(ref, xf),
+        lambda x, xf: hls.predict_qnet(hm, net, x) * lsb,
+    )
+
+
 def _models(args: argparse.Namespace, work: Path):
     """(name, frontend, IR, source predict, C-sim predict) of each selected model."""
     fmt = parse_format(JET_TAGGER_INPUT_FORMAT)
     if "jet_tagger" in args.models:
-        seq = jet_tagger(seed=1, epochs=1)
-        net = import_qkeras(seq, fmt, name="jet_tagger")
-        ref = reference_model(seq)
-        hm = hls.compile_csim(hls.from_qnet(net, work / "jet_ir_hls"))  # written from the IR
-        lsb = net.output_specs[0].fixed.lsb
-        yield (
-            "jet_tagger",
-            "qkeras",
-            net,
-            lambda xf: reference_predict(ref, xf),
-            lambda x, xf: hls.predict_qnet(hm, net, x) * lsb,
-        )
+        yield _from_qkeras("jet_tagger", jet_tagger(seed=1, epochs=1), fmt, work)
     if "jet_tagger_modelgraph" in args.models:
         fun = jet_tagger(seed=2, epochs=1, functional=True)
         src = hls.compile_csim(convert_keras(fun, fmt, work / "jet_mg", project_name="jet_mg"))
@@ -168,18 +174,7 @@ def _models(args: argparse.Namespace, work: Path):
             lambda x, xf: hls.predict(src, xf),
         )
     if "batchnorm_mlp" in args.models:
-        bn_model = batchnorm_mlp(seed=4)
-        bn_net = import_qkeras(bn_model, fmt, name="batchnorm_mlp")
-        bn_ref = reference_model(bn_model)
-        bn_hm = hls.compile_csim(hls.from_qnet(bn_net, work / "bn_ir_hls"))
-        bn_lsb = bn_net.output_specs[0].fixed.lsb
-        yield (
-            "batchnorm_mlp",
-            "qkeras",
-            bn_net,
-            lambda xf: reference_predict(bn_ref, xf),
-            lambda x, xf: hls.predict_qnet(bn_hm, bn_net, x) * bn_lsb,
-        )
+        yield _from_qkeras("batchnorm_mlp", batchnorm_mlp(seed=4), fmt, work)
     if "torch_mlp" in args.models:
         pt, torch_fn = _pytorch(work)
         pt = hls.compile_csim(pt)
