@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from l1forge.cli import main
 from l1forge.firmware.sim import read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.emulator import Emulator
 from l1forge.models.qkeras_import import reference_model, reference_predict
-from l1forge.models.qnet import save
 
-from .benches import trigger_env, write_vectors
+from .benches import build_ir_with_cli, trigger_env, write_vectors
 
 LATENCY = 2
 
@@ -27,12 +25,7 @@ LATENCY = 2
 @pytest.fixture(scope="module")
 def bn_firmware(general_bn_ir, tmp_path_factory):
     """The general batch-norm IR built by the CLI, hls4ml project and its C-sim check included."""
-    tmp = tmp_path_factory.mktemp("bn_fw")
-    ir = save(general_bn_ir, tmp / "bn.qnet.json")
-    out = tmp / "fw"
-    args = ["firmware", "build", str(ir), "--out", str(out), "--latency-cycles", str(LATENCY)]
-    assert main([*args, "--axis-beat-bits", "32", "--hls-csim-vectors", "1500"]) == 0
-    return out
+    return build_ir_with_cli(general_bn_ir, tmp_path_factory.mktemp("bn_fw"), "bn", LATENCY)
 
 
 def test_build_checks_the_affine_csim(bn_firmware, general_bn_ir):
