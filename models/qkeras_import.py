@@ -157,20 +157,24 @@ def _dense(b: NetBuilder, layer: Any) -> None:
     _activation(b, layer, layer.activation, layer.name)
 
 
-def _bn_weights(layer: Any) -> dict[str, np.ndarray]:
-    return {w.name.split("/")[-1].split(":")[0]: np.asarray(w, np.float64) for w in layer.weights}
-
-
-def _power_of_two_scale(layer: Any) -> tuple[Fixed, np.ndarray, np.ndarray] | None:
-    """(offset format, offset, shift) when the scale is a positive power of two and the offset
-    mean - beta/scale is an exact fixed-point number; None otherwise."""
-    weights = _bn_weights(layer)
+def _bn_scale(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scale gamma/sqrt(var+eps), mean, beta) of a batch normalization, in float64."""
+    weights = {
+        w.name.split("/")[-1].split(":")[0]: np.asarray(w, np.float64) for w in layer.weights
+    }
     mean, var = weights["moving_mean"], weights["moving_variance"]
     n = mean.shape[0]
     gamma = weights.get("gamma", np.ones(n))
     beta = weights.get("beta", np.zeros(n))
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale = gamma / np.sqrt(var + layer.epsilon)
+        return gamma / np.sqrt(var + layer.epsilon), mean, beta
+
+
+def _power_of_two_scale(layer: Any) -> tuple[Fixed, np.ndarray, np.ndarray] | None:
+    """(offset format, offset, shift) when the scale is a positive power of two and the offset
+    mean - beta/scale is an exact fixed-point number; None otherwise."""
+    scale, mean, beta = _bn_scale(layer)
+    with np.errstate(divide="ignore", invalid="ignore"):
         shift = -np.log2(np.abs(scale))
     if not np.all(np.isfinite(shift)) or np.any(scale <= 0) or np.any(shift != np.round(shift)):
         return None
@@ -184,13 +188,8 @@ def _power_of_two_scale(layer: Any) -> tuple[Fixed, np.ndarray, np.ndarray] | No
 def batchnorm_constants(layer: Any, fmt: Fixed = BN_FORMAT) -> tuple[np.ndarray, np.ndarray]:
     """Integers (in ``fmt``) of a batch normalization's mult = gamma/sqrt(var+eps) and
     add = beta - mean*mult, rounded to nearest; a value outside ``fmt`` is refused."""
-    weights = _bn_weights(layer)
-    mean, var = weights["moving_mean"], weights["moving_variance"]
-    n = mean.shape[0]
-    gamma = weights.get("gamma", np.ones(n))
-    beta = weights.get("beta", np.zeros(n))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mult = gamma / np.sqrt(var + layer.epsilon)
+    mult, mean, beta = _bn_scale(layer)
+    with np.errstate(invalid="ignore"):
         add = beta - mean * mult
     ints = []
     for what, v in (("scale gamma/sqrt(var+eps)", mult), ("bias beta-mean*scale", add)):
