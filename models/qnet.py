@@ -31,6 +31,11 @@ OPS: dict[str, tuple[tuple[str, ...], bool]] = {
     "relu": ((), True),  # max(x, 0), re-quantized
     "sum_squares": ((), True),  # sum_i x_i**2, one output
 }
+# element-wise ops with one entry per feature in each array -> (arrays, those with a format)
+PER_FEATURE_ARRAYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "scale": (("offset", "shift"), ("offset",)),
+    "affine": (("mult", "add"), ("mult", "add")),
+}
 
 
 @dataclass(frozen=True)
@@ -173,22 +178,16 @@ def _check_shapes(lay: Layer, src: TensorSpec, dst: TensorSpec, where: str) -> N
             )
         if set(lay.array_formats) != {"weight", "bias"}:
             raise _fail(where, "dense needs formats for weight and bias")
-    elif lay.op == "scale":
-        if a["offset"].shape != (src.size,) or a["shift"].shape != (src.size,):
-            raise _fail(where, "offset and shift need one entry per input feature")
+    elif lay.op in PER_FEATURE_ARRAYS:
+        names, with_format = PER_FEATURE_ARRAYS[lay.op]
+        if any(a[k].shape != (src.size,) for k in names):
+            raise _fail(where, f"{' and '.join(names)} need one entry per input feature")
         if src.size != dst.size:
-            raise _fail(where, "scale keeps the number of features")
-        if np.any(a["shift"] < -62) or np.any(a["shift"] > 62):
+            raise _fail(where, f"{lay.op} keeps the number of features")
+        if set(lay.array_formats) != set(with_format):
+            raise _fail(where, f"{lay.op} needs formats for {' and '.join(with_format)}")
+        if lay.op == "scale" and (np.any(a["shift"] < -62) or np.any(a["shift"] > 62)):
             raise _fail(where, "shift out of range -62..62")
-        if set(lay.array_formats) != {"offset"}:
-            raise _fail(where, "scale needs a format for offset")
-    elif lay.op == "affine":
-        if a["mult"].shape != (src.size,) or a["add"].shape != (src.size,):
-            raise _fail(where, "mult and add need one entry per input feature")
-        if src.size != dst.size:
-            raise _fail(where, "affine keeps the number of features")
-        if set(lay.array_formats) != {"mult", "add"}:
-            raise _fail(where, "affine needs formats for mult and add")
     elif lay.op == "sum_squares":
         if dst.size != 1:
             raise _fail(where, "sum_squares has exactly one output")
