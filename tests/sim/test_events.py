@@ -66,7 +66,10 @@ def test_same_seed_same_file_different_seed_different(tmp_path):
     for i, seed in enumerate((5, 5, 6)):
         paths.append(
             write_events(
-                tmp_path / f"e{i}.h5", generate_events("minbias", 60, seed, 10.0, progress=False)
+                tmp_path / f"e{i}.h5",
+                generate_events(
+                    "minbias", 60, seed, 10.0, progress=False, pileup_library_events=2000
+                ),
             )
         )
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
