@@ -373,7 +373,7 @@ def _run_shards(
 
 def _versions() -> dict[str, str]:
     out = {"l1forge": __version__}
-    for pkg in ("pythia8mc", "fastjet", "numpy", "h5py"):
+    for pkg in ("pythia8mc", "awkward", "numpy", "scipy", "h5py"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out

@@ -160,3 +160,21 @@ def test_process_catalogue_is_configuration(tmp_path):
     (tmp_path / "bad2.yaml").write_text("p:\n  kind: signal\n  settings: ['Nonsense:flag = on']\n")
     with pytest.raises(ConfigError, match="rejected"):
         generate_events("p", 5, 1, 0.0, progress=False, catalogue=tmp_path / "bad2.yaml")
+
+
+def test_pileup_library_is_made_once_cached_and_named_in_provenance(tmp_path, monkeypatch):
+    from l1forge.sim.generate import PileupLibrary
+
+    monkeypatch.setenv("L1FORGE_CACHE", str(tmp_path))
+    ev = generate_events("zll", 10, 1, 5.0, progress=False, pileup_library_events=40)
+    files = list((tmp_path / "pythia").glob("pileup-*.npz"))
+    assert len(files) == 1
+    lib = PileupLibrary.cached(20_000, 40, l1.DetectorResponse())  # the default library seed
+    assert len(lib) == 40 and ev.provenance["pileup"]["library_sha256"] == lib.sha256
+    with np.load(files[0]) as f:
+        assert_array_equal(f["offsets"], lib.offsets)
+    again = generate_events("zll", 10, 1, 5.0, progress=False, pileup_library_events=40)
+    assert_array_equal(again.objects_phys, ev.objects_phys)
+    assert list((tmp_path / "pythia").glob("pileup-*.npz")) == files
+    with pytest.raises(ConfigError, match="pileup_library_events"):
+        generate_events("zll", 5, 1, 5.0, progress=False, pileup_library_events=0)
