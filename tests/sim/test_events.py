@@ -88,9 +88,11 @@ def test_qcd_bins_are_weighted_by_cross_section():
     assert len(np.unique(ev.weight)) == 6
 
 
-def test_sharding_on_a_dask_cluster_gives_the_same_events():
-    one = generate_events("zll", 40, 9, 0.0, n_workers=1, shard_events=20, progress=False)
-    two = generate_events("zll", 40, 9, 0.0, n_workers=2, shard_events=20, progress=False)
+@pytest.mark.parametrize("pileup", [0.0, 5.0])
+def test_sharding_on_a_dask_cluster_gives_the_same_events(pileup):
+    kw = dict(shard_events=20, progress=False, pileup_library_events=2000)
+    one = generate_events("zll", 40, 9, pileup, n_workers=1, **kw)
+    two = generate_events("zll", 40, 9, pileup, n_workers=2, **kw)
     assert_array_equal(one.objects_phys, two.objects_phys)
     assert_array_equal(one.weight, two.weight)
 
