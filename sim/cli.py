@@ -27,12 +27,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--workers", type=int, default=1, help="local dask worker processes")
     ev.add_argument("--scheduler", help="address of a running dask scheduler")
     ev.add_argument("--shard-events", type=int, default=None, help="events per shard")
-    ev.add_argument(
-        "--pileup-library-events",
-        type=int,
-        default=None,
-        help="minimum-bias events in the shared pile-up library (default 50000, cached)",
-    )
+    ev.add_argument("--pileup-library-events", type=int, help="min-bias pile-up library (50000)")
     ev.add_argument("--run", type=int, default=1, help="run number stored with the events")
     ev.add_argument("--processes-file", help="YAML process catalogue instead of the built-in")
     ev.set_defaults(func=_events)
