@@ -14,6 +14,7 @@ events above the threshold, the rule of ``models.evaluate``) are null. Writes RO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -126,9 +127,9 @@ def main() -> int:
     cfg = load_config(args.config)
     bits = cfg.network.input_hw_bits
     work = Path(args.out) / args.tag
-    train(
-        cfg, read_inputs(data / "background.h5", bits), read_inputs(data / "signals.h5", bits), work
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines: stdout holds the JSON
+        bg, sig = read_inputs(data / "background.h5", bits), read_inputs(data / "signals.h5", bits)
+        train(cfg, bg, sig, work)
     with np.load(work / TEST_SCORES) as z:
         scores = {k: z[k] for k in z.files}
     names = sorted({k.split("/", 1)[1] for k in scores} - {"background"})
