@@ -121,19 +121,30 @@ class _Sampling(tf.keras.layers.Layer):
         return mu + tf.exp(0.5 * logvar) * eps
 
 
+class _Untracked:
+    """Holds a variable out of Keras' weight tracking (plain objects are not traversed)."""
+
+    __slots__ = ("var",)
+
+    def __init__(self, var: tf.Variable) -> None:
+        self.var = var
+
+
 class _KLWeight(tf.keras.layers.Layer):
-    """beta * KL with beta a non-trainable weight, so a warm-up callback can change it."""
+    """beta * KL with beta a variable a warm-up callback can change. beta is not a layer weight,
+    so VAE weight files keep their layout (older files load, a fine-tune keeps its own beta)."""
 
     def __init__(self, beta_kl: float, **kwargs) -> None:
         super().__init__(**kwargs)
         self.beta_kl = float(beta_kl)
+        self._holder = _Untracked(tf.Variable(self.beta_kl, trainable=False, dtype=tf.float32))
 
-    def build(self, input_shape) -> None:
-        init = tf.keras.initializers.Constant(self.beta_kl)
-        self.beta = self.add_weight(name="beta", shape=(), initializer=init, trainable=False)
+    @property
+    def beta(self) -> tf.Variable:
+        return self._holder.var
 
     def call(self, kl):
-        return self.beta * kl
+        return tf.cast(self.beta, kl.dtype) * kl
 
 
 class KLWarmup(tf.keras.callbacks.Callback):
