@@ -1,13 +1,15 @@
 """Bring-your-own models: each imported, checked bit for bit and turned into sized firmware.
 
-Models (all built here, trained briefly on random data; ``network_source`` says so): the hls4ml
-tutorial jet tagger (16 -> 64 -> 32 -> 32 -> 5, quantized_bits(6,0,alpha=1) weights,
-quantized_relu(6)) imported from QKeras; the same network (functional API) converted by
-hls4ml's Keras converter and imported from its ModelGraph; a float PyTorch MLP converted by
-hls4ml's PyTorch converter. For each: source (QKeras float64 / torch float64) == emulator,
-hls4ml C-sim == emulator (the project written from the IR for the QKeras import, the source
-ModelGraph for the hls4ml routes), RTL mismatches on Icarus and Verilator, yosys LUT/DSP and
-the latency. Prints one JSON object.
+Models (all built here, the first three trained briefly on random data; ``network_source``
+says so): the hls4ml tutorial jet tagger (16 -> 64 -> 32 -> 32 -> 5,
+quantized_bits(6,0,alpha=1) weights, quantized_relu(6)) imported from QKeras; the same network
+(functional API) converted by hls4ml's Keras converter and imported from its ModelGraph; a
+float PyTorch MLP converted by hls4ml's PyTorch converter; a QKeras MLP with a general (not
+power-of-two, partly negative) BatchNormalization, imported as the IR's affine op with mult/add
+in ap_fixed<16,6> (its source is the QKeras model with those rounded constants). For each:
+source (QKeras float64 / torch float64) == emulator, hls4ml C-sim == emulator (the project
+written from the IR for the QKeras imports, the source ModelGraph for the hls4ml routes), RTL
+mismatches on Icarus and Verilator, yosys LUT/DSP and the latency. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +33,8 @@ from l1forge.firmware.sim import build_sim, read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models import hls
 from l1forge.models.emulator import Emulator
-from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT, jet_tagger
+from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT, batchnorm_mlp, jet_tagger
+from l1forge.models.fixed import Fixed
 from l1forge.models.hls4ml_import import convert_keras, import_modelgraph
 from l1forge.models.qkeras_import import (
     import_qkeras,
@@ -40,7 +44,7 @@ from l1forge.models.qkeras_import import (
 )
 from l1forge.models.vectors import bitexact_vectors
 
-MODELS = ("jet_tagger", "jet_tagger_modelgraph", "torch_mlp")
+MODELS = ("jet_tagger", "jet_tagger_modelgraph", "torch_mlp", "batchnorm_mlp")
 BEAT_BITS = 64
 LATENCY = 2
 
@@ -138,22 +142,26 @@ def _measure(name, frontend, net, source, csim, args, work: Path) -> dict:
     return entry
 
 
+def _from_qkeras(name: str, model: Any, fmt: Fixed, work: Path):
+    """The _models entry of a QKeras model imported as written; C-sim from the IR's project."""
+    net = import_qkeras(model, fmt, name=name)
+    ref = reference_model(model)
+    hm = hls.compile_csim(hls.from_qnet(net, work / f"{name}_ir_hls"))  # written from the IR
+    lsb = net.output_specs[0].fixed.lsb
+    return (
+        name,
+        "qkeras",
+        net,
+        lambda xf: reference_predict(ref, xf),
+        lambda x, xf: hls.predict_qnet(hm, net, x) * lsb,
+    )
+
+
 def _models(args: argparse.Namespace, work: Path):
     """(name, frontend, IR, source predict, C-sim predict) of each selected model."""
     fmt = parse_format(JET_TAGGER_INPUT_FORMAT)
     if "jet_tagger" in args.models:
-        seq = jet_tagger(seed=1, epochs=1)
-        net = import_qkeras(seq, fmt, name="jet_tagger")
-        ref = reference_model(seq)
-        hm = hls.compile_csim(hls.from_qnet(net, work / "jet_ir_hls"))  # written from the IR
-        lsb = net.output_specs[0].fixed.lsb
-        yield (
-            "jet_tagger",
-            "qkeras",
-            net,
-            lambda xf: reference_predict(ref, xf),
-            lambda x, xf: hls.predict_qnet(hm, net, x) * lsb,
-        )
+        yield _from_qkeras("jet_tagger", jet_tagger(seed=1, epochs=1), fmt, work)
     if "jet_tagger_modelgraph" in args.models:
         fun = jet_tagger(seed=2, epochs=1, functional=True)
         src = hls.compile_csim(convert_keras(fun, fmt, work / "jet_mg", project_name="jet_mg"))
@@ -165,6 +173,8 @@ def _models(args: argparse.Namespace, work: Path):
             lambda xf: reference_predict(ref_f, xf),
             lambda x, xf: hls.predict(src, xf),
         )
+    if "batchnorm_mlp" in args.models:
+        yield _from_qkeras("batchnorm_mlp", batchnorm_mlp(seed=4), fmt, work)
     if "torch_mlp" in args.models:
         pt, torch_fn = _pytorch(work)
         pt = hls.compile_csim(pt)
@@ -195,7 +205,8 @@ def main() -> int:
     out = {
         "benchmark": "import",
         "network_source": "built here: tutorial-style jet tagger and a PyTorch MLP, trained "
-        "briefly on random data (seeds 1, 2, 0)",
+        "briefly on random data (seeds 1, 2, 0); batch-norm MLP with seeded random constants "
+        "(seed 4, l1forge.models.examples.batchnorm_mlp)",
         "models": models,
     }
     print(json.dumps(out, indent=1))

@@ -186,7 +186,7 @@ def _patterns_compare(args: argparse.Namespace) -> int:
         result = patterns.compare_emulator(args.captured, args.inputs, args.qnet)
     else:
         raise ConfigError("give either --expected, or --inputs and --qnet")
-    for line in result.first:
+    for line in result.first_differences:
         print(f"l1forge firmware patterns compare: {line}", file=sys.stderr)
     print(json.dumps(result.to_json() | {"captured": args.captured}))
     return 0 if result.ok else 1

@@ -23,6 +23,7 @@ from l1forge.errors import DataFormatError
 from l1forge.fileio import sha256_file
 from l1forge.firmware import packing
 from l1forge.firmware.packing import BusLayout, PackingSpec
+from l1forge.records import Comparison
 
 FORMAT_NAME = "l1forge-pattern"
 FORMAT_VERSION = 1
@@ -214,27 +215,16 @@ def write_patterns(
     }
 
 
-@dataclass(frozen=True)
-class PatternCheck:
+@dataclass(frozen=True, kw_only=True)
+class PatternCheck(Comparison):
     """Captured outputs against expected ones, event by event."""
 
     n_expected: int
     n_captured: int
-    n_differing: int
-    first: tuple[str, ...]
 
     @property
     def ok(self) -> bool:
-        return self.n_differing == 0 and self.n_expected == self.n_captured
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "n_expected": self.n_expected,
-            "n_captured": self.n_captured,
-            "n_differing": self.n_differing,
-            "first_differences": list(self.first),
-        }
+        return super().ok and self.n_expected == self.n_captured
 
 
 def compare_words(
@@ -265,7 +255,12 @@ def compare_words(
         first.append(
             f"{captured.path.name} has {len(got)} valid outputs for {len(expected)} events"
         )
-    return PatternCheck(len(expected), len(got), len(bad), tuple(first))
+    return PatternCheck(
+        n_expected=len(expected),
+        n_captured=len(got),
+        n_differing=len(bad),
+        first_differences=tuple(first),
+    )
 
 
 def compare_expected(captured_path: str | Path, expected_path: str | Path) -> PatternCheck:

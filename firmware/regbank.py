@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from l1forge.errors import DataFormatError
 from l1forge.firmware import registers as regs
-from l1forge.firmware.wrappers import _render, _template
+from l1forge.firmware.wrappers import _render, _template, trigger_ports, valid_pipe
 from l1forge.models.fixed import Fixed
 
 # (direction, width, name) of the AXI4-Lite slave ports (no AxPROT: they are optional)
@@ -333,9 +333,9 @@ def trigger_wrapper_regs(
             "NAME": name,
             "CORE": f"{name}_core",
             "LATENCY": latency_cycles,
+            "VALID_PIPE": valid_pipe(),
             "CORE_LATENCY": latency_cycles - int(scaled),
-            "IN_BITS": in_bits,
-            "OUT_BITS": core_out_bits + rmap.n_seeds,
+            "TRIGGER_PORTS": trigger_ports(in_bits, core_out_bits + rmap.n_seeds),
             "CORE_IN_BITS": core_in_bits,
             "CORE_OUT_BITS": core_out_bits,
             "N_SEEDS": rmap.n_seeds,

@@ -21,6 +21,7 @@ import numpy as np
 from l1forge.errors import ConfigError, DataFormatError
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import Layer, QNet
+from l1forge.records import record_json
 
 MAP_FORMAT = "l1forge-registers"
 MAP_VERSION = 1
@@ -79,7 +80,7 @@ class Register:
         return self.address + 4 * index
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"reset": list(self.reset)}
+        return record_json(self)
 
 
 @dataclass(frozen=True)

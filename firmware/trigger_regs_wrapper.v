@@ -7,32 +7,13 @@
 // rst is synchronous and active high: it drops every event in flight (the data path and the
 // registers are not reset); axil_aresetn resets the register bank.
 module {{NAME}}_trigger (
-    input  wire clk,
-    input  wire rst,
-    input  wire in_valid,
-    input  wire [{{IN_BITS}}-1:0] in_data,
-    output wire out_valid,
-    output wire [{{OUT_BITS}}-1:0] out_data,
+{{TRIGGER_PORTS}},
     input  wire axil_aresetn,
 {{AXIL_PORTS}}
 );
     localparam integer LATENCY = {{LATENCY}};
 
-    reg [LATENCY-1:0] valid_pipe;
-    integer stage;
-
-    always @(posedge clk) begin
-        if (rst) begin
-            valid_pipe <= {LATENCY{1'b0}};
-        end else begin
-            valid_pipe[0] <= in_valid;
-            for (stage = 1; stage < LATENCY; stage = stage + 1) begin
-                valid_pipe[stage] <= valid_pipe[stage - 1];
-            end
-        end
-    end
-
-    assign out_valid = valid_pipe[LATENCY-1];
+{{VALID_PIPE}}
 
     wire [{{CORE_IN_BITS}}-1:0] core_in;
     // verilator lint_off UNUSEDSIGNAL

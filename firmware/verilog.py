@@ -25,7 +25,7 @@ from l1forge.errors import ConfigError, DataFormatError
 from l1forge.firmware import packing
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.emulator import Emulator
-from l1forge.models.fixed import Fixed
+from l1forge.models.fixed import Fixed, requantize
 from l1forge.models.qnet import Layer, QNet
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,27 @@ def _kif(f: Fixed) -> tuple[int, int, int]:
     return int(f.signed), f.int_bits - int(f.signed), f.frac_bits
 
 
+def _round_constants(v: Any, dst: Fixed, lay: Layer) -> Any:
+    """Constant elements (e.g. behind a zero multiplier) re-quantized exactly here: alkaid 0.8.2
+    rounds a constant off the target grid wrongly (RND_CONV of -2.3967 to 1/16 gave -2.5)."""
+    from alkaid.trace import FVArray
+
+    elems = np.asarray(v).ravel()
+    if not any(e.low == e.high for e in elems):
+        return v
+    out = []
+    for e in elems:
+        if e.low == e.high and int(e.kif[2]) > dst.frac_bits:
+            f_src = int(e.kif[2])
+            q = float(e.low) * 2.0**f_src
+            if q != round(q) or abs(q) >= 2**52:
+                raise DataFormatError(f"layer {lay.name!r}: constant {e.low} off its own grid")
+            r = requantize(np.array([q]), f_src, dst, lay.rounding, lay.overflow)[0]
+            e = e + (float(r) * 2.0**-dst.frac_bits - float(e.low))
+        out.append(e)
+    return FVArray(np.array(out, dtype=object).reshape(v.shape), v.solver_options, hwconf=v.hwconf)
+
+
 def _requantize(v: Any, dst: Fixed, lay: Layer) -> Any:
     """Re-quantize a traced array to ``dst`` with the layer's ap_fixed rounding and overflow."""
     from alkaid.trace import FVArray
@@ -57,6 +78,7 @@ def _requantize(v: Any, dst: Fixed, lay: Layer) -> Any:
             f"(supported: {', '.join(ALKAID_OVERFLOW)}); re-export the IR with one of those"
         )
     k, i, f = _kif(dst)
+    v = _round_constants(v, dst, lay)
     if lay.rounding in ALKAID_ROUNDING:
         return v.quantize(k, i, f, lay.overflow, lay.rounding)
     if lay.rounding not in COMPOSED_ROUNDING:
@@ -111,6 +133,11 @@ def trace_qnet(net: QNet) -> tuple[Any, Any]:
             of = lay.array_formats["offset"]
             off = lay.arrays["offset"].astype(np.float64) * 2.0**-of.frac_bits
             y = (src - off) * 2.0 ** -lay.arrays["shift"].astype(np.float64)
+        elif lay.op == "affine":
+            mf, af = lay.array_formats["mult"], lay.array_formats["add"]
+            m = lay.arrays["mult"].astype(np.float64) * 2.0**-mf.frac_bits
+            a = lay.arrays["add"].astype(np.float64) * 2.0**-af.frac_bits
+            y = src * m + a
         elif lay.op == "sum_squares":
             y = np.sum(src**2, keepdims=True)
         else:

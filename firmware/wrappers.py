@@ -38,6 +38,23 @@ def _render(text: str, values: dict[str, object]) -> str:
     return re.sub(r"\{\{([A-Z_]+)\}\}", sub, text)
 
 
+def trigger_ports(in_bits: int, out_bits: int) -> str:
+    """The ports of every ``<name>_trigger`` (the benches and backends drive these)."""
+    return (
+        "    input  wire clk,\n"
+        "    input  wire rst,\n"
+        "    input  wire in_valid,\n"
+        f"    input  wire [{in_bits}-1:0] in_data,\n"
+        "    output wire out_valid,\n"
+        f"    output wire [{out_bits}-1:0] out_data"
+    )
+
+
+def valid_pipe() -> str:
+    """The valid shift register both trigger wrappers paste in (``valid_pipe.vh``)."""
+    return _template("valid_pipe.vh").rstrip("\n")
+
+
 def _cw(n: int) -> int:
     """Counter width for values 0..n-1 (at least one bit)."""
     return max(1, (n - 1).bit_length())
@@ -51,8 +68,8 @@ def trigger_wrapper(name: str, spec: PackingSpec, latency_cycles: int) -> str:
             "NAME": name,
             "CORE": f"{name}_core",
             "LATENCY": latency_cycles,
-            "IN_BITS": spec.input.bits,
-            "OUT_BITS": spec.output.bits,
+            "VALID_PIPE": valid_pipe(),
+            "TRIGGER_PORTS": trigger_ports(spec.input.bits, spec.output.bits),
         },
     )
 

@@ -8,6 +8,7 @@ weights, as bit-exact precision propagation does).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,18 @@ def scale_range(
     return lo, hi, frac
 
 
+def affine_range(
+    src: Fixed, mult: np.ndarray, m_fmt: Fixed, add: np.ndarray, a_fmt: Fixed
+) -> tuple[int, int, int]:
+    """(lo, hi, frac_bits) of x * mult + add (per feature) over all x in ``src``."""
+    frac = max(src.frac_bits + m_fmt.frac_bits, a_fmt.frac_bits)
+    m = mult.astype(object) * (1 << (frac - src.frac_bits - m_fmt.frac_bits))
+    a = add.astype(object) * (1 << (frac - a_fmt.frac_bits))
+    lo = (np.minimum(m * src.min_int, m * src.max_int) + a).min()
+    hi = (np.maximum(m * src.min_int, m * src.max_int) + a).max()
+    return int(lo), int(hi), frac
+
+
 def sum_squares_range(src: Fixed, size: int) -> tuple[int, int, int]:
     m = max(abs(src.min_int), abs(src.max_int))
     return 0, size * m * m, 2 * src.frac_bits
@@ -68,9 +81,22 @@ class NetBuilder:
     def last_spec(self) -> TensorSpec:
         return self.tensors[self.last]
 
-    def _add(self, op: str, name: str, size: int, out: Fixed, **kw: Any) -> NetBuilder:
+    def _add(
+        self,
+        op: str,
+        name: str,
+        size: int,
+        out: Fixed | None,
+        bounds: Callable[[], tuple[int, int, int]] | None = None,
+        **kw: Any,
+    ) -> NetBuilder:
+        """Append ``op``; without ``out``, its output is the exact format of ``bounds()``."""
         if name in self.tensors:
             raise DataFormatError(f"layer name {name!r} used twice")
+        if out is None:
+            if bounds is None:
+                raise DataFormatError(f"layer {name!r}: {op} needs an output format")
+            out = Fixed.covering(*bounds())
         self.tensors[name] = TensorSpec(name, size, out)
         self.layers.append(Layer(name=name, op=op, input=self.last, output=name, **kw))
         self.last = name
@@ -89,17 +115,47 @@ class NetBuilder:
         src = self.last_spec
         offset = np.asarray(offset, dtype=np.int64)
         shift = np.asarray(shift, dtype=np.int64)
-        if out is None:
-            out = Fixed.covering(*scale_range(src.fixed, offset, offset_fixed, shift))
         return self._add(
             "scale",
             name,
             src.size,
             out,
+            lambda: scale_range(src.fixed, offset, offset_fixed, shift),
             rounding=rounding,
             overflow=overflow,
             arrays={"offset": offset, "shift": shift},
             array_formats={"offset": offset_fixed},
+        )
+
+    def affine(
+        self,
+        name: str,
+        mult: np.ndarray,
+        mult_fixed: Fixed,
+        add: np.ndarray,
+        add_fixed: Fixed,
+        out: Fixed | None = None,
+        rounding: str = "TRN",
+        overflow: str = "WRAP",
+    ) -> NetBuilder:
+        """x * mult + add per feature (a general fixed-point batch normalization)."""
+        src = self.last_spec
+        mult = np.asarray(mult, dtype=np.int64)
+        add = np.asarray(add, dtype=np.int64)
+        if mult.shape != (src.size,) or add.shape != (src.size,):
+            raise DataFormatError(
+                f"{name}: mult {mult.shape} / add {add.shape} need {src.size} entries each"
+            )
+        return self._add(
+            "affine",
+            name,
+            src.size,
+            out,
+            lambda: affine_range(src.fixed, mult, mult_fixed, add, add_fixed),
+            rounding=rounding,
+            overflow=overflow,
+            arrays={"mult": mult, "add": add},
+            array_formats={"mult": mult_fixed, "add": add_fixed},
         )
 
     def dense(
@@ -120,13 +176,12 @@ class NetBuilder:
             raise DataFormatError(
                 f"{name}: weight shape {weight.shape} does not take {src.size} inputs"
             )
-        if out is None:
-            out = Fixed.covering(*dense_range(src.fixed, weight, weight_fixed, bias, bias_fixed))
         return self._add(
             "dense",
             name,
             weight.shape[1],
             out,
+            lambda: dense_range(src.fixed, weight, weight_fixed, bias, bias_fixed),
             rounding=rounding,
             overflow=overflow,
             arrays={"weight": weight, "bias": bias},
@@ -151,9 +206,15 @@ class NetBuilder:
         self, name: str, out: Fixed | None = None, rounding: str = "TRN", overflow: str = "WRAP"
     ) -> NetBuilder:
         src = self.last_spec
-        if out is None:
-            out = Fixed.covering(*sum_squares_range(src.fixed, src.size))
-        return self._add("sum_squares", name, 1, out, rounding=rounding, overflow=overflow)
+        return self._add(
+            "sum_squares",
+            name,
+            1,
+            out,
+            lambda: sum_squares_range(src.fixed, src.size),
+            rounding=rounding,
+            overflow=overflow,
+        )
 
     def build(
         self, outputs: tuple[str, ...] | None = None, provenance: dict[str, Any] | None = None

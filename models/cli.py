@@ -288,7 +288,7 @@ def _emulate_check(args: argparse.Namespace) -> int:
         args.max_report,
         progress=not args.no_progress,
     )
-    for line in (*result.problems, *result.first):
+    for line in (*result.problems, *result.first_differences):
         print(f"l1forge emulate check: {line}", file=sys.stderr)
     print(json.dumps(result.to_json() | {"reference": str(args.reference)}))
     return 0 if result.ok else 1

@@ -41,6 +41,7 @@ from l1forge.models.eventfiles import (
 )
 from l1forge.models.qnet import QNet
 from l1forge.online.datapath.menu import Menu, seed_counts
+from l1forge.records import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -287,29 +288,17 @@ def emulate_file(
     return summary
 
 
-@dataclass(frozen=True)
-class CheckResult:
+@dataclass(frozen=True, kw_only=True)
+class CheckResult(Comparison):
     """A fresh emulation against a stored reference: differing events and how they differ."""
 
     n_events: int
     n_reference: int
-    n_differing: int
-    first: tuple[str, ...]
     problems: tuple[str, ...]  # structural differences (columns, event counts)
 
     @property
     def ok(self) -> bool:
-        return self.n_differing == 0 and not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "n_events": self.n_events,
-            "n_reference": self.n_reference,
-            "n_differing": self.n_differing,
-            "first_differences": list(self.first),
-            "problems": list(self.problems),
-        }
+        return super().ok and not self.problems
 
 
 def _describe(i: int, names: Sequence[str], got: dict, ref: dict, bad: np.ndarray) -> str:
@@ -362,7 +351,13 @@ def check_file(
             n_bad += len(bad)
             for i in range(min(len(bad), max_report - len(first))):
                 first.append(_describe(i, names, got, exp, bad))
-    return CheckResult(ef.n_events, ref.n_events, n_bad, tuple(first), tuple(problems))
+    return CheckResult(
+        n_events=ef.n_events,
+        n_reference=ref.n_events,
+        n_differing=n_bad,
+        first_differences=tuple(first),
+        problems=tuple(problems),
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Every tensor is held as integer values in float64 (or float32 for a matrix product whose sums
 provably stay below 2**24), which is exact because every intermediate is checked, when the
 emulator is built, to stay below 2**52 in magnitude. Layers whose bounds do not allow that run
-in int64 instead. A chain of element-wise layers (scale, quantize, relu) that starts from a
+in int64 instead. A chain of element-wise layers (scale, affine, quantize, relu) that starts from a
 tensor of at most 16 bits is replaced by a per-feature lookup table computed with the very same
 layer code over every possible input value. Batches are cut into cache-sized chunks that run
 on a thread pool (with the BLAS library held to one thread each, so the two do not compete).
@@ -20,12 +20,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from l1forge.errors import DataFormatError
-from l1forge.models.build import dense_range, scale_range, sum_squares_range
+from l1forge.models.build import affine_range, dense_range, scale_range, sum_squares_range
 from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
 from l1forge.models.qnet import Layer, QNet
 
 FLOAT32_EXACT = 2**24
-ELEMENTWISE_OPS = ("scale", "quantize", "relu")
+ELEMENTWISE_OPS = ("scale", "affine", "quantize", "relu")
 LUT_MAX_INPUT_BITS = 16
 Step = Callable[[np.ndarray], np.ndarray]
 
@@ -107,7 +107,19 @@ def _requantize_int(
             f"layer {name!r}: accumulator exceeds 2**53; only truncation to a coarser format is "
             "supported at this width"
         )
-    return requantize((acc >> shift).astype(np.float64), 0, dst, "TRN", overflow)
+    if dst.width > 52:
+        raise DataFormatError(f"layer {name!r}: output {dst.hls_type()} is wider than 52 bits")
+    q = acc >> shift  # floor: truncation, exact in int64
+    lo, hi = dst.min_int, dst.max_int
+    if overflow == "WRAP":
+        q = ((q - lo) & ((1 << dst.width) - 1)) + lo
+    elif overflow == "SAT":
+        q = np.clip(q, lo, hi)
+    elif overflow == "SAT_SYM":
+        q = np.clip(q, -hi if dst.signed else lo, hi)
+    else:  # SAT_ZERO
+        q = np.where((q < lo) | (q > hi), 0, q)
+    return q.astype(np.float64)  # within dst (<= 62 bits) and used as integers from here on
 
 
 def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
@@ -130,6 +142,34 @@ def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
         y -= offset
         y *= mult
         return requantize(y, frac, dst, lay.rounding, lay.overflow, bounds=bounds)
+
+    return step
+
+
+def _affine_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+    m_fmt, a_fmt = lay.array_formats["mult"], lay.array_formats["add"]
+    frac = max(src.frac_bits + m_fmt.frac_bits, a_fmt.frac_bits)
+    mult = lay.arrays["mult"].astype(np.int64) * (1 << (frac - src.frac_bits - m_fmt.frac_bits))
+    add = lay.arrays["add"].astype(np.int64) * (1 << (frac - a_fmt.frac_bits))
+    xmax = max(abs(src.min_int), abs(src.max_int))
+    bound = int(np.abs(mult).max()) * xmax + int(np.abs(add).max())
+    if bound >= 2**62:
+        raise DataFormatError(f"layer {lay.name!r}: x * mult + add needs more than 62 bits")
+    bounds = affine_range(src, lay.arrays["mult"], m_fmt, lay.arrays["add"], a_fmt)[:2]
+    rounding, overflow = lay.rounding, lay.overflow
+    if bound < FLOAT64_EXACT:
+        m64, a64 = mult.astype(np.float64), add.astype(np.float64)
+
+        def step(x: np.ndarray) -> np.ndarray:
+            y = x * m64
+            y += a64
+            return requantize(y, frac, dst, rounding, overflow, bounds=bounds)
+
+    else:
+
+        def step(x: np.ndarray) -> np.ndarray:
+            y = x.astype(np.int64) * mult + add
+            return _requantize_int(y, frac, dst, rounding, overflow, lay.name)
 
     return step
 
@@ -203,6 +243,8 @@ class Emulator:
             return _dense_step(lay, src.fixed, dst)
         if lay.op == "scale":
             return _scale_step(lay, src.fixed, dst)
+        if lay.op == "affine":
+            return _affine_step(lay, src.fixed, dst)
         if lay.op == "sum_squares":
             return _sum_squares_step(lay, src.fixed, dst, src.size)
         frac, rounding, overflow = src.fixed.frac_bits, lay.rounding, lay.overflow

@@ -57,3 +57,39 @@ def jet_tagger(
     )
     model.fit(x, y, epochs=epochs, batch_size=256, verbose=0)
     return model
+
+
+def batchnorm_mlp(seed: int = 4) -> Any:
+    """10 -> QDense 16 -> BatchNormalization -> quantized_relu(6, 0) -> QDense 5, a batch norm
+    as a Keras user leaves it: float gamma/beta/mean/var, scales of both signs, none a power
+    of two (set from ``seed``, not trained). The import takes it as the IR's affine op."""
+    import tensorflow as tf
+    from qkeras import QActivation, QDense, quantized_bits, quantized_relu
+
+    tf.keras.utils.set_random_seed(seed)
+
+    def qdense(n: int, name: str) -> QDense:
+        return QDense(
+            n,
+            kernel_quantizer=quantized_bits(6, 0, alpha=1),
+            bias_quantizer=quantized_bits(6, 0, alpha=1),
+            name=name,
+        )
+
+    bn = tf.keras.layers.BatchNormalization(name="bn")
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((10,)),
+            qdense(16, "fc1"),
+            bn,
+            QActivation(quantized_relu(6, 0), name="relu1"),
+            qdense(5, "out"),
+        ],
+        name="bn_net",
+    )
+    rng = np.random.default_rng(seed - 3)
+    gamma = rng.uniform(0.3, 2.0, 16) * np.where(np.arange(16) % 5 == 0, -1.0, 1.0)
+    bn.set_weights(
+        [gamma, rng.normal(0, 0.5, 16), rng.normal(0, 0.3, 16), rng.uniform(0.2, 3.0, 16)]
+    )
+    return model

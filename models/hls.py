@@ -110,19 +110,39 @@ def _scale_node(lay: Layer, net: QNet, src: str) -> tuple[dict[str, Any], dict[s
         for o, s in zip(lay.arrays["offset"], shift, strict=True)
     ]
     b_fmt = Fixed.covering(min(min(b_int), 0), max(max(b_int), 0), b_frac)
+    scale = np.array([float(v) * 2.0**-s_frac for v in s_int])
+    bias = np.array([float(v) * 2.0**-b_frac for v in b_int])
+    return _batchnorm_node(lay, net, src, (scale, s_fmt), (bias, b_fmt))
+
+
+def _affine_node(lay: Layer, net: QNet, src: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """x * mult + add as hls4ml's batch normalization x * scale + bias, with the IR's types."""
+    m_fmt, a_fmt = lay.array_formats["mult"], lay.array_formats["add"]
+    mult = (_exact_values(lay.arrays["mult"], m_fmt), m_fmt)
+    return _batchnorm_node(lay, net, src, mult, (_exact_values(lay.arrays["add"], a_fmt), a_fmt))
+
+
+def _batchnorm_node(
+    lay: Layer,
+    net: QNet,
+    src: str,
+    scale: tuple[np.ndarray, Fixed],
+    bias: tuple[np.ndarray, Fixed],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """hls4ml's x * scale + bias node: the (values, format) of scale and bias as given."""
     node = {
         "class_name": "BatchNormalization",
         "inputs": [src],
         "n_in": net.tensors[lay.input].size,
         "n_filt": -1,
-        "scale_data": np.array([float(v) * 2.0**-s_frac for v in s_int]),
-        "bias_data": np.array([float(v) * 2.0**-b_frac for v in b_int]),
+        "scale_data": scale[0],
+        "bias_data": bias[0],
         "use_gamma": True,
         "use_beta": True,
     }
     types = {
-        "scale": hls_type(_covering_int_bits(s_fmt)),
-        "bias": hls_type(_covering_int_bits(b_fmt)),
+        "scale": hls_type(_covering_int_bits(scale[1])),
+        "bias": hls_type(_covering_int_bits(bias[1])),
     }
     return node, types
 
@@ -146,6 +166,8 @@ def layer_list(net: QNet) -> tuple[list[dict[str, Any]], dict[str, dict[str, str
             node, types = _dense_node(lay, net, src)
         elif lay.op == "scale":
             node, types = _scale_node(lay, net, src)
+        elif lay.op == "affine":
+            node, types = _affine_node(lay, net, src)
         elif lay.op in ("relu", "quantize"):
             act = "relu" if lay.op == "relu" else "linear"
             node, types = {"class_name": "Activation", "activation": act, "inputs": [src]}, {}

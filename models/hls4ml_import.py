@@ -5,7 +5,8 @@ what hls4ml's C++ computes: weights are taken as the C++ sees them (hls4ml print
 many decimals as the type has fraction bits; the ap_fixed constructor then applies the type's
 quantization and overflow modes), a dense accumulator must hold every product exactly (if it
 wraps, the IR wraps at the same width). Chains of Input, Dense, Activation relu/linear,
-BatchNormalization with power-of-two scales and Dot(x, x) are accepted.
+BatchNormalization (power-of-two scales as the IR's scaling op, any other as its per-feature
+``affine`` op in the node's own scale and bias types) and Dot(x, x) are accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from l1forge.models.build import NetBuilder, dense_range, sum_squares_range
 from l1forge.models.fixed import Fixed, quantize_real
 from l1forge.models.qnet import QNet
 
-SUPPORTED = "Input, Dense, Activation(relu|linear), BatchNormalization (power-of-two), Dot(x, x)"
+SUPPORTED = "Input, Dense, Activation(relu|linear), BatchNormalization, Dot(x, x)"
 TRIGGER_SCORE_HINT = "drop it and cut on the logits (a trigger thresholds a monotonic score)"
 
 
@@ -89,12 +90,16 @@ def _dense(b: NetBuilder, node: Any, res: tuple[Fixed, str, str]) -> None:
 
 
 def _batchnorm(b: NetBuilder, node: Any, res: tuple[Fixed, str, str]) -> None:
-    """x * scale + bias with power-of-two scales: the IR's exact (x - offset) * 2**-shift."""
+    """x * scale + bias: with power-of-two scales the IR's exact (x - offset) * 2**-shift,
+    otherwise its affine op x * mult + add with the node's scale and bias integers."""
     s_fmt, s = _weight_ints(node, "scale")
     b_fmt, bias = _weight_ints(node, "bias")
     scale = s_fmt.to_float(s)
-    if np.any(scale <= 0) or np.any(np.exp2(np.round(np.log2(scale))) != scale):
-        raise _refuse(node, "scale is not a positive power of two; supported: power-of-two scales")
+    with np.errstate(divide="ignore"):
+        po2 = np.all(scale > 0) and np.all(np.exp2(np.round(np.log2(scale))) == scale)
+    if not po2:
+        b.affine(node.name, s.ravel(), s_fmt, bias.ravel(), b_fmt, *res)
+        return
     shift = -np.round(np.log2(scale)).astype(np.int64)
     # offset = -bias / scale, a fixed-point number with the bias' fraction bits less the shift
     o_frac = b_fmt.frac_bits - int(shift.min())

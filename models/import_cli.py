@@ -30,6 +30,12 @@ def register(subparsers: Any) -> None:
     q.add_argument(
         "--check-vectors", type=int, default=10000, help="vectors for QKeras == emulator"
     )
+    q.add_argument(
+        "--bn-format",
+        default="ap_fixed<16,6>",
+        help="fixed-point format of mult and add of a BatchNormalization that is not an exact "
+        "power-of-two scale (default: hls4ml's ap_fixed<16,6>)",
+    )
     q.set_defaults(func=_qkeras)
     h.add_argument(
         "--csim-vectors", type=int, default=2000, help="vectors for C-sim == emulator (0: skip)"
@@ -63,13 +69,14 @@ def _qkeras(args: argparse.Namespace) -> int:
 
     _check_count(args.check_vectors, "--check-vectors")
     fmt = qi.parse_format(args.input_format) if args.input_format else None
+    bn_fmt = qi.parse_format(args.bn_format, "--bn-format")
     model = qi.load_model(args.model)
-    net = qi.import_qkeras(model, fmt, name=args.name, source=str(args.model))
+    net = qi.import_qkeras(model, fmt, name=args.name, bn_format=bn_fmt, source=str(args.model))
     check: dict[str, Any] = {"vectors_checked": 0}
     if args.check_vectors:
         x = bitexact_vectors(net, args.check_vectors, seed=0)
         y_src = qi.reference_predict(
-            qi.reference_model(model), net.input_specs[0].fixed.to_float(x)
+            qi.reference_model(model, bn_fmt), net.input_specs[0].fixed.to_float(x)
         )
         with Emulator(net) as emu:
             bad = int(np.count_nonzero(np.any(y_src != emu.run_float(x), axis=1)))

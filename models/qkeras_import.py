@@ -3,10 +3,12 @@
 Accepted: Sequential or functional chains of ``QDense`` (``quantized_bits`` kernel and bias
 quantizers with alpha 1 or a fixed power of two; an inline ``quantized_relu``,
 ``quantized_bits``, relu or linear activation), ``QActivation``, ``Activation`` relu/linear,
-``Dropout`` (inference identity), ``BatchNormalization`` whose scale is a power of two
-(taken exactly as the IR's scaling op), and the self dot product of the l1forge anomaly
-score. Float inputs need a stated input format (``ap_fixed<16,6>``, the hls4ml convention)
-unless the model starts with a ``quantized_bits`` QActivation, which then is the input format.
+``Dropout`` (inference identity), ``BatchNormalization`` (a power-of-two scale with an exact
+offset is taken exactly as the IR's scaling op; any other becomes the IR's per-feature
+``affine`` op x * mult + add with mult and add rounded to a stated fixed-point format, by
+default hls4ml's ``ap_fixed<16,6>``), and the self dot product of the l1forge anomaly score.
+Float inputs need a stated input format (``ap_fixed<16,6>``, the hls4ml convention) unless the
+model starts with a ``quantized_bits`` QActivation, which then is the input format.
 """
 
 from __future__ import annotations
@@ -27,20 +29,23 @@ QKERAS_ROUNDING = "RND_CONV"  # tf.round: half to even
 QKERAS_OVERFLOW = "SAT"  # clip to the representable range
 MAX_WEIGHT_BITS = 32  # a weight or bias format wider than this is not a quantized weight
 SUPPORTED = (
-    "QDense, QActivation, Activation(relu|linear), Dropout, BatchNormalization with "
-    "power-of-two scales, Dot(x, x)"
+    "QDense, QActivation, Activation(relu|linear), Dropout, BatchNormalization (power-of-two "
+    "scales exactly, other scales as fixed-point x * mult + add), Dot(x, x)"
 )
+# hls4ml's default precision, used for a general batch normalization's mult and add
+BN_FORMAT = Fixed(True, 16, 6)
+BN_ROUNDING = "RND_CONV"  # mult and add are rounded to nearest (ties to even) into BN_FORMAT
 ACTIVATIONS = "linear, relu, quantized_relu, quantized_bits"
 TRIGGER_SCORE_HINT = (
     "drop it and cut on the logits (the trigger decision is a threshold on a monotonic score)"
 )
 
 
-def parse_format(text: str) -> Fixed:
+def parse_format(text: str, what: str = "input format") -> Fixed:
     """``ap_fixed<W,I>`` / ``ap_ufixed<W,I>`` (hls4ml's notation, modes ignored) -> Fixed."""
     m = re.fullmatch(r"\s*(ap_u?fixed|u?fixed)\s*<\s*(\d+)\s*,\s*(-?\d+)\s*(?:,[^>]*)?>\s*", text)
     if not m:
-        raise DataFormatError(f"input format {text!r}: expected ap_fixed<W,I> or ap_ufixed<W,I>")
+        raise DataFormatError(f"{what} {text!r}: expected ap_fixed<W,I> or ap_ufixed<W,I>")
     return Fixed("ufixed" not in m.group(1), int(m.group(2)), int(m.group(3)))
 
 
@@ -152,25 +157,66 @@ def _dense(b: NetBuilder, layer: Any) -> None:
     _activation(b, layer, layer.activation, layer.name)
 
 
-def _batchnorm(b: NetBuilder, layer: Any) -> None:
-    """A BatchNormalization whose scale is a power of two: the IR's exact scaling op."""
+def _bn_scale(layer: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scale gamma/sqrt(var+eps), mean, beta) of a batch normalization, in float64."""
     weights = {
         w.name.split("/")[-1].split(":")[0]: np.asarray(w, np.float64) for w in layer.weights
     }
-    n = b.last_spec.size
+    mean, var = weights["moving_mean"], weights["moving_variance"]
+    n = mean.shape[0]
     gamma = weights.get("gamma", np.ones(n))
     beta = weights.get("beta", np.zeros(n))
-    mean, var = weights["moving_mean"], weights["moving_variance"]
-    scale = gamma / np.sqrt(var + layer.epsilon)
-    shift = -np.log2(np.abs(scale))
-    if np.any(scale <= 0) or np.any(shift != np.round(shift)):
-        raise _refuse(
-            layer,
-            "scale gamma/sqrt(var+eps) is not a positive power of two; supported: "
-            "power-of-two scales (fold others into the preceding QDense before export)",
-        )
-    o_fmt, offset = exact_fixed(mean - beta / scale, f"layer {layer.name!r} offset")
-    b.scale(layer.name, offset, o_fmt, np.round(shift).astype(np.int64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return gamma / np.sqrt(var + layer.epsilon), mean, beta
+
+
+def _power_of_two_scale(layer: Any) -> tuple[Fixed, np.ndarray, np.ndarray] | None:
+    """(offset format, offset, shift) when the scale is a positive power of two and the offset
+    mean - beta/scale is an exact fixed-point number; None otherwise."""
+    scale, mean, beta = _bn_scale(layer)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = -np.log2(np.abs(scale))
+    if not np.all(np.isfinite(shift)) or np.any(scale <= 0) or np.any(shift != np.round(shift)):
+        return None
+    try:
+        o_fmt, offset = exact_fixed(mean - beta / scale, f"layer {layer.name!r} offset")
+    except UnsupportedModelError:
+        return None
+    return o_fmt, offset, np.round(shift).astype(np.int64)
+
+
+def batchnorm_constants(layer: Any, fmt: Fixed = BN_FORMAT) -> tuple[np.ndarray, np.ndarray]:
+    """Integers (in ``fmt``) of a batch normalization's mult = gamma/sqrt(var+eps) and
+    add = beta - mean*mult, rounded to nearest; a value outside ``fmt`` is refused."""
+    mult, mean, beta = _bn_scale(layer)
+    with np.errstate(invalid="ignore"):
+        add = beta - mean * mult
+    ints = []
+    for what, v in (("scale gamma/sqrt(var+eps)", mult), ("bias beta-mean*scale", add)):
+        if not np.all(np.isfinite(v)):
+            raise _refuse(layer, f"{what} is not finite (zero variance and epsilon?)")
+        q = np.rint(v * 2.0**fmt.frac_bits)
+        if q.min() < fmt.min_int or q.max() > fmt.max_int:
+            i = int(np.argmax((q < fmt.min_int) | (q > fmt.max_int)))
+            raise _refuse(
+                layer,
+                f"{what} of feature {i} is {v[i]:.6g}, outside {fmt.hls_type()}; "
+                "give a wider batch-norm format (--bn-format)",
+            )
+        ints.append(q.astype(np.int64))
+    return ints[0], ints[1]
+
+
+def _batchnorm(b: NetBuilder, layer: Any, fmt: Fixed) -> None:
+    """A power-of-two scale with an exact offset: the IR's exact scaling op; any other: the
+    IR's affine op with mult and add rounded into ``fmt``."""
+    po2 = _power_of_two_scale(layer)
+    if po2 is not None:
+        o_fmt, offset, shift = po2
+        b.scale(layer.name, offset, o_fmt, shift)
+        return
+    mult, add = batchnorm_constants(layer, fmt)
+    b.affine(layer.name, mult, fmt, add, fmt)
 
 
 def _inbound(layer: Any) -> list[Any]:
@@ -182,9 +228,16 @@ def _inbound(layer: Any) -> list[Any]:
 
 
 def import_qkeras(
-    model: Any, input_format: Fixed | None = None, name: str | None = None, **provenance: Any
+    model: Any,
+    input_format: Fixed | None = None,
+    name: str | None = None,
+    bn_format: Fixed = BN_FORMAT,
+    **provenance: Any,
 ) -> QNet:
-    """The qnet IR of a QKeras model; UnsupportedModelError names what cannot be imported."""
+    """The qnet IR of a QKeras model; UnsupportedModelError names what cannot be imported.
+
+    ``bn_format`` is the fixed-point format of mult and add of a batch normalization that is
+    not an exact power-of-two scale (see ``reference_model`` for what the IR then equals)."""
     import tensorflow as tf
 
     shape = model.input_shape
@@ -228,7 +281,7 @@ def import_qkeras(
         elif kind == "Dropout":
             continue
         elif kind == "BatchNormalization":
-            _batchnorm(b, lay)
+            _batchnorm(b, lay, bn_format)
         elif kind == "Dot":
             if len(src) != 1 and not (len(src) == 2 and src[0] is src[1]):
                 raise _refuse(lay, "only the dot product of a tensor with itself (sum of squares)")
@@ -238,6 +291,8 @@ def import_qkeras(
         else:
             raise _refuse(lay, f"no qnet IR op; supported layers: {SUPPORTED}")
     prov = {"producer": "l1forge.models.qkeras_import", "keras_model": model.name, **provenance}
+    if any(lay.op == "affine" for lay in b.layers):
+        prov["bn_format"] = bn_format.hls_type()
     return b.build(provenance=prov)
 
 
@@ -255,11 +310,14 @@ def load_model(path: str | Path) -> Any:
         raise DataFormatError(f"{p} is not a readable Keras/QKeras model ({first})") from exc
 
 
-def reference_model(model: Any) -> Any:
+def reference_model(model: Any, bn_format: Fixed = BN_FORMAT) -> Any:
     """The same model in float64 with every quantizer's exact forward pass (no STE terms).
 
     QKeras' straight-through form ``x + stop_gradient(xq - x)`` is not always ``xq`` in
-    floating point; with ``use_ste=False`` the forward value is ``xq`` itself.
+    floating point; with ``use_ste=False`` the forward value is ``xq`` itself. A batch
+    normalization that the importer takes as ``affine`` gets its mult and add rounded into
+    ``bn_format`` (gamma = mult, beta = add, mean 0, variance 1, epsilon 1e-30), which Keras
+    then computes exactly as x * mult + add: the model the imported IR equals bit for bit.
     """
     import tensorflow as tf
     from qkeras.utils import _add_supported_quantized_objects
@@ -284,9 +342,33 @@ def reference_model(model: Any) -> Any:
         return d
 
     cls = tf.keras.Sequential if isinstance(model, tf.keras.Sequential) else tf.keras.Model
+    general_bn = {
+        lay.name: batchnorm_constants(lay, bn_format)
+        for lay in model.layers
+        if type(lay).__name__ == "BatchNormalization" and _power_of_two_scale(lay) is None
+    }
+    config = exact(model.get_config())
+    for entry in config.get("layers", []):
+        cfg = entry.get("config", {})
+        if entry.get("class_name") == "BatchNormalization" and cfg.get("name") in general_bn:
+            # 1e-30 vanishes next to the unit variance: the scale is gamma itself
+            cfg.update(epsilon=1e-30, center=True, scale=True)
     with floatx("float64"):
-        clone = cls.from_config(exact(model.get_config()), custom_objects=objects)
-        clone.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+        clone = cls.from_config(config, custom_objects=objects)
+        for lay in model.layers:
+            if lay.weights and lay.name not in general_bn:
+                clone.get_layer(lay.name).set_weights(
+                    [np.asarray(w, np.float64) for w in lay.get_weights()]
+                )
+        for lay_name, (mult, add) in general_bn.items():
+            bn = clone.get_layer(lay_name)
+            values = {
+                "gamma": bn_format.to_float(mult),
+                "beta": bn_format.to_float(add),
+                "moving_mean": np.zeros(len(mult)),
+                "moving_variance": np.ones(len(mult)),
+            }
+            bn.set_weights([values[w.name.split("/")[-1].split(":")[0]] for w in bn.weights])
     for lay in clone.layers:
         for attr in (
             "quantizer",

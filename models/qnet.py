@@ -26,9 +26,15 @@ FORMAT_VERSION = 1
 OPS: dict[str, tuple[tuple[str, ...], bool]] = {
     "quantize": ((), True),  # re-quantize to the output format
     "scale": (("offset", "shift"), True),  # (x - offset) * 2**-shift, per feature
+    "affine": (("mult", "add"), True),  # x * mult + add, per feature
     "dense": (("weight", "bias"), True),  # x @ weight + bias
     "relu": ((), True),  # max(x, 0), re-quantized
     "sum_squares": ((), True),  # sum_i x_i**2, one output
+}
+# element-wise ops with one entry per feature in each array -> (arrays, those with a format)
+PER_FEATURE_ARRAYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "scale": (("offset", "shift"), ("offset",)),
+    "affine": (("mult", "add"), ("mult", "add")),
 }
 
 
@@ -49,7 +55,8 @@ class Layer:
     """One operation: reads tensor ``input``, writes tensor ``output``.
 
     ``arrays`` holds the op's integer arrays; ``array_formats`` the fixed-point format of the
-    ones that are numbers in a format (weight, bias, offset), so their real values are known.
+    ones that are numbers in a format (weight, bias, offset, mult, add), so their real values
+    are known.
     """
 
     name: str
@@ -171,15 +178,16 @@ def _check_shapes(lay: Layer, src: TensorSpec, dst: TensorSpec, where: str) -> N
             )
         if set(lay.array_formats) != {"weight", "bias"}:
             raise _fail(where, "dense needs formats for weight and bias")
-    elif lay.op == "scale":
-        if a["offset"].shape != (src.size,) or a["shift"].shape != (src.size,):
-            raise _fail(where, "offset and shift need one entry per input feature")
+    elif lay.op in PER_FEATURE_ARRAYS:
+        names, with_format = PER_FEATURE_ARRAYS[lay.op]
+        if any(a[k].shape != (src.size,) for k in names):
+            raise _fail(where, f"{' and '.join(names)} need one entry per input feature")
         if src.size != dst.size:
-            raise _fail(where, "scale keeps the number of features")
-        if np.any(a["shift"] < -62) or np.any(a["shift"] > 62):
+            raise _fail(where, f"{lay.op} keeps the number of features")
+        if set(lay.array_formats) != set(with_format):
+            raise _fail(where, f"{lay.op} needs formats for {' and '.join(with_format)}")
+        if lay.op == "scale" and (np.any(a["shift"] < -62) or np.any(a["shift"] > 62)):
             raise _fail(where, "shift out of range -62..62")
-        if set(lay.array_formats) != {"offset"}:
-            raise _fail(where, "scale needs a format for offset")
     elif lay.op == "sum_squares":
         if dst.size != 1:
             raise _fail(where, "sum_squares has exactly one output")

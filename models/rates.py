@@ -29,6 +29,7 @@ from l1forge.models.evaluate import (
     threshold_at_fpr,
 )
 from l1forge.online.datapath.menu import Menu
+from l1forge.records import record_json
 
 ONE_SIGMA_CL = 0.6827
 
@@ -85,19 +86,7 @@ class SeedCalibration:
     cl: float
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "model": self.model,
-            "target_rate_hz": self.target_rate_hz,
-            "prescale": self.prescale,
-            "threshold": self.threshold,
-            "n_zero_bias": self.n_zero_bias,
-            "n_above": self.n_above,
-            "rate_hz": self.rate_hz,
-            "rate_interval_hz": list(self.rate_interval_hz),
-            "threshold_interval": list(self.threshold_interval),
-            "cl": self.cl,
-        }
+        return record_json(self)
 
 
 def calibrate_menu(

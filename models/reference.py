@@ -22,7 +22,7 @@ from l1forge.errors import L1ForgeError
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path("out/reference")
-RECIPE_VERSION = 2  # bump when the way the encoder is built changes
+RECIPE_VERSION = 3  # bump when the way the encoder is built changes
 NETWORK_SOURCES = ("trained", "random")
 
 

@@ -10,7 +10,7 @@ paths in a YAML file are resolved against that file's folder; those of the embed
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +22,7 @@ from l1forge.config import Flag, Int, KeyedError, Real, Section, Text, one_of, p
 from l1forge.errors import ConfigError
 from l1forge.firmware.sim import SIMULATORS
 from l1forge.online.security import is_loopback
+from l1forge.records import record_json
 from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 
 SOURCE_KINDS = ("replay", "pythia", "zmq")
@@ -360,16 +361,7 @@ def load_run_config(
 
 def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Plain YAML/JSON-able mapping that `run_config_from_dict` reads back to an equal config."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    out: dict[str, Any] = plain(asdict(cfg))
-    return out
+    return record_json(cfg)
 
 
 def run_config_to_yaml(cfg: RunConfig) -> str:

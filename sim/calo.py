@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -184,22 +186,32 @@ def shape_from_normals(
     return np.maximum(t_max, 1.0), np.maximum(alpha, 1.1)
 
 
+def radial_terms(
+    ln_e: Any, tau: Any, z: Any, exp: Callable[[Any], Any], sampling: tuple[Any, Any] | None
+) -> tuple[Any, Any, Any]:
+    """(R_core, R_tail, p) before clipping (hep-ex/0001020 sec. 3), written once for numpy and
+    torch: ``exp`` is ``np.exp`` or ``torch.exp``; ``sampling`` is (fs, 1 - ehat) of a sampling
+    calorimeter, None for a homogeneous one."""
+    r_c = 0.0251 + 0.00319 * ln_e + (0.1162 - 0.000381 * z) * tau
+    p2, p3 = 0.401 + 0.00187 * z, 1.313 - 0.0686 * ln_e
+    arg = (p2 - tau) / p3
+    p = (2.632 - 0.00094 * z) * exp(arg - exp(arg))
+    k4 = 0.3585 + 0.0412 * ln_e
+    r_t = (0.659 - 0.00309 * z) * (exp(-2.59 * (tau - 0.645)) + exp(k4 * (tau - 0.645)))
+    if sampling is not None:
+        fs, d = sampling
+        r_c = r_c - 0.0203 * d + 0.0397 / fs * exp(-tau)
+        p = p + d * (0.348 - 0.642 / fs * exp(-((tau - 1.0) ** 2)))
+        r_t = r_t - 0.14 * d - 0.495 / fs * exp(-tau)
+    return r_c, r_t, p
+
+
 def radial_params(
     e_gev: np.ndarray, tau: np.ndarray, med: Medium
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(R_core, R_tail in Molière radii, core weight p) at tau = t/T (hep-ex/0001020 sec. 3)."""
-    ln_e, z = np.log(e_gev), med.z
-    r_c = 0.0251 + 0.00319 * ln_e + (0.1162 - 0.000381 * z) * tau
-    p2, p3 = 0.401 + 0.00187 * z, 1.313 - 0.0686 * ln_e
-    arg = (p2 - tau) / p3
-    p = (2.632 - 0.00094 * z) * np.exp(arg - np.exp(arg))
-    k4 = 0.3585 + 0.0412 * ln_e
-    r_t = (0.659 - 0.00309 * z) * (np.exp(-2.59 * (tau - 0.645)) + np.exp(k4 * (tau - 0.645)))
-    if not med.homogeneous:
-        d = 1 - med.ehat
-        r_c = r_c - 0.0203 * d + 0.0397 / med.fs * np.exp(-tau)
-        p = p + d * (0.348 - 0.642 / med.fs * np.exp(-((tau - 1.0) ** 2)))
-        r_t = r_t - 0.14 * d - 0.495 / med.fs * np.exp(-tau)
+    sampling = None if med.homogeneous else (med.fs, 1 - med.ehat)
+    r_c, r_t, p = radial_terms(np.log(e_gev), tau, med.z, np.exp, sampling)
     return np.maximum(r_c, 1e-3), np.maximum(r_t, 1e-3), np.clip(p, 0.0, 1.0)
 
 

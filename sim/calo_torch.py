@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from l1forge.sim.calo import FABJAN_SAMPLING_COEFF, Geometry, gauss_hermite
+from l1forge.sim.calo import FABJAN_SAMPLING_COEFF, Geometry, gauss_hermite, radial_terms
 from l1forge.sim.materials import ABSORBERS, ES_MEV, MATERIALS
 
 
@@ -115,16 +115,8 @@ def shape_params(
 
 def radial_params(e_gev: torch.Tensor, tau: torch.Tensor, med: dict):
     """Torch twin of :func:`l1forge.sim.calo.radial_params` (sampling calorimeter)."""
-    ln_e, z, fs, d = torch.log(e_gev), med["z"], med["fs"], 1 - med["ehat"]
-    r_c = 0.0251 + 0.00319 * ln_e + (0.1162 - 0.000381 * z) * tau
-    p2, p3 = 0.401 + 0.00187 * z, 1.313 - 0.0686 * ln_e
-    arg = (p2 - tau) / p3
-    p = (2.632 - 0.00094 * z) * torch.exp(arg - torch.exp(arg))
-    k4 = 0.3585 + 0.0412 * ln_e
-    r_t = (0.659 - 0.00309 * z) * (torch.exp(-2.59 * (tau - 0.645)) + torch.exp(k4 * (tau - 0.645)))
-    r_c = r_c - 0.0203 * d + 0.0397 / fs * torch.exp(-tau)
-    p = p + d * (0.348 - 0.642 / fs * torch.exp(-((tau - 1.0) ** 2)))
-    r_t = r_t - 0.14 * d - 0.495 / fs * torch.exp(-tau)
+    sampling = (med["fs"], 1 - med["ehat"])
+    r_c, r_t, p = radial_terms(torch.log(e_gev), tau, med["z"], torch.exp, sampling)
     return r_c.clamp(min=1e-3), r_t.clamp(min=1e-3), p.clamp(0.0, 1.0)
 
 

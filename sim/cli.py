@@ -27,6 +27,12 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--workers", type=int, default=1, help="local dask worker processes")
     ev.add_argument("--scheduler", help="address of a running dask scheduler")
     ev.add_argument("--shard-events", type=int, default=None, help="events per shard")
+    ev.add_argument(
+        "--pileup-library-events",
+        type=int,
+        default=None,
+        help="minimum-bias events in the shared pile-up library (default 50000, cached)",
+    )
     ev.add_argument("--run", type=int, default=1, help="run number stored with the events")
     ev.add_argument("--processes-file", help="YAML process catalogue instead of the built-in")
     ev.set_defaults(func=_events)
@@ -43,6 +49,7 @@ def _events(args: argparse.Namespace) -> int:
     from l1forge.sim.generate import (
         DEFAULT_PILEUP,
         DEFAULT_SHARD_EVENTS,
+        PILEUP_LIBRARY_EVENTS,
         describe,
         generate_events,
     )
@@ -63,6 +70,7 @@ def _events(args: argparse.Namespace) -> int:
             run=args.run,
             shard_events=args.shard_events or DEFAULT_SHARD_EVENTS,
             catalogue=args.processes_file,
+            pileup_library_events=args.pileup_library_events or PILEUP_LIBRARY_EVENTS,
         )
         for i, name in enumerate(args.process)
     ]

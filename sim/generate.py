@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,20 @@ import numpy as np
 from l1forge import __version__
 from l1forge.errors import ConfigError, L1ForgeError
 from l1forge.sim.dataset import EventSet, concat_events, write_events
-from l1forge.sim.l1objects import DetectorResponse, kinematics, reduce_event, to_hardware
+from l1forge.sim.l1objects import DetectorResponse, reduce_events, to_hardware
 from l1forge.sim.processes import SIGNALS_2021, Process, get_process, load_processes
 
 log = logging.getLogger(__name__)
 
 SQRT_S_GEV = 13600.0
 DEFAULT_PILEUP = 20.0
-DEFAULT_SHARD_EVENTS = 1000
-PILEUP_LIBRARY_EVENTS = 400
-CLUSTER_BATCH = 200
+DEFAULT_SHARD_EVENTS = 5000
+PILEUP_LIBRARY_EVENTS = 50_000
+REDUCE_BATCH = 250  # events reduced to Level-1 objects together (numpy over the batch)
+# Bump when the events made from the same arguments change (cached libraries and datasets
+# made by an older version are then not reused): 2 = L1 tower jets, one shared library.
+GENERATOR_VERSION = 2
+PILEUP_LIBRARY_SEED = 20_000  # fixed: one library serves every dataset
 MB_TO_PB = 1e9
 QUIET = (
     "Print:quiet = on",
@@ -157,76 +162,116 @@ def _make_pythia(settings: tuple[str, ...], seed: int, extra: tuple[str, ...] = 
     return pythia
 
 
-def _final_particles(pythia, pt_min: float) -> np.ndarray:
-    """Final-state particles other than neutrinos as rows (id, px, py, pz), float64."""
-    rows = [
-        (p.id(), p.px(), p.py(), p.pz())
-        for p in pythia.event
-        if p.isFinal() and p.idAbs() not in (12, 14, 16) and p.pT() > pt_min
-    ]
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+def _final_particles(pythia, n: int, pt_min: float, max_failures: int, state: dict[str, int]):
+    """The next ``n`` events' final-state particles other than neutrinos above ``pt_min``.
 
+    Pythia's batch interface (``nextBatch``, an awkward array) translates the records in C++;
+    returns (event index, rows of (id, px, py, pz)) as numpy, float64.
+    """
+    import awkward as ak
 
-def _next_event(pythia, max_failures: int, state: dict[str, int]) -> None:
-    while not pythia.next():
-        state["failures"] += 1
+    got = []
+    while n > 0:
+        batch = pythia.nextBatch(n, "none")  # failed events come back as None
+        ok = ~ak.to_numpy(ak.is_none(batch, axis=0))
+        state["failures"] += int((~ok).sum())
         if state["failures"] > max_failures:
             raise GenerationError(f"Pythia failed {state['failures']} times in one shard")
+        good = batch[ok]
+        got.append(good.prt)
+        n -= len(good)
+    prt = got[0] if len(got) == 1 else ak.concatenate(got)
+    pid = np.abs(prt.id)
+    p = prt.p
+    keep = (prt.status > 0) & (pid != 12) & (pid != 14) & (pid != 16)
+    keep = keep & (p.px * p.px + p.py * p.py > pt_min * pt_min)
+    sel = prt[keep]
+    counts = ak.to_numpy(ak.num(sel, axis=1))
+    rows = np.column_stack(
+        [
+            ak.to_numpy(ak.flatten(x)).astype(np.float64)
+            for x in (sel.id, sel.p.px, sel.p.py, sel.p.pz)
+        ]
+    ).reshape(-1, 4)
+    return np.repeat(np.arange(len(counts)), counts), rows
 
 
 class PileupLibrary:
-    """A pool of minimum-bias events to overlay; overlays rotate in phi and flip in z."""
+    """A pool of minimum-bias events to overlay; overlays rotate in phi and flip in z.
 
-    def __init__(self, events: tuple[np.ndarray, ...]):
-        self.events = events
+    Stored flat: ``particles`` float32 rows of (id, px, py, pz) and ``offsets`` (n_events + 1)
+    delimiting each event; ``sha256`` identifies the content (recorded in provenance).
+    """
+
+    def __init__(self, particles: np.ndarray, offsets: np.ndarray):
+        self.particles = np.ascontiguousarray(particles, dtype=np.float32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        if self.offsets[0] != 0 or self.offsets[-1] != len(self.particles) or len(self) < 1:
+            raise GenerationError("pile-up library: offsets do not delimit its particles")
+        h = hashlib.sha256(self.particles.tobytes())
+        h.update(self.offsets.tobytes())
+        self.sha256 = h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
 
     @classmethod
     def generate(cls, seed: int, n_events: int, response: DetectorResponse) -> PileupLibrary:
         pythia = _make_pythia(get_process("minbias").settings, seed)
-        state = {"failures": 0}
-        events = []
-        for _ in range(n_events):
-            _next_event(pythia, n_events, state)
-            events.append(_final_particles(pythia, response.particle_pt_min))
-        return cls(tuple(events))
+        event, rows = _final_particles(
+            pythia, n_events, response.particle_pt_min, n_events, {"failures": 0}
+        )
+        offsets = np.searchsorted(event, np.arange(n_events + 1))
+        return cls(rows, offsets)
 
-    def overlay(self, k: int, rng: np.random.Generator) -> np.ndarray:
-        if k == 0:
-            return np.zeros((0, 4))
-        picks = [self.events[i] for i in rng.integers(0, len(self.events), k)]
-        out = np.concatenate(picks)
-        sizes = [len(p) for p in picks]
-        angle = np.repeat(rng.uniform(-math.pi, math.pi, k), sizes)
-        flip = np.repeat(rng.choice([-1.0, 1.0], k), sizes)
+    @classmethod
+    def cached(cls, seed: int, n_events: int, response: DetectorResponse) -> PileupLibrary:
+        """The library for (settings, seed, size), generated once and kept as ``.npz``."""
+        key_text = json.dumps(
+            {
+                "settings": [str(SQRT_S_GEV), *get_process("minbias").settings],
+                "seed": seed,
+                "events": n_events,
+                "particle_pt_min": response.particle_pt_min,
+                "generator_version": GENERATOR_VERSION,
+                "pythia8mc": _versions().get("pythia8mc", ""),
+            },
+            sort_keys=True,
+        )
+        key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+        path = _cache_dir() / f"pileup-{key}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    return cls(f["particles"], f["offsets"])
+            except (OSError, ValueError, KeyError, GenerationError) as exc:
+                log.warning("pile-up library %s unreadable (%s): generating it again", path, exc)
+        log.info("generating a pile-up library of %d minimum-bias events", n_events)
+        lib = cls.generate(seed, n_events, response)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, particles=lib.particles, offsets=lib.offsets)
+        tmp.replace(path)
+        return lib
+
+    def overlay(
+        self, counts: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``counts[i]`` random library events for each event i: (event index, rows)."""
+        k = int(counts.sum())
+        picks = rng.integers(0, len(self), k)
+        angle = rng.uniform(-math.pi, math.pi, k)
+        flip = rng.choice([-1.0, 1.0], k)
+        sizes = self.offsets[picks + 1] - self.offsets[picks]
+        total = int(sizes.sum())
+        ramp = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        out = self.particles[np.repeat(self.offsets[picks], sizes) + ramp].astype(np.float64)
+        angle, flip = np.repeat(angle, sizes), np.repeat(flip, sizes)
         c, s = np.cos(angle), np.sin(angle)
         px, py = out[:, 1].copy(), out[:, 2].copy()
         out[:, 1], out[:, 2], out[:, 3] = c * px - s * py, s * px + c * py, out[:, 3] * flip
-        return out
-
-
-def cluster_jets(events: list[np.ndarray], response: DetectorResponse) -> list[np.ndarray]:
-    """Anti-kT jets (pt, eta, phi) of each event's calorimeter particles, with FastJet."""
-    import awkward as ak
-    import fastjet
-
-    sel = []
-    for p in events:
-        pid = np.abs(p[:, 0])
-        pt, eta, _ = kinematics(p[:, 1], p[:, 2], p[:, 3])
-        sel.append(p[(pid != 13) & (np.abs(eta) < response.calo_eta_max)])
-    counts = [len(p) for p in sel]
-    flat = np.concatenate(sel) if sel else np.zeros((0, 4))
-    e = np.sqrt((flat[:, 1:4] ** 2).sum(axis=1))  # massless calorimeter deposits
-    arr = ak.unflatten(
-        ak.zip({"px": flat[:, 1], "py": flat[:, 2], "pz": flat[:, 3], "E": e}), counts
-    )
-    jetdef = fastjet.JetDefinition(fastjet.antikt_algorithm, response.jet_radius)
-    with _quiet_stdout():
-        jets = fastjet.ClusterSequence(arr, jetdef).inclusive_jets(min_pt=5.0)
-    n_jets = ak.to_numpy(ak.num(jets))
-    px, py, pz = (ak.to_numpy(ak.flatten(jets[c])).astype(np.float64) for c in ("px", "py", "pz"))
-    pt, eta, phi = kinematics(px, py, pz)
-    return np.split(np.column_stack([pt, eta, phi]), np.cumsum(n_jets)[:-1])
+        event = np.repeat(np.repeat(np.arange(len(counts)), counts), sizes)
+        return event, out
 
 
 def generate_shard(spec: ShardSpec, progress: bool = False) -> ShardResult:
@@ -237,6 +282,8 @@ def generate_shard(spec: ShardSpec, progress: bool = False) -> ShardResult:
     ss_hard, ss_rng = ss.spawn(2)
     rng = np.random.default_rng(ss_rng)
     library = spec.pileup if spec.pileup_mean > 0 else None
+    if spec.pileup_mean > 0 and library is None:
+        raise GenerationError("a shard with pile-up needs its pile-up library")
     bins = spec.process.pthat_bins or ((-1.0, -1.0),)
     per_bin = [spec.n // len(bins) + (1 if i < spec.n % len(bins) else 0) for i in range(len(bins))]
     bin_seqs = ss_hard.spawn(len(bins))
@@ -259,30 +306,35 @@ def generate_shard(spec: ShardSpec, progress: bool = False) -> ShardResult:
         seeds.append(seed)
         done = 0
         while done < n_bin:
-            batch = []
-            for _ in range(min(CLUSTER_BATCH, n_bin - done)):
-                _next_event(pythia, max(100, spec.n), state)
-                parts = _final_particles(pythia, spec.response.particle_pt_min)
-                if library is not None:
-                    parts = np.concatenate(
-                        [parts, library.overlay(rng.poisson(spec.pileup_mean), rng)]
-                    )
-                batch.append(parts)
-            for parts, jets in zip(batch, cluster_jets(batch, spec.response), strict=True):
-                objects.append(reduce_event(parts, jets, spec.response, rng))
-            bin_index += [b] * len(batch)
-            done += len(batch)
-            bar.update(len(batch))
+            k = min(REDUCE_BATCH, n_bin - done)
+            event, parts = _final_particles(
+                pythia, k, spec.response.particle_pt_min, max(100, spec.n), state
+            )
+            if library is not None:
+                pu_event, pu = library.overlay(rng.poisson(spec.pileup_mean, k), rng)
+                event = np.concatenate([event, pu_event])
+                parts = np.concatenate([parts, pu])
+                order = np.argsort(event, kind="stable")
+                event, parts = event[order], parts[order]
+            objects.append(reduce_events(event, parts, k, spec.response, rng))
+            bin_index += [b] * k
+            done += k
+            bar.update(k)
         sigmas.append(pythia.infoPython().sigmaGen() * MB_TO_PB)
     bar.close()
     return ShardResult(
-        objects_phys=np.asarray(objects, dtype=np.float32).reshape(-1, 19, 3),
+        objects_phys=np.concatenate(objects).astype(np.float32).reshape(-1, 19, 3),
         bin_index=np.asarray(bin_index, dtype=np.int16),
         sigma_pb=tuple(sigmas),
         counts=tuple(per_bin),
         pythia_seeds=tuple(seeds),
         failures=state["failures"],
     )
+
+
+def _shard_with_library(spec: ShardSpec, library: PileupLibrary | None) -> ShardResult:
+    """Dask task: the library arrives once per worker (scattered), not with every shard."""
+    return generate_shard(replace(spec, pileup=library))
 
 
 def _run_shards(
@@ -301,7 +353,12 @@ def _run_shards(
         )
     try:
         with Client(scheduler or cluster) as client:
-            futures = [client.submit(generate_shard, s, pure=False) for s in specs]
+            library = specs[0].pileup if specs else None
+            lib_ref = client.scatter(library, broadcast=True) if library is not None else None
+            futures = [
+                client.submit(_shard_with_library, replace(s, pileup=None), lib_ref, pure=False)
+                for s in specs
+            ]
             for _ in tqdm(
                 as_completed(futures), total=len(futures), desc="shards", disable=not progress
             ):
@@ -316,7 +373,7 @@ def _run_shards(
 
 def _versions() -> dict[str, str]:
     out = {"l1forge": __version__}
-    for pkg in ("pythia8mc", "fastjet", "numpy", "h5py"):
+    for pkg in ("pythia8mc", "awkward", "numpy", "scipy", "h5py"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -335,8 +392,14 @@ def generate_events(
     shard_events: int = DEFAULT_SHARD_EVENTS,
     response: DetectorResponse | None = None,
     catalogue: str | Path | None = None,
+    pileup_library_events: int = PILEUP_LIBRARY_EVENTS,
+    pileup_library_seed: int = PILEUP_LIBRARY_SEED,
 ) -> EventSet:
-    """Generate ``n`` events of ``process`` reduced to Level-1 objects (reproducible by seed)."""
+    """Generate ``n`` events of ``process`` reduced to Level-1 objects (reproducible by seed).
+
+    Pile-up comes from one shared library of ``pileup_library_events`` minimum-bias events
+    (made once per size and seed, cached on disk), the same for every dataset and worker.
+    """
     if not isinstance(n, int) or n <= 0:
         raise ConfigError(f"n: the number of events must be a positive integer, got {n!r}")
     if not isinstance(seed, int) or seed < 0:
@@ -345,13 +408,16 @@ def generate_events(
         raise ConfigError(f"pileup_mean: must be in [0, 300], got {pileup_mean!r}")
     if n_workers < 1 or shard_events < 1:
         raise ConfigError("n_workers and shard_events must be >= 1")
+    if not isinstance(pileup_library_events, int) or pileup_library_events < 1:
+        raise ConfigError(
+            f"pileup_library_events: must be a positive integer, got {pileup_library_events!r}"
+        )
     proc = get_process(process, load_processes(catalogue) if catalogue else None)
     response = response or DetectorResponse()
     sizes = [min(shard_events, n - i) for i in range(0, n, shard_events)]
     pileup = None
     if pileup_mean > 0:
-        pu_seed = _pythia_seed(_seed_sequence(seed, "pileup-library", 0))
-        pileup = PileupLibrary.generate(pu_seed, PILEUP_LIBRARY_EVENTS, response)
+        pileup = PileupLibrary.cached(pileup_library_seed, pileup_library_events, response)
     specs = [
         ShardSpec(proc, k, i, seed, float(pileup_mean), response, pileup)
         for i, k in enumerate(sizes)
@@ -380,9 +446,12 @@ def generate_events(
         "pythia_seeds": [list(r.pythia_seeds) for r in results],
         "pileup": {
             "mean": pileup_mean,
-            "method": "premixed minbias library, one per dataset",
-            "library_events": PILEUP_LIBRARY_EVENTS,
+            "method": "premixed minbias library, shared by datasets and workers",
+            "library_events": pileup_library_events if pileup else 0,
+            "library_seed": pileup_library_seed if pileup else None,
+            "library_sha256": pileup.sha256 if pileup else None,
         },
+        "generator_version": GENERATOR_VERSION,
         "sigma_pb_per_bin": sigma_bins,
         "failed_pythia_events": sum(r.failures for r in results),
         "detector_response": asdict(response),
@@ -420,6 +489,7 @@ def demo_dataset(
         "n_signal": n_signal,
         "seed": seed,
         "pileup_mean": pileup_mean,
+        "generator_version": GENERATOR_VERSION,
     }
     import json
 

@@ -39,10 +39,12 @@ PHI_BITS = 8  # signed: -72 .. 71 steps cover [-pi, pi)
 PT_MAX_HW = (1 << PT_BITS) - 1
 ETA_MIN_HW, ETA_MAX_HW = -(1 << (ETA_BITS - 1)), (1 << (ETA_BITS - 1)) - 1
 PHI_MIN_HW, PHI_MAX_HW = -72, 71
+TOWERS_PHI = 72  # Level-1 calorimeter trigger towers around the ring (5 degrees each)
 
 
 def to_hardware(objects_phys: np.ndarray) -> np.ndarray:
-    """Physical (pT GeV, eta, phi rad) -> int32 hardware units, saturating; empty rows stay 0."""
+    """Physical (pT GeV, eta, phi rad) -> int32 hardware units, saturating; rows under one pT
+    step (0.5 GeV) are empty: all 0."""
     x = np.asarray(objects_phys, dtype=np.float64)
     if x.shape[-1] != N_FEATURES:
         raise ValueError(f"objects need {N_FEATURES} features (pT, eta, phi), got {x.shape}")
@@ -51,7 +53,7 @@ def to_hardware(objects_phys: np.ndarray) -> np.ndarray:
     phi_wrapped = np.mod(x[..., 2] + math.pi, 2 * math.pi) - math.pi
     phi = np.clip(np.floor(phi_wrapped / PHI_LSB), PHI_MIN_HW, PHI_MAX_HW)
     out = np.stack([pt, eta, phi], axis=-1)
-    out[x[..., 0] <= 0] = 0
+    out[pt == 0] = 0  # below one pT step the object is empty in hardware (to_physical agrees)
     return out.astype(np.int32)
 
 
@@ -87,7 +89,9 @@ class DetectorResponse:
     muon_efficiency: float = 0.95
     jet_eta_max: float = 4.7
     jet_pt_min: float = 15.0
-    jet_radius: float = 0.4
+    jet_window_towers: int = 9  # sliding window of 9 x 9 trigger towers (CMS Phase-1 L1 jets)
+    jet_seed_gev: float = 4.0  # the window's central tower must hold this much and be its maximum
+    tower_eta: float = 0.087  # trigger-tower size in eta; phi has TOWERS_PHI towers
     jet_stochastic: float = 1.0
     jet_constant: float = 0.10
     jet_pileup_subtraction: bool = True  # subtract rho * pi R^2, rho = mean pT density
@@ -103,8 +107,12 @@ class DetectorResponse:
                 raise ConfigError(f"detector_response.{name}: must be a finite number >= 0")
         if not 0 < self.muon_efficiency <= 1:
             raise ConfigError("detector_response.muon_efficiency: must be in (0, 1]")
-        if self.jet_radius <= 0:
-            raise ConfigError("detector_response.jet_radius: must be > 0")
+        if not isinstance(self.jet_window_towers, int) or self.jet_window_towers % 2 != 1:
+            raise ConfigError("detector_response.jet_window_towers: must be an odd integer")
+        if self.jet_window_towers > TOWERS_PHI:
+            raise ConfigError(f"detector_response.jet_window_towers: at most {TOWERS_PHI}")
+        if self.tower_eta <= 0:
+            raise ConfigError("detector_response.tower_eta: must be > 0")
 
 
 def kinematics(px: np.ndarray, py: np.ndarray, pz: np.ndarray):
@@ -131,69 +139,157 @@ def _smear_energy(pt, eta, stochastic, constant, rng):
     return np.maximum(pt * (1 + sigma_rel * rng.standard_normal(len(pt))), 0.0)
 
 
-def _leading(rows: np.ndarray, n: int) -> np.ndarray:
-    """The n highest-pT rows of (pt, eta, phi), zero-padded to n."""
-    out = np.zeros((n, 3), dtype=np.float32)
+def _leading_per_event(event: np.ndarray, rows: np.ndarray, n_events: int, n: int) -> np.ndarray:
+    """(n_events, n, 3): each event's n highest-pT rows of (pt, eta, phi), zero-padded."""
+    out = np.zeros((n_events, n, 3), dtype=np.float32)
     if len(rows):
-        order = np.argsort(-rows[:, 0], kind="stable")[:n]
-        out[: len(order)] = rows[order]
+        order = np.lexsort((-rows[:, 0], event))
+        ev = event[order]
+        first = np.searchsorted(ev, ev, side="left")
+        rank = np.arange(len(ev)) - first
+        keep = rank < n
+        out[ev[keep], rank[keep]] = rows[order[keep]]
     return out
 
 
-def reduce_event(
-    particles: np.ndarray, jets: np.ndarray, response: DetectorResponse, rng: np.random.Generator
+def _tower_grid(response: DetectorResponse) -> tuple[int, float]:
+    """(towers in eta, tower area) of the trigger-tower grid over |eta| < calo_eta_max."""
+    n_eta = math.ceil(2 * response.calo_eta_max / response.tower_eta)
+    return n_eta, response.tower_eta * 2 * math.pi / TOWERS_PHI
+
+
+def _tower_index(eta: np.ndarray, phi: np.ndarray, response: DetectorResponse):
+    n_eta, _ = _tower_grid(response)
+    ieta = ((eta + response.calo_eta_max) / response.tower_eta).astype(np.int64)
+    iphi = ((phi + math.pi) / (2 * math.pi) * TOWERS_PHI).astype(np.int64) % TOWERS_PHI
+    return np.clip(ieta, 0, n_eta - 1), iphi
+
+
+# no towers beyond the calorimeter's eta; phi is a ring
+_WINDOW_MODES = ("constant", "constant", "wrap")
+
+
+def _window_sums(towers: np.ndarray, size: int) -> np.ndarray:
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(towers, size=(1, size, size), mode=_WINDOW_MODES) * (size * size)
+
+
+def calo_towers(
+    event: np.ndarray,
+    pt: np.ndarray,
+    eta: np.ndarray,
+    phi: np.ndarray,
+    n_events: int,
+    response: DetectorResponse,
 ) -> np.ndarray:
-    """One event's final-state particles (id, px, py, pz) and clustered jets (pt, eta, phi)
-    -> the (19, 3) Level-1 object array in physical units."""
-    pid = np.abs(particles[:, 0]).astype(np.int64)
-    pt, eta, phi = kinematics(particles[:, 1], particles[:, 2], particles[:, 3])
+    """(n_events, n_eta, 72) trigger-tower pT sums of calorimeter deposits, many events at once."""
+    n_eta, _ = _tower_grid(response)
+    ieta, iphi = _tower_index(eta, phi, response)
+    flat = (event * n_eta + ieta) * TOWERS_PHI + iphi
+    towers = np.bincount(flat, weights=pt, minlength=n_events * n_eta * TOWERS_PHI)
+    return towers.reshape(n_events, n_eta, TOWERS_PHI)
+
+
+def tower_jets(towers: np.ndarray, response: DetectorResponse) -> tuple[np.ndarray, np.ndarray]:
+    """Level-1 sliding-window jets of trigger towers (``calo_towers``).
+
+    A jet is a ``jet_window_towers`` square window whose central tower holds at least
+    ``jet_seed_gev`` and is the window's maximum (as the CMS Phase-1 Level-1 jet finder).
+    Returns the jets' event indices and rows of (pt, eta, phi): the window's raw pT sum at the
+    seed tower's centre.
+    """
+    from scipy.ndimage import maximum_filter
+
     r = response
-    event = np.zeros((N_OBJECTS, N_FEATURES), dtype=np.float32)
+    w = r.jet_window_towers
+    peak = maximum_filter(towers, size=(1, w, w), mode=_WINDOW_MODES)
+    e_idx, i_eta, i_phi = np.nonzero((towers >= r.jet_seed_gev) & (towers == peak))
+    sums = _window_sums(towers, w)
+    rows = np.column_stack(
+        [
+            sums[e_idx, i_eta, i_phi],
+            (i_eta + 0.5) * r.tower_eta - r.calo_eta_max,
+            (i_phi + 0.5) * (2 * math.pi / TOWERS_PHI) - math.pi,
+        ]
+    )
+    return e_idx, rows
+
+
+def reduce_events(
+    event: np.ndarray,
+    particles: np.ndarray,
+    n_events: int,
+    response: DetectorResponse,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Final-state particles (id, px, py, pz) of many events, ``event`` their event index
+    (sorted) -> the (n_events, 19, 3) Level-1 object arrays in physical units."""
+    pid = np.abs(particles[:, 0]).astype(np.int64)
+    px, py = particles[:, 1], particles[:, 2]
+    pt, eta, phi = kinematics(px, py, particles[:, 3])
+    r = response
+    out = np.zeros((n_events, N_OBJECTS, N_FEATURES), dtype=np.float32)
 
     invisible = (pid == 12) | (pid == 14) | (pid == 16)
     calo = ~invisible & (pid != 13) & (np.abs(eta) < r.calo_eta_max) & (pt > r.particle_pt_min)
+    sum_et = np.bincount(event[calo], weights=pt[calo], minlength=n_events)
     # rho: mean calorimeter pT per unit eta-phi area, the pile-up density that jets and
     # isolation sums subtract (CMS Level-1 uses a local, tower-based estimate instead)
-    rho = float(pt[calo].sum()) / (2 * r.calo_eta_max * 2 * math.pi)
+    rho = sum_et / (2 * r.calo_eta_max * 2 * math.pi)
 
     # muons: acceptance, efficiency, relative pT smearing, threshold
-    mu = (pid == 13) & (np.abs(eta) < r.muon_eta_max)
-    mu &= rng.random(len(pid)) < r.muon_efficiency
-    mu_pt = pt[mu] * np.maximum(1 + r.muon_rel_resolution * rng.standard_normal(mu.sum()), 0)
+    mu = np.flatnonzero((pid == 13) & (np.abs(eta) < r.muon_eta_max))
+    mu = mu[rng.random(len(mu)) < r.muon_efficiency]
+    mu_pt = pt[mu] * np.maximum(1 + r.muon_rel_resolution * rng.standard_normal(len(mu)), 0)
     keep = mu_pt > r.muon_pt_min
-    event[MUON] = _leading(np.column_stack([mu_pt[keep], eta[mu][keep], phi[mu][keep]]), 4)
+    mu = mu[keep]
+    out[:, MUON] = _leading_per_event(
+        event[mu], np.column_stack([mu_pt[keep], eta[mu], phi[mu]]), n_events, 4
+    )
 
-    # e/gamma: isolated electrons and photons in the tracker acceptance
+    towers = calo_towers(event[calo], pt[calo], eta[calo], phi[calo], n_events, r)
+    _, tower_area = _tower_grid(r)
+
+    # e/gamma: electrons and photons in the tracker acceptance, isolated in trigger towers:
+    # the pT of the square of towers around the candidate's own (half-width about the cone,
+    # as Level-1 calorimeter isolation) minus the candidate, pile-up corrected
     cand = np.flatnonzero(((pid == 11) | (pid == 22)) & calo & (np.abs(eta) < r.egamma_eta_max))
     cand = cand[pt[cand] > r.egamma_pt_min * 0.5]
-    eg_rows = np.empty((0, 3), dtype=np.float32)
     if len(cand):
-        vis = np.flatnonzero(calo | (pid == 13))
-        dr = delta_r(eta[cand, None], phi[cand, None], eta[None, vis], phi[None, vis])
-        iso = (pt[None, vis] * (dr < r.egamma_iso_cone)).sum(axis=1) - pt[cand]
-        iso -= rho * math.pi * r.egamma_iso_cone**2
-        isolated = iso < r.egamma_iso_max * pt[cand]
-        sel = cand[isolated]
+        size = 2 * round(r.egamma_iso_cone / r.tower_eta) + 1
+        ieta, iphi = _tower_index(eta[cand], phi[cand], r)
+        iso = _window_sums(towers, size)[event[cand], ieta, iphi] - pt[cand]
+        iso -= rho[event[cand]] * size * size * tower_area
+        sel = cand[iso < r.egamma_iso_max * pt[cand]]
         eg_pt = _smear_energy(pt[sel], eta[sel], r.egamma_stochastic, r.egamma_constant, rng)
         ok = eg_pt > r.egamma_pt_min
-        eg_rows = np.column_stack([eg_pt[ok], eta[sel][ok], phi[sel][ok]])
-    event[EGAMMA] = _leading(np.asarray(eg_rows, dtype=np.float32).reshape(-1, 3), 4)
+        sel = sel[ok]
+        out[:, EGAMMA] = _leading_per_event(
+            event[sel], np.column_stack([eg_pt[ok], eta[sel], phi[sel]]), n_events, 4
+        )
 
-    # jets: anti-kT clusters of calorimeter particles, pile-up subtracted, smeared, thresholded
+    # jets: Level-1 tower windows of calorimeter deposits, pile-up subtracted, smeared, cut
+    j_ev, jets = tower_jets(towers, r)
     if len(jets):
         jsel = np.abs(jets[:, 1]) < r.jet_eta_max
-        j = jets[jsel]
-        j_pt = j[:, 0]
+        j_ev, jets = j_ev[jsel], jets[jsel]
+        j_pt = jets[:, 0]
         if r.jet_pileup_subtraction:
-            j_pt = np.maximum(j_pt - rho * math.pi * r.jet_radius**2, 0.0)
-        j_pt = _smear_energy(j_pt, j[:, 1], r.jet_stochastic, r.jet_constant, rng)
+            area = r.jet_window_towers**2 * tower_area
+            j_pt = np.maximum(j_pt - rho[j_ev] * area, 0.0)
+        j_pt = _smear_energy(j_pt, jets[:, 1], r.jet_stochastic, r.jet_constant, rng)
         ok = j_pt > r.jet_pt_min
-        event[JET] = _leading(np.column_stack([j_pt[ok], j[ok, 1], j[ok, 2]]), 10)
+        out[:, JET] = _leading_per_event(
+            j_ev[ok], np.column_stack([j_pt[ok], jets[ok, 1], jets[ok, 2]]), n_events, 10
+        )
 
     # MET: calorimeter-only missing transverse momentum with a sqrt(sum ET) resolution
-    mx, my = -particles[calo, 1].sum(), -particles[calo, 2].sum()
-    sigma = r.met_resolution_sqrt_sumet * math.sqrt(float(pt[calo].sum()))
-    mx += sigma * rng.standard_normal()
-    my += sigma * rng.standard_normal()
-    event[MET] = (math.hypot(mx, my), 0.0, math.atan2(my, mx))
-    return event
+    sigma = r.met_resolution_sqrt_sumet * np.sqrt(sum_et)
+    mx = -np.bincount(event[calo], weights=px[calo], minlength=n_events)
+    my = -np.bincount(event[calo], weights=py[calo], minlength=n_events)
+    mx += sigma * rng.standard_normal(n_events)
+    my += sigma * rng.standard_normal(n_events)
+    out[:, 0, 0] = np.hypot(mx, my)
+    out[:, 0, 2] = np.arctan2(my, mx)
+    return out

@@ -60,3 +60,21 @@ def sim_build(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def general_bn_model():
+    """QDense -> BatchNormalization (scales of both signs, not powers of two) -> quantized_relu
+    -> QDense: the batch norm is imported as the IR's fixed-point affine op."""
+    from l1forge.models.examples import batchnorm_mlp
+
+    return batchnorm_mlp(seed=4)
+
+
+@pytest.fixture(scope="session")
+def general_bn_ir(general_bn_model):
+    """``general_bn_model`` imported with hls4ml's default input and batch-norm formats."""
+    from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT
+    from l1forge.models.qkeras_import import import_qkeras, parse_format
+
+    return import_qkeras(general_bn_model, parse_format(JET_TAGGER_INPUT_FORMAT), name="bn_net")

@@ -130,7 +130,8 @@ def _learn(args: argparse.Namespace) -> int:
     from l1forge.errors import ConfigError
     from l1forge.online.control.daemon import read_endpoints
     from l1forge.online.datapath.menu import Menu
-    from l1forge.online.learning.learner import Learner, run_subscriber
+    from l1forge.online.learning.feed import run_subscriber
+    from l1forge.online.learning.learner import Learner
     from l1forge.online.learning.settings import LearnerConfig
 
     reg = _registry(args)

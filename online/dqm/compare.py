@@ -232,11 +232,11 @@ def compare_1d(
     )
     return [
         Alarm(
-            lumisection=lumisection,
-            histogram=name,
-            kind=kind,
-            severity=_SEVERITY[level],
-            entries=entries,
+            lumisection,
+            name,
+            kind,
+            _SEVERITY[level],
+            entries,
             chi2_ndf=chi,
             chi2_pvalue=chi_p,
             ks_pvalue=ks,
@@ -290,11 +290,11 @@ def compare_map(
         )
         alarms.append(
             Alarm(
-                lumisection=lumisection,
-                histogram=name,
-                kind=kind,
-                severity=_SEVERITY[level],
-                entries=entries,
+                lumisection,
+                name,
+                kind,
+                _SEVERITY[level],
+                entries,
                 max_pull=sign * pull,
                 region=region,
                 n_bins=n_bins,

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,8 +31,6 @@ from l1forge.errors import ConfigError, DataFormatError
 from l1forge.models.emulator import Emulator
 from l1forge.models.finetune import fine_tune, flat_inputs, verify_bitexact
 from l1forge.models.qnet import QNet
-from l1forge.online.datapath.tap import TapSubscriber
-from l1forge.online.datapath.wire import TOPIC_ZERO_BIAS, WireError, decode_results
 from l1forge.online.learning.acceptance import (
     Candidate,
     CandidateMetrics,
@@ -476,41 +474,3 @@ class Learner:
         if self.on_model is not None:
             self.on_model(self.model, version.qnet_path)
         log.info("model %s activated", version.name)
-
-
-# ---- the monitoring tap ---------------------------------------------------------------------
-
-
-def run_subscriber(
-    learner: Learner,
-    endpoint: str,
-    stop: threading.Event,
-    *,
-    topic: bytes = TOPIC_ZERO_BIAS,
-    poll_ms: int = 200,
-    context: Any = None,
-    keys: Any = None,
-) -> dict[str, int]:
-    """Feed the learner from the daemon's monitoring tap until ``stop`` is set; return counters.
-
-    Messages are ``[topic, *online.wire.encode_results(ResultBatch)]``; the zero-bias events
-    are the batch's ``objects_hw``. A malformed message is counted and logged, never fatal.
-    ``keys`` is a CURVE key folder when the tap is not on loopback.
-    """
-    counts = {"messages": 0, "events": 0, "rejected": 0, "adaptations": 0}
-    with TapSubscriber(endpoint, topic, context=context, keys=keys) as tap:
-        for frames in tap.messages(stop, poll_ms=poll_ms):
-            try:
-                batch = decode_results(frames)
-            except WireError as exc:
-                counts["rejected"] += 1
-                log.warning("monitoring message rejected (%s): %s", exc.reason, exc)
-                continue
-            counts["messages"] += 1
-            if len(batch.objects_hw) == 0:
-                continue
-            counts["events"] += len(batch.objects_hw)
-            res = learner.observe(batch.objects_hw, run=batch.run, lumisection=batch.lumisection)
-            if res is not None:
-                counts["adaptations"] += 1
-    return counts

@@ -60,3 +60,23 @@ def assert_bench_fails_on_a_corrupted_expectation(
     result = run_bench(sim, "l1forge.firmware.bench_trigger", env, tmp_path / "run", check=False)
     assert (result.tests, result.failed) == (1, 1)
     assert read_stats(tmp_path / "run")["mismatches"] == 1
+
+
+def build_ir_with_cli(net, tmp, name: str, latency_cycles: int):
+    """``l1forge firmware build`` of ``net`` saved in ``tmp`` (hls4ml C-sim on 1,500 vectors)."""
+    from l1forge.cli import main
+    from l1forge.models.qnet import save
+
+    ir = save(net, tmp / f"{name}.qnet.json")
+    out = tmp / "fw"
+    args = [
+        "firmware",
+        "build",
+        str(ir),
+        "--out",
+        str(out),
+        "--latency-cycles",
+        str(latency_cycles),
+    ]
+    assert main([*args, "--axis-beat-bits", "32", "--hls-csim-vectors", "1500"]) == 0
+    return out

@@ -19,7 +19,7 @@ from l1forge.models.emulator import Emulator
 from l1forge.models.qkeras_import import reference_model, reference_predict
 from l1forge.models.qnet import save
 
-from .benches import trigger_env, write_vectors
+from .benches import build_ir_with_cli, trigger_env, write_vectors
 
 LATENCY = 2
 
@@ -27,12 +27,7 @@ LATENCY = 2
 @pytest.fixture(scope="session")
 def jet_firmware(jet_tagger_ir, tmp_path_factory):
     """The jet tagger IR built by the CLI, hls4ml project and its C-sim check included."""
-    tmp = tmp_path_factory.mktemp("jet_fw")
-    ir = save(jet_tagger_ir, tmp / "jet.qnet.json")
-    out = tmp / "fw"
-    args = ["firmware", "build", str(ir), "--out", str(out), "--latency-cycles", str(LATENCY)]
-    assert main([*args, "--axis-beat-bits", "32", "--hls-csim-vectors", "1500"]) == 0
-    return out
+    return build_ir_with_cli(jet_tagger_ir, tmp_path_factory.mktemp("jet_fw"), "jet", LATENCY)
 
 
 def test_build_writes_the_hls4ml_project_and_checks_its_csim(jet_firmware, jet_tagger_ir):

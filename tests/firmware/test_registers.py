@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +185,12 @@ def _plan(reg_net, reg_fw, n_random, tmp_path):
         "bad": bad,
         "switch_at": len(x) // 5,
     }
+    vec = _write_bench_inputs(tmp_path, plan, x, spec, exp_old, exp_new)
+    return vec, exp_old, np.any(y_old != y_new, axis=1)
+
+
+def _write_bench_inputs(tmp_path, plan, x, spec, exp_old, exp_new) -> Path:
+    """The plan and the vectors bench_registers reads (plan.json, v.npz); the npz path."""
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     vec = tmp_path / "v.npz"
     np.savez(
@@ -193,7 +200,7 @@ def _plan(reg_net, reg_fw, n_random, tmp_path):
         expected_new=exp_new,
         out_bytes=exp_old.shape[1],
     )
-    return vec, exp_old, np.any(y_old != y_new, axis=1)
+    return vec
 
 
 def _run_switch_bench(sim, fw, vec, tmp_path) -> dict:
@@ -406,17 +413,9 @@ def test_thresholds_only_switch_at_one_cycle_latency(tmp_path):
         "bad": [[rmap.reg("THRESHOLD").addr(0), rmap.reg("THRESHOLD").hi + 1, 4]],
         "switch_at": 200,
     }
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
     exp_old, _ = _expected(net, x, rmap, old_t, spec)
     exp_new, _ = _expected(net, x, rmap, new_t, spec)
-    vec = tmp_path / "v.npz"
-    np.savez(
-        vec,
-        in_bytes=packing.pack(x, spec.input, spec.input.bytes_for(32)),
-        expected_old=exp_old,
-        expected_new=exp_new,
-        out_bytes=exp_old.shape[1],
-    )
+    vec = _write_bench_inputs(tmp_path, plan, x, spec, exp_old, exp_new)
     sim = build_sim(fw, "icarus", "trigger", tmp_path / "build")
     stats = _run_switch_bench(sim, fw, vec, tmp_path)
     assert stats["events_out"] == len(x) and stats["mismatches"] == 0

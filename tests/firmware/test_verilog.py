@@ -33,6 +33,21 @@ def test_every_rounding_mode_bit_exact(rounding, overflow):
     assert check.vectors_compared > 3000 and check.mismatches == 0
 
 
+@pytest.mark.parametrize("rounding", ["TRN", "RND", "RND_CONV", "TRN_ZERO", "RND_INF"])
+@pytest.mark.parametrize("overflow", ["SAT", "WRAP"])
+def test_affine_bit_exact(rounding, overflow):
+    """x * mult + add with signed, zero and odd constant multipliers, re-quantized coarser."""
+    rng = np.random.default_rng(4)
+    b = NetBuilder(f"a_{rounding}", 6, Fixed(True, 8, 4))
+    mult = np.array([-77, 0, 5, 93, -1, 128])
+    b.affine("a", mult, Fixed(True, 9, 3), rng.integers(-300, 300, 6), Fixed(True, 10, 2))
+    b.affine("q", np.array([3, -5, 7, 1, -2, 9]), Fixed(True, 5, 2), rng.integers(-8, 8, 6),
+             Fixed(True, 4, 2), Fixed(True, 9, 5), rounding, overflow)  # fmt: skip
+    net = b.build(outputs=("a", "q"))
+    check = verilog.check_interpreter(verilog.to_comb(net), net, n_random=3000)
+    assert check.vectors_compared > 3000 and check.mismatches == 0
+
+
 def test_encoder_shape_bit_exact():
     net = random_mlp(57, (32, 16), 3, score=True, seed=4)
     assert verilog.check_interpreter(verilog.to_comb(net), net, n_random=5000).mismatches == 0

@@ -77,6 +77,18 @@ def ref_run(net: QNet, x: np.ndarray) -> np.ndarray:
                     v = (xi << (base - src.frac_bits)) - (off << (base - of.frac_bits))
                     res.append(ref_requantize(v << (frac - base - s), frac, dst, r, o))
                 vals[lay.output] = res
+            elif lay.op == "affine":
+                mf, af = lay.array_formats["mult"], lay.array_formats["add"]
+                frac = max(src.frac_bits + mf.frac_bits, af.frac_bits)
+                res = []
+                for xi, m, a in zip(
+                    xs, lay.arrays["mult"].tolist(), lay.arrays["add"].tolist(), strict=True
+                ):
+                    v = (xi * m << (frac - src.frac_bits - mf.frac_bits)) + (
+                        a << (frac - af.frac_bits)
+                    )
+                    res.append(ref_requantize(v, frac, dst, r, o))
+                vals[lay.output] = res
             elif lay.op == "relu":
                 vals[lay.output] = [ref_requantize(max(v, 0), src.frac_bits, dst, r, o) for v in xs]
             elif lay.op == "quantize":

@@ -109,3 +109,49 @@ def test_lookup_tables_equal_the_layer_by_layer_path():
     )
     traced = emu.trace(x)  # layer by layer, no tables
     assert_array_equal(emu.run(x), np.concatenate([traced[n] for n in net.outputs], axis=1))
+
+
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+@pytest.mark.parametrize("overflow", OVERFLOW_MODES)
+def test_affine_in_every_mode(rounding, overflow):
+    """x * mult + add with signed, zero and non-power-of-two multipliers, re-quantized."""
+    rng = np.random.default_rng(7)
+    b = NetBuilder("affine_modes", 6, Fixed(True, 10, 4))
+    mult = np.array([-77, 0, 5, 93, -1, 128])
+    b.affine("a", mult, Fixed(True, 9, 3), rng.integers(-300, 300, 6), Fixed(True, 10, 2))
+    assert b.last_spec.fixed.frac_bits == 12  # exact: 6 + 6 fraction bits
+    mult2, zero = np.array([3, -5, 7, 1, -2, 9]), np.zeros(6, int)
+    out = Fixed(True, 9, 5)
+    b.affine("q", mult2, Fixed(True, 5, 2), zero, Fixed(True, 4, 4), out, rounding, overflow)
+    net = b.build()
+    x = np.concatenate([rng.integers(-512, 512, (3000, 6)), corners(Fixed(True, 10, 4), 6)])
+    emu = Emulator(net, chunk_size=300)
+    assert emu._plan[0].takes_int  # a 10-bit input: the chain runs as a lookup table
+    assert_array_equal(emu.run(x), ref_run(net, x))
+    assert_array_equal(emu.run(x), emu.trace(x)["q"])  # layer by layer, no table
+
+
+@pytest.mark.parametrize("overflow", OVERFLOW_MODES)
+def test_wide_affine_runs_in_int64(overflow):
+    """Products past 2**52 take the int64 path (truncation to a coarser format)."""
+    rng = np.random.default_rng(3)
+    mf = Fixed(True, 30, 2)
+    b = NetBuilder("wide_affine", 4, Fixed(True, 30, 10))
+    b.affine("a", rng.integers(mf.min_int, mf.max_int + 1, 4), mf, rng.integers(-99, 99, 4), mf,
+             out=Fixed(True, 26, 8), rounding="TRN", overflow=overflow)  # fmt: skip
+    net = b.build()
+    x = np.concatenate([rng.integers(-(2**29), 2**29, (2000, 4)), corners(Fixed(True, 30, 10), 4)])
+    assert_array_equal(Emulator(net).run(x), ref_run(net, x))
+
+
+@pytest.mark.parametrize("overflow", ["WRAP", "SAT"])
+def test_wide_dense_runs_in_int64(overflow):
+    """A dense accumulator past 2**52 takes the int64 path and keeps the output's binary point."""
+    rng = np.random.default_rng(6)
+    wf = Fixed(True, 28, 2)
+    b = NetBuilder("wide_dense", 4, Fixed(True, 30, 10))
+    w = rng.integers(wf.min_int, wf.max_int + 1, (4, 3))
+    b.dense("d", w, wf, rng.integers(-99, 99, 3), wf, Fixed(True, 26, 8), "TRN", overflow)
+    net = b.build()
+    x = np.concatenate([rng.integers(-(2**29), 2**29, (2000, 4)), corners(Fixed(True, 30, 10), 4)])
+    assert_array_equal(Emulator(net).run(x), ref_run(net, x))

@@ -107,23 +107,10 @@ def test_plain_dict_graph_imports_and_matches(tmp_path):
             {},
             ("'t'", "tanh", "supported"),
         ),
-        (
-            {
-                "class_name": "BatchNormalization",
-                "name": "bn",
-                "inputs": ["fc"],
-                "n_in": 3,
-                "n_filt": -1,
-                "scale_data": np.full(3, 0.75),
-                "bias_data": np.zeros(3),
-            },
-            {"bn": {"scale": "ap_fixed<8,2>", "bias": "ap_fixed<8,2>"}},
-            ("'bn'", "BatchNormalization", "power of two"),
-        ),
         (None, {"fc": {"accum": "ap_fixed<10,6>"}}, ("'fc'", "Dense", "rounds products")),
         (None, {"fc": {"accum": "ap_fixed<12,2,AP_TRN,AP_SAT>"}}, ("'fc'", "saturates")),
     ],
-    ids=["sigmoid", "tanh", "batchnorm", "accum-rounds", "accum-saturates"],
+    ids=["sigmoid", "tanh", "accum-rounds", "accum-saturates"],
 )
 def test_refusals_name_the_layer(tmp_path, extra, types, words):
     layers = [INPUT, DENSE] + ([extra] if extra else [])
@@ -133,6 +120,37 @@ def test_refusals_name_the_layer(tmp_path, extra, types, words):
     assert "\n" not in str(e.value)
     for w in words:
         assert w in str(e.value)
+
+
+def test_general_batchnorm_node_is_the_affine_op(tmp_path):
+    """A BatchNormalization whose scales are not powers of two (one negative): the IR's affine
+    op with the node's scale and bias integers; C-sim == emulator."""
+    bn = {
+        "class_name": "BatchNormalization",
+        "name": "bn",
+        "inputs": ["fc"],
+        "n_in": 3,
+        "n_filt": -1,
+        "scale_data": np.array([0.75, -1.375, 0.3125]),
+        "bias_data": np.array([0.5, -0.25, 1.125]),
+    }
+    types = {**TYPES, "fc": {**TYPES["fc"], "accum": "ap_fixed<14,6>", "result": "ap_fixed<14,6>"}}
+    types["bn"] = {
+        "scale": "ap_fixed<8,2>",
+        "bias": "ap_fixed<8,3>",
+        "result": "ap_fixed<9,4,AP_RND,AP_SAT>",
+    }
+    hm = _graph(tmp_path, [INPUT, DENSE, bn], types)
+    net = import_modelgraph(hm)
+    assert [lay.op for lay in net.layers] == ["dense", "affine"]
+    lay = net.layer("bn")
+    assert_array_equal(lay.arrays["mult"], [48, -88, 20])  # ap_fixed<8,2>: 6 fraction bits
+    assert (lay.rounding, lay.overflow) == ("RND", "SAT")
+    x = bitexact_vectors(net, 3000, seed=2)
+    xf = net.input_specs[0].fixed.to_float(x)
+    y = Emulator(net).run_float(x)
+    assert_array_equal(hls.predict(hls.compile_csim(hm), xf), y)
+    assert len(np.unique(y)) > 20
 
 
 def test_cli_import_hls4ml(jet_tagger_models, tmp_path, capsys):
@@ -178,3 +196,16 @@ def test_pytorch_modelgraph_is_bit_exact_to_its_csim_not_to_torch(tmp_path):
     with torch.no_grad():
         y_torch = m(torch.tensor(xf)).numpy()
     assert np.any(y_torch != y)  # the documented reason the torch route is not source-exact
+
+
+def test_keras_batchnorm_through_hls4ml_converter(general_bn_model, tmp_path):
+    """hls4ml's Keras converter types the float batch norm itself; its ModelGraph imports with
+    the batch norm as the affine op and the C-sim equals the emulator."""
+    hm = hls.compile_csim(convert_keras(general_bn_model, FMT, tmp_path, project_name="bn_mg"))
+    net = import_modelgraph(hm, name="bn_mg")
+    assert "affine" in [lay.op for lay in net.layers]
+    x = bitexact_vectors(net, 5000, seed=3)
+    xf = net.input_specs[0].fixed.to_float(x)
+    y = Emulator(net).run_float(x)
+    assert_array_equal(hls.predict(hm, xf), y)
+    assert len(np.unique(y)) > 20

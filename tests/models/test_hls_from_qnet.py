@@ -12,6 +12,7 @@ from l1forge.errors import BitExactnessError
 from l1forge.models import hls
 from l1forge.models.build import random_mlp
 from l1forge.models.emulator import Emulator
+from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import load
 from l1forge.models.vectors import bitexact_vectors
 
@@ -34,7 +35,7 @@ def _codesign_ir():
 
 
 @pytest.fixture(scope="session")
-def ir_nets(jet_tagger_ir, built):
+def ir_nets(jet_tagger_ir, general_bn_ir, built):
     def reference():
         from l1forge.models.reference import reference_encoder
 
@@ -45,6 +46,7 @@ def ir_nets(jet_tagger_ir, built):
         "default_ad": lambda: built("default", "ad").net,  # its shape, trained a few steps
         "codesign": _codesign_ir,
         "jet_tagger": lambda: jet_tagger_ir,
+        "general_bn": lambda: general_bn_ir,
     }
 
 
@@ -79,8 +81,21 @@ def test_default_encoder_csim_equals_emulator(compiled):
     assert hls.check_result_types(hm, net) >= len(net.layers)
 
 
+def test_general_batchnorm_csim_equals_emulator(compiled):
+    """An imported batch norm as the IR's affine op: hls4ml's BatchNormalization node with
+    scale and bias types equal to the IR's mult and add formats."""
+    net, hm = compiled("general_bn")
+    _check(net, hm, 10_000)
+    assert hls.check_result_types(hm, net) == len(net.layers) + 1
+    node, lay = hm.graph["bn"], net.layer("bn")
+    assert node.class_name == "BatchNormalization"
+    for attr, key in (("scale_t", "mult"), ("bias_t", "add")):
+        p = node.get_attr(attr).precision
+        assert Fixed(bool(p.signed), int(p.width), int(p.integer)) == lay.array_formats[key]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["reference", "codesign", "jet_tagger"])
+@pytest.mark.parametrize("name", ["reference", "codesign", "jet_tagger", "general_bn"])
 def test_csim_equals_emulator_100k(compiled, name):
     net, hm = compiled(name)
     _check(net, hm, 100_000)

@@ -12,11 +12,14 @@ from l1forge.models.emulator import Emulator
 from l1forge.models.examples import JET_TAGGER_INPUT_FORMAT
 from l1forge.models.fixed import Fixed
 from l1forge.models.qkeras_import import (
+    BN_FORMAT,
+    batchnorm_constants,
     import_qkeras,
     parse_format,
     reference_model,
     reference_predict,
 )
+from l1forge.models.qnet import load
 from l1forge.models.vectors import bitexact_vectors
 
 from .imports import cli_import
@@ -94,6 +97,57 @@ def test_input_quantizer_po2_alpha_batchnorm_and_inline_activations():
     _bit_exact(model, net, 4000)
 
 
+def test_general_batchnorm_is_the_affine_op_and_equals_qkeras(general_bn_model, general_bn_ir):
+    """A batch norm with scales of both signs that are not powers of two: mult and add rounded
+    into ap_fixed<16,6>; the IR equals the QKeras model with those constants bit for bit."""
+    net, model = general_bn_ir, general_bn_model
+    assert [lay.op for lay in net.layers] == ["dense", "affine", "relu", "dense"]
+    bn = net.layer("bn")
+    assert (
+        bn.array_formats
+        == {"mult": BN_FORMAT, "add": BN_FORMAT}
+        == {
+            "mult": Fixed(True, 16, 6),
+            "add": Fixed(True, 16, 6),
+        }
+    )
+    mult, add = batchnorm_constants(model.get_layer("bn"), BN_FORMAT)
+    assert_array_equal(bn.arrays["mult"], mult)
+    assert_array_equal(bn.arrays["add"], add)
+    assert np.any(mult < 0) and np.any(mult > 0)
+    assert np.any(np.exp2(np.round(np.log2(np.abs(mult)))) != np.abs(mult))
+    x = _bit_exact(model, net, 12_000)
+    assert len(x) >= 12_000
+    # the rounding of mult and add is real: the unquantized float model differs somewhere
+    from l1forge.models.networks import floatx
+
+    with floatx("float64"):
+        ref = reference_model(model)
+        ref.get_layer("bn").set_weights(model.get_layer("bn").get_weights())
+    y_float = reference_predict(ref, net.input_specs[0].fixed.to_float(x))
+    assert np.any(y_float != Emulator(net).run_float(x))
+
+
+@pytest.mark.slow
+def test_general_batchnorm_equals_qkeras_100k(general_bn_model, general_bn_ir):
+    assert len(_bit_exact(general_bn_model, general_bn_ir, 100_000)) >= 100_000
+
+
+def test_cli_bn_format_option(general_bn_model, tmp_path, capsys):
+    out = tmp_path / "bn.qnet.json"
+    fmt = ["--bn-format", "ap_fixed<12,4>", "--check-vectors", "3000"]
+    _, summary = cli_import("qkeras", general_bn_model, out, capsys, *fmt)
+    assert summary["bit_exact_vs_source"] and summary["vectors_checked"] >= 3000
+    assert "bn:affine" in summary["layers"]
+    net = load(out)
+    assert net.layer("bn").array_formats["mult"] == Fixed(True, 12, 4)
+    assert net.provenance["bn_format"] == "ap_fixed<12,4>"
+    bad = ["import", "qkeras", str(tmp_path / "jet.h5"), "--out", str(out), "--bn-format", "x"]
+    assert main([*bad, "--input-format", JET_TAGGER_INPUT_FORMAT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--bn-format" in err
+
+
 def _one_line(exc: Exception, *words: str) -> None:
     text = str(exc)
     assert "\n" not in text
@@ -138,13 +192,19 @@ def test_refuses_float_dense_and_unknown_layers():
     _one_line(e.value, "'lk'", "LeakyReLU", "supported layers")
 
 
-def test_refuses_non_power_of_two_batchnorm_and_float_alpha():
+def test_refuses_a_batchnorm_outside_its_format_and_float_alpha():
     tf, _, QDense, qbits, _ = _q()
     bn = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.BatchNormalization(name="bn")])
-    bn.layers[0].set_weights([np.full(4, 0.7), np.zeros(4), np.zeros(4), np.ones(4)])
+    bn.layers[0].set_weights([np.full(4, 40.0), np.zeros(4), np.zeros(4), np.ones(4)])
+    with pytest.raises(UnsupportedModelError) as e:
+        import_qkeras(bn, FMT)  # a scale of 40 does not fit ap_fixed<16,6>
+    _one_line(e.value, "'bn'", "BatchNormalization", "ap_fixed<16,6>", "--bn-format")
+    assert import_qkeras(bn, FMT, bn_format=Fixed(True, 16, 7)).layers[0].op == "affine"
+    bn.layers[0].set_weights([np.full(4, 0.7), np.zeros(4), np.zeros(4), np.zeros(4)])
+    bn.layers[0].epsilon = 0.0
     with pytest.raises(UnsupportedModelError) as e:
         import_qkeras(bn, FMT)
-    _one_line(e.value, "'bn'", "BatchNormalization", "power of two")
+    _one_line(e.value, "'bn'", "BatchNormalization", "not finite")
     auto = tf.keras.Sequential(
         [tf.keras.Input((4,)), QDense(2, kernel_quantizer=qbits(6, 0, alpha="auto"), name="fa")]
     )

@@ -84,3 +84,35 @@ def test_exact_formats_are_inferred_from_weights():
     assert out.frac_bits == 2
     assert out.min_int <= -30 + 4 and out.max_int >= 45 + 4
     assert out == Fixed.covering(-30 + 4, 45 + 4, 2)
+
+
+def _affine_net(tmp_path=None, **arrays):
+    b = NetBuilder("aff", 3, Fixed(True, 8, 4))
+    b.affine("a", np.array([5, -3, 0]), Fixed(True, 6, 2), np.array([1, 2, -7]), Fixed(True, 6, 3))
+    return b.build()
+
+
+def test_affine_round_trip_and_range(tmp_path):
+    net = _affine_net()
+    back = qnet.load(qnet.save(net, tmp_path / "a.json"))
+    assert back == net
+    assert_array_equal(back.layer("a").arrays["mult"], [5, -3, 0])
+    # x in [-128, 127] (4 frac bits) * mult (4 frac bits) + add (3 frac bits): 8 frac bits
+    assert net.tensors["a"].fixed == Fixed.covering(-128 * 5 - 14, 127 * 5 + 2, 8)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(arrays={"mult": np.array([1, 2]), "add": np.zeros(3, int)}), "one entry per"),
+        (dict(array_formats={"mult": Fixed(True, 6, 2)}), "formats for mult and add"),
+        (dict(arrays={"mult": np.array([99, 0, 0]), "add": np.zeros(3, int)}), "does not fit"),
+    ],
+)
+def test_affine_validation(change, message):
+    import dataclasses
+
+    net = _affine_net()
+    lay = dataclasses.replace(net.layers[0], **change)
+    with pytest.raises(DataFormatError, match=message):
+        dataclasses.replace(net, layers=(lay,))

@@ -45,8 +45,9 @@ def events_h5(tmp_path_factory) -> Path:
     ``label`` in ``events.h5`` indexes ``processes`` = ("minbias", "ato4l").
     """
     out = tmp_path_factory.mktemp("events")
-    bg = generate_events("minbias", N_MINBIAS, EVENTS_SEED, progress=False)
-    sig = generate_events(SIGNAL_PROCESS, N_SIGNAL, EVENTS_SEED + 1, progress=False)
+    lib = {"pileup_library_events": 2000}  # a small shared pile-up library, cached once
+    bg = generate_events("minbias", N_MINBIAS, EVENTS_SEED, progress=False, **lib)
+    sig = generate_events(SIGNAL_PROCESS, N_SIGNAL, EVENTS_SEED + 1, progress=False, **lib)
     write_events(out / "minbias.h5", bg)
     write_events(out / "signal.h5", sig)
     return write_events(out / "events.h5", concat_events([bg, sig]))

@@ -7,6 +7,8 @@ import pytest
 from l1forge.sim.dataset import EventSet
 from l1forge.sim.generate import generate_events
 
+TEST_LIBRARY = 2000  # pile-up library events: small, made once per machine and cached
+
 
 @pytest.fixture(scope="session")
 def sample():
@@ -16,7 +18,9 @@ def sample():
     def get(process: str, n: int, pileup: float = 0.0, seed: int = 11) -> EventSet:
         key = (process, n, pileup, seed)
         if key not in cache:
-            cache[key] = generate_events(process, n, seed, pileup, progress=False)
+            cache[key] = generate_events(
+                process, n, seed, pileup, progress=False, pileup_library_events=TEST_LIBRARY
+            )
         return cache[key]
 
     return get

@@ -22,6 +22,8 @@ def test_events_then_summary(tmp_path, capsys):
             "5",
             "--seed",
             "4",
+            "--pileup-library-events",
+            "2000",
         ]
     )
     assert rc == 0

@@ -66,7 +66,10 @@ def test_same_seed_same_file_different_seed_different(tmp_path):
     for i, seed in enumerate((5, 5, 6)):
         paths.append(
             write_events(
-                tmp_path / f"e{i}.h5", generate_events("minbias", 60, seed, 10.0, progress=False)
+                tmp_path / f"e{i}.h5",
+                generate_events(
+                    "minbias", 60, seed, 10.0, progress=False, pileup_library_events=2000
+                ),
             )
         )
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
@@ -85,9 +88,11 @@ def test_qcd_bins_are_weighted_by_cross_section():
     assert len(np.unique(ev.weight)) == 6
 
 
-def test_sharding_on_a_dask_cluster_gives_the_same_events():
-    one = generate_events("zll", 40, 9, 0.0, n_workers=1, shard_events=20, progress=False)
-    two = generate_events("zll", 40, 9, 0.0, n_workers=2, shard_events=20, progress=False)
+@pytest.mark.parametrize("pileup", [0.0, 5.0])
+def test_sharding_on_a_dask_cluster_gives_the_same_events(pileup):
+    kw = dict(shard_events=20, progress=False, pileup_library_events=2000)
+    one = generate_events("zll", 40, 9, pileup, n_workers=1, **kw)
+    two = generate_events("zll", 40, 9, pileup, n_workers=2, **kw)
     assert_array_equal(one.objects_phys, two.objects_phys)
     assert_array_equal(one.weight, two.weight)
 
@@ -157,3 +162,21 @@ def test_process_catalogue_is_configuration(tmp_path):
     (tmp_path / "bad2.yaml").write_text("p:\n  kind: signal\n  settings: ['Nonsense:flag = on']\n")
     with pytest.raises(ConfigError, match="rejected"):
         generate_events("p", 5, 1, 0.0, progress=False, catalogue=tmp_path / "bad2.yaml")
+
+
+def test_pileup_library_is_made_once_cached_and_named_in_provenance(tmp_path, monkeypatch):
+    from l1forge.sim.generate import PileupLibrary
+
+    monkeypatch.setenv("L1FORGE_CACHE", str(tmp_path))
+    ev = generate_events("zll", 10, 1, 5.0, progress=False, pileup_library_events=40)
+    files = list((tmp_path / "pythia").glob("pileup-*.npz"))
+    assert len(files) == 1
+    lib = PileupLibrary.cached(20_000, 40, l1.DetectorResponse())  # the default library seed
+    assert len(lib) == 40 and ev.provenance["pileup"]["library_sha256"] == lib.sha256
+    with np.load(files[0]) as f:
+        assert_array_equal(f["offsets"], lib.offsets)
+    again = generate_events("zll", 10, 1, 5.0, progress=False, pileup_library_events=40)
+    assert_array_equal(again.objects_phys, ev.objects_phys)
+    assert list((tmp_path / "pythia").glob("pileup-*.npz")) == files
+    with pytest.raises(ConfigError, match="pileup_library_events"):
+        generate_events("zll", 5, 1, 5.0, progress=False, pileup_library_events=0)

@@ -20,11 +20,8 @@ from l1forge.models.emulator import Emulator
 from l1forge.online.datapath.menu import Menu, Seed
 from l1forge.online.learning.acceptance import rate_agreement
 from l1forge.online.learning.drift import DriftConfig
-from l1forge.online.learning.learner import (
-    Learner,
-    run_subscriber,
-    score,
-)
+from l1forge.online.learning.feed import run_subscriber
+from l1forge.online.learning.learner import Learner, score
 from l1forge.online.learning.registry import ModelRegistry, import_training_run
 from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
