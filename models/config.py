@@ -18,6 +18,10 @@ from l1forge.config import Int, KeyedError, Real, Section, one_of, read_yaml, va
 from l1forge.errors import ConfigError
 
 NETWORK_KINDS = ("ad", "classifier")
+# The anomaly score that goes to hardware: the sum of squared latent means of the VAE encoder
+# (AXOL1TL), or a small student network regressing the VAE's reconstruction error (CICADA-style
+# knowledge distillation: the teacher VAE is trained, then the student learns log(MSE)).
+AD_SCORES = ("latent_mu2", "student")
 
 Bits = Annotated[Int, Field(ge=2, le=24)]
 IntegerBits = Annotated[Int, Field(ge=-8)]  # at most bits - 1: checked by NetConfig
@@ -45,6 +49,8 @@ class NetConfig(Section):
     out_bits: Bits = 12  # AD: latent means before the score; classifier: the logit
     out_integer: IntegerBits = 5
     decoder: Layers = (16, 32)  # AD training only
+    score: Annotated[str, one_of(AD_SCORES)] = "latent_mu2"  # AD only
+    student_hidden: Annotated[Layers, Field(min_length=1)] = (16,)  # AD score "student" only
 
     @property
     def n_outputs(self) -> int:
@@ -58,6 +64,16 @@ class NetConfig(Section):
                 raise KeyedError(key, f"expected at most {bits - 1}, got {getattr(self, key)}")
         if self.act_integer > self.act_bits:
             raise KeyedError("act_integer", f"expected at most {self.act_bits}")
+        if self.score != "latent_mu2" and self.kind != "ad":
+            raise KeyedError("score", f"a score {self.score!r} needs kind 'ad'")
+        return self
+
+    def hardware(self) -> NetConfig:
+        """The network that goes to hardware: the encoder, or the student for score "student"."""
+        if self.kind == "ad" and self.score == "student":
+            return dataclasses.replace(
+                self, kind="classifier", hidden=self.student_hidden, score="latent_mu2"
+            )
         return self
 
 
@@ -69,6 +85,8 @@ class TrainConfig(Section):
     batch_size: Annotated[Int, Field(ge=1, le=1 << 20)] = 1024
     learning_rate: Annotated[Real, Field(gt=0.0, le=1.0)] = 1e-3
     beta_kl: Annotated[Real, Field(ge=0.0, le=1e3)] = 0.5  # weight of the VAE loss's KL term
+    # the KL weight rises linearly from 0 to beta_kl over these first epochs (0: constant)
+    kl_warmup_epochs: Annotated[Int, Field(ge=0, le=100000)] = 0
     validation_fraction: Annotated[Real, Field(ge=0.0, le=0.9)] = 0.2
     seed: Annotated[Int, Field(ge=0, le=2**31 - 1)] = 0
 
@@ -105,6 +123,6 @@ def load_config(
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    for key in ("hidden", "decoder"):
+    for key in ("hidden", "decoder", "student_hidden"):
         d["network"][key] = list(d["network"][key])
     return d

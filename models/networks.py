@@ -121,6 +121,46 @@ class _Sampling(tf.keras.layers.Layer):
         return mu + tf.exp(0.5 * logvar) * eps
 
 
+class _Untracked:
+    """Holds a variable out of Keras' weight tracking (plain objects are not traversed)."""
+
+    __slots__ = ("var",)
+
+    def __init__(self, var: tf.Variable) -> None:
+        self.var = var
+
+
+class _KLWeight(tf.keras.layers.Layer):
+    """beta * KL with beta a variable a warm-up callback can change. beta is not a layer weight,
+    so VAE weight files keep their layout (older files load, a fine-tune keeps its own beta)."""
+
+    def __init__(self, beta_kl: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.beta_kl = float(beta_kl)
+        self._holder = _Untracked(tf.Variable(self.beta_kl, trainable=False, dtype=tf.float32))
+
+    @property
+    def beta(self) -> tf.Variable:
+        return self._holder.var
+
+    def call(self, kl):
+        return tf.cast(self.beta, kl.dtype) * kl
+
+
+class KLWarmup(tf.keras.callbacks.Callback):
+    """Linear KL warm-up: beta = beta_kl * min(1, epoch / epochs) at the start of each epoch."""
+
+    def __init__(self, kl_weight: _KLWeight, beta_kl: float, epochs: int) -> None:
+        super().__init__()
+        self.kl_weight, self.beta_kl, self.epochs = kl_weight, float(beta_kl), int(epochs)
+
+    def beta_at(self, epoch: int) -> float:
+        return self.beta_kl * min(1.0, epoch / self.epochs) if self.epochs else self.beta_kl
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.kl_weight.beta.assign(self.beta_at(epoch))
+
+
 @dataclass(frozen=True)
 class VAEModels:
     """The VAE training graph and the models sharing its layers."""
@@ -128,6 +168,13 @@ class VAEModels:
     vae: tf.keras.Model  # x -> reconstruction; losses attached (recon MSE + beta * KL)
     hardware: tf.keras.Model  # x -> sum(mu**2), the hardware encoder + score
     recon_score: tf.keras.Model  # x -> reconstruction MSE from mu (alternative score)
+    kl_weight: _KLWeight | None = None  # holds beta; KLWarmup changes it during training
+
+    def warmup(self, epochs: int) -> KLWarmup:
+        """The callback raising beta linearly from 0 over the first ``epochs`` epochs."""
+        if self.kl_weight is None:
+            raise ConfigError("this VAE has no KL weight to warm up")
+        return KLWarmup(self.kl_weight, self.kl_weight.beta_kl, epochs)
 
 
 def vae_models(cfg: NetConfig, scaling: InputScaling, beta_kl: float) -> VAEModels:
@@ -154,13 +201,14 @@ def vae_models(cfg: NetConfig, scaling: InputScaling, beta_kl: float) -> VAEMode
     vae = tf.keras.Model(x_in, recon, name="vae")
     recon_loss = tf.reduce_mean(tf.square(recon - target))
     kl = -0.5 * tf.reduce_mean(tf.reduce_sum(1.0 + logvar - tf.square(mu) - tf.exp(logvar), axis=1))
-    vae.add_loss(recon_loss + beta_kl * kl)
+    kl_weight = _KLWeight(beta_kl, name="beta_kl")
+    vae.add_loss(recon_loss + kl_weight(kl))
     vae.add_metric(recon_loss, name="recon")
     vae.add_metric(kl, name="kl")
     score = tf.keras.layers.Dot(axes=1, name="score")([mu, mu])
     hardware = tf.keras.Model(x_in, score, name="ad_encoder")
     mse = tf.reduce_mean(tf.square(decode(mu) - x_q), axis=1, keepdims=True)
-    return VAEModels(vae, hardware, tf.keras.Model(x_in, mse, name="recon_score"))
+    return VAEModels(vae, hardware, tf.keras.Model(x_in, mse, name="recon_score"), kl_weight)
 
 
 def deploy_model(cfg: NetConfig, scaling: InputScaling, trained: tf.keras.Model) -> tf.keras.Model:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # Beside the IR in a training folder: what `load_deploy_model` rebuilds the QKeras network from.
 HARDWARE_WEIGHTS = "hardware.weights.h5"
 INPUT_SCALING = "input_scaling.json"
+# Beside the summary: the test-sample scores the metrics were computed from (for ROC plots).
+TEST_SCORES = "test_scores.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +106,13 @@ def train(
         m = networks.vae_models(net_cfg, scaling, tr.beta_kl)
         m.vae.compile(optimizer=opt)
         val = (bg_val.astype(np.float32),) if len(bg_val) else None
-        m.vae.fit(bg_fit.astype(np.float32), validation_data=val, **fit_kw)
+        vae_kw = dict(fit_kw)
+        if tr.kl_warmup_epochs:
+            vae_kw["callbacks"] = [*fit_kw["callbacks"], m.warmup(tr.kl_warmup_epochs)]
+        m.vae.fit(bg_fit.astype(np.float32), validation_data=val, **vae_kw)
         trained, recon_model = m.hardware, m.recon_score
+        if net_cfg.score == "student":
+            trained = _train_student(cfg, scaling, recon_model, bg_fit, bg_val, out_dir)
     else:
         sig_all = np.concatenate(list(signals.by_process.values()))
         sig_train, _ = _split(sig_all, 0.5, tr.seed)
@@ -119,7 +126,7 @@ def train(
         trained.fit(
             x, y, sample_weight=w, validation_split=tr.validation_fraction, shuffle=True, **fit_kw
         )
-    deploy = networks.deploy_model(net_cfg, scaling, trained)
+    deploy = networks.deploy_model(net_cfg.hardware(), scaling, trained)
     trained.save_weights(str(out_dir / HARDWARE_WEIGHTS))
     (out_dir / INPUT_SCALING).write_text(
         json.dumps({"offset": scaling.offset.tolist(), "shift": scaling.shift.tolist()}) + "\n"
@@ -161,8 +168,44 @@ def train(
             rate_hz,
             score_name="recon_mse",
         )
+    scores = {"score_ir/background": bg_int, **{f"score_ir/{k}": v for k, v in sig_int.items()}}
+    if recon_model is not None:
+        scores["recon_mse/background"] = recon(bg_test)
+        scores.update({f"recon_mse/{k}": recon(v) for k, v in sig_test.items()})
+    np.savez(out_dir / TEST_SCORES, **scores)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def student_target(mse: np.ndarray) -> np.ndarray:
+    """What the student regresses: log of the teacher's reconstruction MSE (same ranking, a
+    range the student's fixed-point output holds)."""
+    return np.log(np.maximum(np.asarray(mse, np.float64), 1e-6)).astype(np.float32)
+
+
+def _train_student(cfg: Config, scaling, teacher, bg_fit, bg_val, out_dir: Path):
+    """CICADA-style distillation: a small quantized network learns the teacher VAE's log MSE."""
+    import tensorflow as tf
+
+    from l1forge.models import networks
+
+    def target(x: np.ndarray) -> np.ndarray:
+        return student_target(teacher.predict(x.astype(np.float32), batch_size=8192, verbose=0))
+
+    tr = cfg.training
+    student = networks.hardware_model(cfg.network.hardware(), scaling)
+    student.compile(optimizer=tf.keras.optimizers.Adam(tr.learning_rate), loss="mse")
+    val = (bg_val.astype(np.float32), target(bg_val)) if len(bg_val) else None
+    student.fit(
+        bg_fit.astype(np.float32),
+        target(bg_fit),
+        validation_data=val,
+        epochs=tr.epochs,
+        batch_size=tr.batch_size,
+        verbose=2,
+        callbacks=[tf.keras.callbacks.CSVLogger(str(out_dir / "student_history.csv"))],
+    )
+    return student
 
 
 def load_deploy_model(train_dir: str | Path):
@@ -187,9 +230,9 @@ def load_deploy_model(train_dir: str | Path):
     scaling = networks.InputScaling(
         offset=np.asarray(raw["offset"], np.int64), shift=np.asarray(raw["shift"], np.int64)
     )
-    trained = networks.hardware_model(cfg.network, scaling)
+    trained = networks.hardware_model(cfg.network.hardware(), scaling)
     trained.load_weights(str(d / HARDWARE_WEIGHTS))
-    deploy = networks.deploy_model(cfg.network, scaling, trained)
+    deploy = networks.deploy_model(cfg.network.hardware(), scaling, trained)
     ir = qnet.load(d / "encoder.qnet.json")
     x = bitexact_vectors(ir, 4096, seed=0)
     with Emulator(ir) as emu:

@@ -19,6 +19,10 @@ def test_defaults_fit_the_hardware_budget():
         ({"network": {"bogus": 1}}, "network.bogus"),
         ({"training": {"learning_rate": -1}}, "training.learning_rate"),
         ({"other": {}}, "other"),
+        ({"network": {"score": "kl"}}, "network.score"),
+        ({"network": {"kind": "classifier", "score": "student"}}, "network.score"),
+        ({"network": {"student_hidden": []}}, "network.student_hidden"),
+        ({"training": {"kl_warmup_epochs": -1}}, "training.kl_warmup_epochs"),
     ],
 )
 def test_errors_name_the_key(raw, key):
@@ -34,3 +38,11 @@ def test_yaml_round_trip(tmp_path):
     assert cfg.training.epochs == 2
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_student_hardware_network_is_the_student():
+    cfg = make_config({"network": {"score": "student", "student_hidden": [8, 4]}}).network
+    hw = cfg.hardware()
+    assert (hw.kind, hw.hidden, hw.n_outputs) == ("classifier", (8, 4), 1)
+    assert (hw.weight_bits, hw.input_bits) == (cfg.weight_bits, cfg.input_bits)
+    assert make_config().network.hardware() == make_config().network
