@@ -72,23 +72,12 @@ def _roc_plot(name: str, bg: dict[str, np.ndarray], sig: dict[str, np.ndarray], 
 
 
 def _firmware(qnet_path: Path, work: Path) -> dict[str, Any]:
-    from l1forge.firmware.build import BuildOptions, build
-    from l1forge.firmware.report import report
+    from l1forge.firmware.report import build_and_size
     from l1forge.models.qnet import load
 
-    fw = work / "fw2"
-    manifest = build(load(qnet_path), fw, BuildOptions(latency_cycles=2, clock_mhz=40.0, hls=False))
-    rep = report(fw)
-    res = rep["resources"]
-    return {
-        "lut": res["lut"],
-        "ff": res["ff"],
-        "dsp": res["dsp"],
-        "latency_cycles": manifest["latency_cycles"],
-        "clock_mhz": manifest["clock_mhz"],
-        "stage_delay_ns": manifest["alkaid"]["stage_delay_ns"],
-        "timing_estimate_met": rep["timing_estimate"]["met"],
-    }
+    figures = build_and_size(load(qnet_path), work / "fw2", cycles=2, clock_mhz=40.0)
+    keys = ("lut", "ff", "dsp", "latency_cycles", "clock_mhz", "stage_delay_ns")
+    return {k: figures[k] for k in (*keys, "timing_estimate_met")}
 
 
 def _bit_exact(train_dir: Path, n: int) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from l1forge.firmware import packing
-from l1forge.firmware.build import BuildOptions, build
-from l1forge.firmware.report import report
+from l1forge.firmware.build import BuildOptions
+from l1forge.firmware.report import build_and_size
 from l1forge.firmware.sim import build_sim, read_stats, run_bench
 from l1forge.firmware.vectors import bench_vectors
 from l1forge.models.build import random_mlp
@@ -43,36 +43,6 @@ def _network(args: argparse.Namespace) -> tuple[object, str, str]:
 
     ref = reference_encoder()
     return load(ref.qnet_path), ref.network_source, ref.describe()
-
-
-def _build_and_size(net, fw: Path, cycles: int) -> dict:
-    """Firmware at ``cycles`` / 40 MHz and its yosys report, as benchmark fields."""
-    t0 = time.perf_counter()
-    manifest = build(net, fw, BuildOptions(latency_cycles=cycles, clock_mhz=40.0, hls=False))
-    build_s = time.perf_counter() - t0
-    rep = report(fw)
-    res = rep["resources"]
-    return {
-        "latency_cycles": manifest["latency_cycles"],
-        "clock_mhz": manifest["clock_mhz"],
-        "latency_ns": manifest["latency_ns"],
-        "initiation_interval": manifest["initiation_interval"],
-        "lut": res["lut"],
-        "ff": res["ff"],
-        "carry": res["carry"],
-        "dsp": res["dsp"],
-        "bram": res["bram"],
-        "vu9p_lut_fraction": rep["vu9p_fraction"]["lut"],
-        "stage_delay_ns": manifest["alkaid"]["stage_delay_ns"],
-        "worst_stage_delay_ns": rep["timing_estimate"]["worst_stage_delay_ns"],
-        "period_ns": rep["timing_estimate"]["period_ns"],
-        "timing_estimate_met": rep["timing_estimate"]["met"],
-        "alkaid_cost_estimate": manifest["alkaid"]["cost"],
-        "interpreter_vectors_checked": manifest["alkaid"]["interpreter_vectors_checked"],
-        "yosys_s": rep["yosys"]["seconds"],
-        "firmware_build_s": build_s,
-        "target_met": rep["target"],
-    }
 
 
 def _bench(fw: Path, net, simulator: str, n: int, work: Path, latency: int) -> dict:
@@ -119,7 +89,7 @@ def main() -> int:
         work = Path(tmp)
         builds = {}
         for cycles in args.cycles:
-            builds[str(cycles)] = _build_and_size(net, work / f"fw{cycles}", cycles)
+            builds[str(cycles)] = build_and_size(net, work / f"fw{cycles}", cycles)
         first = args.cycles[0]
         fw = work / f"fw{first}"
         icarus = _bench(fw, net, "icarus", args.icarus_vectors, work, first)

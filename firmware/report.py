@@ -17,10 +17,13 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from l1forge.errors import MissingToolError
-from l1forge.firmware.build import load_manifest, tool_failed
+from l1forge.firmware.build import BuildOptions, build, load_manifest, tool_failed
+
+if TYPE_CHECKING:
+    from l1forge.models.qnet import QNet
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +181,34 @@ def report(fw_dir: str | Path, allow_dsp: bool = False, timeout: float = 3600) -
         }
     (fw / "report.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def build_and_size(net: QNet, fw: Path, cycles: int, clock_mhz: float = 40.0) -> dict[str, Any]:
+    """``build`` at ``cycles`` / ``clock_mhz`` (no hls4ml project) and its ``report``, as the
+    flat fields the benchmarks print."""
+    t0 = time.perf_counter()
+    manifest = build(net, fw, BuildOptions(latency_cycles=cycles, clock_mhz=clock_mhz, hls=False))
+    build_s = time.perf_counter() - t0
+    rep = report(fw)
+    res = rep["resources"]
+    return {
+        "latency_cycles": manifest["latency_cycles"],
+        "clock_mhz": manifest["clock_mhz"],
+        "latency_ns": manifest["latency_ns"],
+        "initiation_interval": manifest["initiation_interval"],
+        "lut": res["lut"],
+        "ff": res["ff"],
+        "carry": res["carry"],
+        "dsp": res["dsp"],
+        "bram": res["bram"],
+        "vu9p_lut_fraction": rep["vu9p_fraction"]["lut"],
+        "stage_delay_ns": manifest["alkaid"]["stage_delay_ns"],
+        "worst_stage_delay_ns": rep["timing_estimate"]["worst_stage_delay_ns"],
+        "period_ns": rep["timing_estimate"]["period_ns"],
+        "timing_estimate_met": rep["timing_estimate"]["met"],
+        "alkaid_cost_estimate": manifest["alkaid"]["cost"],
+        "interpreter_vectors_checked": manifest["alkaid"]["interpreter_vectors_checked"],
+        "yosys_s": rep["yosys"]["seconds"],
+        "firmware_build_s": build_s,
+        "target_met": rep["target"],
+    }
