@@ -40,6 +40,7 @@ CFG = LearnerConfig(
     verify_vectors=1500,
     max_tpr_loss=1.0,  # any efficiency is accepted here; rejection is tested separately
     candidates=(),  # the fine-tune alone; candidates are tested separately
+    runtime_first=False,  # straight to training; the run-time path is tested separately
     drift=DriftConfig(min_events=1000),
 )
 
@@ -457,3 +458,157 @@ def test_candidates_are_all_registered_and_the_best_passing_one_goes_live(tmp_pa
 
     assert efficiency(chosen) >= efficiency(other)
     assert {chosen["seeds"]["training"], other["seeds"]["training"]} == {0, 2}
+
+
+# ---- the run-time path: thresholds and input scaling through the registers, no training ------
+
+
+def _adapt_on_drift(learner, seed0: int = 60):
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=seed0 + i)))
+    assert result is not None
+    return result
+
+
+def test_matched_scaling_undoes_a_pedestal_and_a_doubling_exactly(tmp_path, trained_run):
+    """Inputs moved by an integer pedestal get offsets moved by it (shifts kept); inputs doubled
+    get one more shift and doubled offsets. Either way the network with the new registers gives
+    on the new inputs exactly (bit for bit) the outputs the old one gives on the old inputs."""
+    from l1forge.firmware.registers import split_scaling, with_scaling
+    from l1forge.online.learning.runtime import matched_scaling, runtime_changes
+
+    net = import_training_run(ModelRegistry(tmp_path / "reg"), trained_run).load_net()
+    scaling, _ = split_scaling(net)
+    assert scaling is not None
+    o_old, s_old = (scaling.scale.arrays[k].astype(np.int64) for k in ("offset", "shift"))
+    x = zero_bias_like(4000, seed=30).reshape(4000, -1).astype(np.int64) // 2
+    pedestal = np.random.default_rng(3).integers(-7, 8, x.shape[1])
+    offset, shift = matched_scaling(net, x, x + pedestal, keep_shift=True)
+    assert_array_equal(offset, o_old + pedestal)
+    assert_array_equal(shift, s_old)
+    with Emulator(net) as a, Emulator(with_scaling(net, offset, shift)) as b:
+        assert_array_equal(b.run(x + pedestal), a.run(x))
+    # doubled where the SHIFT register has room for one more (the others stay at their maximum)
+    room = (s_old < scaling.shift_hi) & (x.std(axis=0) > 0)
+    assert room.sum() >= 10
+    x2 = x.copy()
+    x2[:, room] *= 2
+    offset, shift = matched_scaling(net, x, x2)
+    assert_array_equal(shift, np.where(room, s_old + 1, s_old))
+    assert_array_equal(offset[room], 2 * o_old[room])
+    with Emulator(net) as a, Emulator(with_scaling(net, offset, shift)) as b:
+        assert_array_equal(b.run(x2), a.run(x))
+    full = matched_scaling(net, x, 2 * x)[1]  # where there is no room: clipped to the range
+    at_max = (s_old == scaling.shift_hi) & (x.std(axis=0) > 0)
+    assert full.max() <= scaling.shift_hi and np.all(full[at_max] == scaling.shift_hi)
+    kinds = [c.kind for c in runtime_changes(net, x, 2 * x)]
+    assert kinds == ["thresholds", "offsets", "scaling"]
+    assert [c.kind for c in runtime_changes(net, x, x)] == ["thresholds"]  # nothing to move
+    assert [c.kind for c in runtime_changes(net, x, 2 * x, ("thresholds",))] == ["thresholds"]
+
+
+def test_a_drift_the_thresholds_absorb_takes_the_register_path_without_training(
+    tmp_path, trained_run
+):
+    """Drifted events whose signal efficiency recalibrated thresholds keep: the thresholds go
+    out (set_menu), no network is trained or registered, set_model is never sent, and the new
+    thresholds give the target rates on fresh drifted events."""
+    import dataclasses
+
+    models, scalings, menus = [], [], []
+    cfg = dataclasses.replace(CFG, runtime_first=True)
+    reg, v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        reference_signal={"sig": _signal(600, seed=22)},
+        on_model=lambda *a: models.append(a),
+        on_scaling=lambda *a: scalings.append(a),
+        on_menu=menus.append,
+    )
+    assert learner.live_efficiency is not None and learner.live_efficiency > 0.1
+    result = _adapt_on_drift(learner)
+    assert result.accepted and result.path == "registers", result.why
+    assert result.why[-1] == "thresholds: passed every check"
+    assert result.candidates == () and reg.names() == [v1.name] and reg.active_name == v1.name
+    assert models == [] and scalings == [] and menus[-1] is learner.menu
+    # the thresholds are those calibrated on the drifted events fed (recomputed here) ...
+    fed = np.concatenate([inject(DRIFT, zero_bias_like(1000, seed=60 + i)) for i in range(4)])
+    expect = Menu(tuple(s for s in _menu().seeds if s.model == "ad")).calibrate(
+        {"ad": score(v1.load_net(), fed)}
+    )
+    got = {s.name: s.threshold for s in learner.menu.seeds if s.model == "ad"}
+    assert got == {s.name: s.threshold for s in expect.seeds}
+    # ... and give the target rates on fresh drifted events, within 3 sigma of the calibration
+    # (4000 events) and test (20000) statistics together
+    s = score(v1.load_net(), inject(DRIFT, zero_bias_like(20000, seed=90)))
+    for seed in expect.seeds:
+        f = seed.target_rate_hz / expect.input_rate_hz
+        n_pass, n_exp = int(np.count_nonzero(s > seed.threshold)), f * len(s)
+        assert abs(n_pass - n_exp) <= 3 * np.sqrt(n_exp * (1 + len(s) / len(fed))), seed.name
+
+
+def test_an_input_scaling_change_is_written_as_registers_and_registered(tmp_path, trained_run):
+    """Only the offsets path allowed: the new offsets reach ``on_scaling`` (the daemon's
+    set_scaling), the registered version is the parent's IR with exactly those registers and
+    the parent's weights file, and it is the learner's live network."""
+    import dataclasses
+
+    from l1forge.firmware.registers import with_scaling
+
+    scalings, models = [], []
+    cfg = dataclasses.replace(
+        CFG, runtime_first=True, runtime_kinds=("offsets",), runtime_min_efficiency=0.0
+    )
+    reg, v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        on_scaling=lambda o, s: scalings.append((o.copy(), s.copy())),
+        on_model=lambda *a: models.append(a),
+    )
+    result = _adapt_on_drift(learner)
+    assert result.path == "registers" and result.why[-1] == "offsets: passed every check"
+    assert models == [] and len(scalings) == 1
+    offset, shift = scalings[0]
+    v2 = reg.get(result.version)
+    assert result.candidates == (v2.name,) and reg.active_name == v2.name
+    prov = v2.provenance
+    assert prov["kind"] == "registers" and prov["parent"] == v1.name
+    assert prov["runtime"] == {
+        "kind": "offsets",
+        "offset": offset.tolist(),
+        "shift": shift.tolist(),
+    }
+    assert prov["sha256"]["keras.weights.h5"] == v1.provenance["sha256"]["keras.weights.h5"]
+    expect = with_scaling(v1.load_net(), offset, shift)
+    got = v2.load_net()
+    assert [lay.arrays.keys() for lay in got.layers] == [lay.arrays.keys() for lay in expect.layers]
+    for a, b in zip(got.layers, expect.layers, strict=True):
+        for k in a.arrays:
+            assert_array_equal(a.arrays[k], b.arrays[k])
+    assert not np.array_equal(offset, v1.load_net().layers[0].arrays["offset"])
+
+
+def test_when_no_register_change_holds_the_efficiency_a_network_is_trained(tmp_path, trained_run):
+    """The live configuration's efficiency comes from a strong reference signal; the new
+    conditions' signal is zero-bias-like, so no run-time change reaches 0.9 of it: every one is
+    named with the reason, and the fine-tune (a new bitstream) goes live."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, runtime_first=True, max_old_tpr_loss=1.0)
+    reg, _v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        reference_signal={"sig": _signal(600, seed=22)},
+    )
+    learner.signal_holdout = {"weak": zero_bias_like(600, seed=23)}
+    result = _adapt_on_drift(learner)
+    assert result.path == "bitstream" and result.accepted, (result.why, result.reasons)
+    kinds = [w.split(":")[0] for w in result.why]  # "scaling" is left out when equal to "offsets"
+    assert kinds in (["thresholds", "offsets"], ["thresholds", "offsets", "scaling"]), kinds
+    assert all("of the live configuration" in w for w in result.why)
+    assert reg.get(result.version).provenance["kind"] == "fine_tune"
