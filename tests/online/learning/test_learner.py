@@ -287,6 +287,82 @@ def test_learner_reads_the_zero_bias_tap(tmp_path, trained_run):
     assert out["events"] == learner.n_seen and out["rejected"] >= 1
 
 
+def test_the_tap_is_drained_while_the_learner_trains(tmp_path, trained_run):
+    """Training runs off the subscriber: zero-bias batches published while a network trains
+    all arrive (counted by the publisher here, not by the feed), the learner's backlog grows
+    meanwhile, and every event is observed before run_subscriber returns."""
+    import time
+
+    import zmq
+
+    from l1forge.online.datapath.wire import ResultBatch, encode_results
+
+    _, _, learner = _learner(tmp_path, trained_run, CFG)
+
+    def frames(ev: np.ndarray, run: int) -> list:
+        n = len(ev)
+        b = ResultBatch(
+            run=run,
+            first_seq=0,
+            lumisection=1,
+            event=np.arange(n, dtype=np.uint64),
+            scores=np.zeros((n, 1)),
+            seed_bits=np.ones(n, dtype=np.uint32),
+            objects_hw=ev.astype(np.int32),
+            accepted_index=np.arange(n, dtype=np.uint32),
+            latency_s=0.0,
+            worker="w0",
+        )
+        return [b"zb", *encode_results(b)]
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    out: dict = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_subscriber(learner, f"tcp://127.0.0.1:{port}", stop, poll_ms=50, context=ctx)
+        )
+    )
+    t.start()
+    sent = 0
+    try:
+        warm = frames(zero_bias_like(1, seed=80), run=99)
+        for _ in range(500):  # the SUB joins asynchronously
+            pub.send_multipart(warm)
+            if learner.n_seen or stop.wait(0.02):
+                break
+        time.sleep(0.5)
+        n0 = learner.n_seen  # warm-up events that arrived, all observed by now
+        learner.force_adaptation()
+        drifted = inject(DRIFT, zero_bias_like(4000, seed=81))
+        for i in range(0, 4000, 500):  # enough new events to start a fine-tune
+            pub.send_multipart(frames(drifted[i : i + 500], run=1))
+            sent += 500
+        small = zero_bias_like(20, seed=82)
+        deadline = time.monotonic() + 300
+        while not learner.adaptations and time.monotonic() < deadline:
+            pub.send_multipart(frames(small, run=2))  # paced: the PUB's queue never fills
+            sent += len(small)
+            time.sleep(0.002)
+        for _ in range(50):
+            pub.send_multipart(frames(small, run=2))
+            sent += len(small)
+            time.sleep(0.002)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=120)
+        pub.close(linger=0)
+        ctx.term()
+    assert len(learner.adaptations) >= 1
+    assert out["events"] - n0 == sent, (out, n0, sent)
+    assert learner.n_seen == out["events"] and out["backlog_dropped_events"] == 0
+    assert out["max_backlog_events"] > 2000, out  # the subscriber queued while training ran
+
+
 def _event_file(path: Path, objects_hw: np.ndarray) -> Path:
     from l1forge.sim.dataset import EventSet, write_events
     from l1forge.sim.l1objects import to_physical
