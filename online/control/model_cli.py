@@ -183,7 +183,13 @@ def _learn(args: argparse.Namespace) -> int:
             **counts,
             "active": reg.active_name,
             "adaptations": [
-                {"version": a.version, "accepted": a.accepted, "reasons": list(a.reasons)}
+                {
+                    "version": a.version,
+                    "accepted": a.accepted,
+                    "path": a.path,
+                    "why": list(a.why),
+                    "reasons": list(a.reasons),
+                }
                 for a in learner.adaptations
             ],
         }

@@ -273,6 +273,11 @@ class Learner:
         # (1) hold the rates now, with the running network, on the drifted window
         self._send_menu(self._calibrate(score(self.net, x, self.emulator)))
 
+    def wait_idle(self) -> None:
+        """Return once no ``observe`` call (and the adaptation it may run) is in progress."""
+        with self._lock:
+            pass
+
     def force_adaptation(self) -> None:
         """Treat the events from now on as new conditions (an operator's request)."""
         with self._lock:
