@@ -165,7 +165,10 @@ def _learn(args: argparse.Namespace) -> int:
         menu,
         reference,
         model=args.model,
-        config=LearnerConfig(seed=args.seed),
+        config=LearnerConfig(
+            seed=args.seed,
+            **{k: getattr(args, k) for k in ("check_events", "adapt_events") if getattr(args, k)},
+        ),
         signal_holdout=signals or None,
         reference_signal=reference_signals or None,
         on_menu=lambda m: client.set_menu(m.to_json()),
@@ -174,14 +177,18 @@ def _learn(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    timer = threading.Timer(args.max_seconds or 0.0, stop.set)
+    timer.daemon = True  # an interrupted learner does not wait for it
     if args.max_seconds:
-        threading.Timer(args.max_seconds, stop.set).start()
+        timer.start()
     with learner:
         counts = run_subscriber(learner, monitor, stop, keys=keys)
+    timer.cancel()
     _print(
         {
             **counts,
             "active": reg.active_name,
+            "menu": learner.menu.to_json(),
             "adaptations": [
                 {
                     "version": a.version,
@@ -243,5 +250,13 @@ def register_model_commands(online_subparsers: Any) -> None:
     ln.add_argument("--menu", help="menu JSON (default: the active version's menu)")
     ln.add_argument("--monitor", help="monitoring PUB endpoint (default: endpoints.json)")
     ln.add_argument("--seed", type=int, default=0)
+    ln.add_argument(
+        "--check-events", type=int, help="zero-bias events per drift-test window (default 5000)"
+    )
+    ln.add_argument(
+        "--adapt-events",
+        type=int,
+        help="events of the new conditions collected before adapting (default 15000)",
+    )
     ln.add_argument("--max-seconds", type=float, help="stop after this long")
     _daemon_args(ln)

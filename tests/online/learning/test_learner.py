@@ -1,15 +1,14 @@
 """Continual learner: replay buffer, recalibration on drift, a QAT fine-tune cycle whose IR is
 bit-exact and swapped into a running emulator backend, rejection, and the monitoring tap.
 
-A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` is the starting
-version; events are synthetic zero-bias-like hardware events (see events.py), the drift is a
-30 % calorimeter energy scale from ``l1forge.sim.faults``.
+A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` (conftest.py) is
+the starting version; events are synthetic zero-bias-like hardware events (see events.py), the
+drift is a 30 % calorimeter energy scale from ``l1forge.sim.faults``.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
 from l1forge.sim.faults import EnergyScale, inject
 
-from .events import zero_bias_like
+from .events import event_file, signal_like, zero_bias_like
 
 DRIFT = EnergyScale(0.30)
 CFG = LearnerConfig(
@@ -59,36 +58,6 @@ def test_replay_buffer_is_a_uniform_sample():
     assert len(np.unique(buf.sample(300))) == 300
 
 
-def _signal(n: int, seed: int) -> np.ndarray:
-    """Anomalous events: the zero-bias shape with every pT four times higher."""
-    ev = zero_bias_like(n, seed).copy()
-    ev[..., 0] = np.minimum(ev[..., 0] * 4, 4095)
-    return ev
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """A finished `l1forge train ad` folder of a tiny VAE (one epoch)."""
-    from l1forge.models.config import make_config
-    from l1forge.models.train import Inputs, train
-
-    out = tmp_path_factory.mktemp("train_ad")
-    raw = {
-        "network": {"kind": "ad", "hidden": [8], "latent": 2, "decoder": [8]},
-        "training": {
-            "epochs": 2,
-            "batch_size": 64,
-            "learning_rate": 0.01,
-            "seed": 1,
-            "beta_kl": 0.01,
-        },
-    }
-    bg = zero_bias_like(6000, seed=10).reshape(6000, -1)
-    sig = _signal(500, seed=11).reshape(500, -1)
-    train(make_config(raw), Inputs({"minbias": bg}), Inputs({"sig": sig}), out, rate_hz=4e5)
-    return out
-
-
 def _menu() -> Menu:
     return Menu(
         (
@@ -111,7 +80,7 @@ def _learner(tmp_path, trained_run, cfg, **kw):
         menu,
         ref,
         config=cfg,
-        signal_holdout={"sig": _signal(600, seed=21)},
+        signal_holdout={"sig": signal_like(600, seed=21)},
         transform_signal=lambda x: inject(DRIFT, x.reshape(len(x), 19, 3)),
         **kw,
     )
@@ -213,7 +182,7 @@ def test_a_candidate_worse_than_its_parent_is_kept_but_not_activated(tmp_path, t
         cfg,
         on_menu=menus.append,
         on_model=lambda *a: models.append(a),
-        reference_signal={"sig": _signal(600, seed=22)},
+        reference_signal={"sig": signal_like(600, seed=22)},
     )
     learner.force_adaptation()
     result = None
@@ -363,24 +332,6 @@ def test_the_tap_is_drained_while_the_learner_trains(tmp_path, trained_run):
     assert out["max_backlog_events"] > 2000, out  # the subscriber queued while training ran
 
 
-def _event_file(path: Path, objects_hw: np.ndarray) -> Path:
-    from l1forge.sim.dataset import EventSet, write_events
-    from l1forge.sim.l1objects import to_physical
-
-    n = len(objects_hw)
-    ev = EventSet(
-        objects_phys=to_physical(objects_hw).astype(np.float32),
-        objects_hw=objects_hw.astype(np.int32),
-        run=np.ones(n, dtype=np.uint64),
-        event=np.arange(1, n + 1, dtype=np.uint64),
-        label=np.zeros(n, dtype=np.int16),
-        weight=np.ones(n, dtype=np.float32),
-        processes=("zero_bias_like",),
-        provenance={"producer": "tests/online/test_learner.py"},
-    )
-    return write_events(path, ev)
-
-
 @pytest.mark.slow
 def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run, zmq_ctx, running_pipeline):
     """A running pipeline on drifted events: the learner on its zero-bias tap recalibrates the
@@ -392,7 +343,7 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run, zmq_ctx, run
 
     reg, v1, learner_proto = _learner(tmp_path, trained_run, CFG)
     menu = learner_proto.menu
-    drifted = _event_file(tmp_path / "drifted.h5", inject(DRIFT, zero_bias_like(6000, seed=80)))
+    drifted = event_file(tmp_path / "drifted.h5", inject(DRIFT, zero_bias_like(6000, seed=80)))
     seeds = [
         {
             "name": s.name,
@@ -511,7 +462,7 @@ def test_candidates_are_all_registered_and_the_best_passing_one_goes_live(tmp_pa
         tmp_path,
         trained_run,
         cfg,
-        reference_signal={"sig": _signal(600, seed=22)},
+        reference_signal={"sig": signal_like(600, seed=22)},
         on_model=lambda *a: models.append(a),
     )
     learner.force_adaptation()
@@ -599,7 +550,7 @@ def test_a_drift_the_thresholds_absorb_takes_the_register_path_without_training(
         tmp_path,
         trained_run,
         cfg,
-        reference_signal={"sig": _signal(600, seed=22)},
+        reference_signal={"sig": signal_like(600, seed=22)},
         on_model=lambda *a: models.append(a),
         on_scaling=lambda *a: scalings.append(a),
         on_menu=menus.append,
@@ -679,7 +630,7 @@ def test_when_no_register_change_holds_the_efficiency_a_network_is_trained(tmp_p
         tmp_path,
         trained_run,
         cfg,
-        reference_signal={"sig": _signal(600, seed=22)},
+        reference_signal={"sig": signal_like(600, seed=22)},
     )
     learner.signal_holdout = {"weak": zero_bias_like(600, seed=23)}
     result = _adapt_on_drift(learner)
