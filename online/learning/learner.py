@@ -130,8 +130,9 @@ class Learner:
     signal for the efficiency check; without it only the rate is checked. ``reference_signal``
     is signal of the reference conditions: a candidate that forgets them is not activated.
     ``transform_signal`` maps ``signal_holdout`` to the current conditions (a benchmark's injected
-    drift). ``on_menu`` and
-    ``on_model`` reach the daemon (``ControlClient.set_menu`` / ``set_model`` or a Pipeline's).
+    drift). ``on_menu``, ``on_model`` and ``on_scaling`` reach the daemon
+    (``ControlClient.set_menu`` / ``set_model`` / ``set_scaling`` or a Pipeline's); with
+    ``on_swap`` (``ControlClient.swap``) a trained network goes live together with its menu.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class Learner:
         on_menu: Callable[[Menu], None] | None = None,
         on_model: Callable[[str, Path], None] | None = None,
         on_scaling: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        on_swap: Callable[[str, Path, Menu], None] | None = None,
     ):
         version = registry.active
         if version is None:
@@ -163,6 +165,7 @@ class Learner:
         self.on_menu = on_menu
         self.on_model = on_model
         self.on_scaling = on_scaling
+        self.on_swap = on_swap
         self.version = version
         self.net = version.load_net()
         self.emulator = Emulator(self.net)
@@ -388,8 +391,13 @@ class Learner:
         pick = done.index(best) if best is not None else 0
         version, final_menu, reasons, metrics = versions[pick]
         if best is not None:
-            self._activate(version)
-            self._send_menu(final_menu)
+            if self.on_swap is not None:  # the network and its menu in one command
+                self._activate(version, notify=False)
+                self.menu = final_menu
+                self.on_swap(self.model, version.qnet_path, final_menu)
+            else:
+                self._activate(version)
+                self._send_menu(final_menu)
             self._trained_inputs = x_new
             if self.signal_holdout:
                 self.live_efficiency = best.efficiency

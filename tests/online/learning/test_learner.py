@@ -639,3 +639,22 @@ def test_when_no_register_change_holds_the_efficiency_a_network_is_trained(tmp_p
     assert kinds in (["thresholds", "offsets"], ["thresholds", "offsets", "scaling"]), kinds
     assert all("of the live configuration" in w for w in result.why)
     assert reg.get(result.version).provenance["kind"] == "fine_tune"
+
+
+def test_a_trained_network_goes_live_with_its_menu_in_one_swap(tmp_path, trained_run):
+    """With ``on_swap`` (the daemon's swap command) the accepted network and the thresholds
+    calibrated for it are sent together, and neither set_model nor set_menu is used."""
+    swaps, models, menus = [], [], []
+    reg, _v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        CFG,
+        on_swap=lambda *a: swaps.append(a),
+        on_model=lambda *a: models.append(a),
+        on_menu=menus.append,
+    )
+    result = _adapt_on_drift(learner)
+    assert result.accepted and result.path == "bitstream"
+    assert models == [] and menus == []
+    assert swaps == [("ad", reg.get(result.version).qnet_path, learner.menu)]
+    assert learner.menu.to_json() == reg.get(result.version).menu()
