@@ -6,8 +6,9 @@
     l1forge online keys --out DIR
     l1forge online worker --connect tcp://DAEMON:PORT [--curve-keys DIR]   (a remote worker)
 
-Control commands find the daemon through ``<state_dir>/endpoints.json`` (``--state-dir``,
-default out/online/state) or take ``--control tcp://HOST:PORT`` (and ``--keys DIR`` for CURVE).
+Control commands find the daemon and its control token through ``<state_dir>/endpoints.json``
+(``--state-dir``, default out/online/state) or take ``--control tcp://HOST:PORT`` (with
+``--token-file FILE`` for the token and ``--keys DIR`` for CURVE).
 The `model` sub-commands of the continual learner are defined in ``online/control/model_cli.py``.
 """
 
@@ -91,6 +92,11 @@ def _control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", help="control endpoint (default: from <state-dir>/endpoints.json)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="the daemon's state_dir")
     p.add_argument("--keys", help="CURVE key folder (default: the daemon's, if local)")
+    p.add_argument(
+        "--token-file",
+        help="the daemon's control token: its endpoints.json or a file holding the token "
+        "(default: <state-dir>/endpoints.json)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
 
 
@@ -128,15 +134,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from l1forge.online.control.commands import ControlClient
-    from l1forge.online.control.daemon import read_endpoints
+    from l1forge.online.control.commands import daemon_client
 
-    endpoint, keys = args.control, args.keys
-    if endpoint is None:
-        found = read_endpoints(args.state_dir)
-        endpoint = found["control"]
-        keys = keys or found.get("curve_keys")
-    return ControlClient(endpoint, timeout_s=args.timeout, keys=keys)
+    return daemon_client(
+        args.state_dir,
+        control=args.control,
+        keys=args.keys,
+        token_file=args.token_file,
+        timeout_s=args.timeout,
+    )
 
 
 def _configure(args: argparse.Namespace) -> int:

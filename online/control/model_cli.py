@@ -50,14 +50,15 @@ def _summary(v: Any, active: str | None) -> dict[str, Any]:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from l1forge.online.control.commands import ControlClient
-    from l1forge.online.control.daemon import read_endpoints
+    from l1forge.online.control.commands import daemon_client
 
-    endpoint, keys = args.control, args.keys
-    if endpoint is None:
-        found = read_endpoints(args.state_dir)
-        endpoint, keys = found["control"], keys or found.get("curve_keys")
-    return ControlClient(endpoint, timeout_s=args.timeout, keys=keys)
+    return daemon_client(
+        args.state_dir,
+        control=args.control,
+        keys=args.keys,
+        token_file=args.token_file,
+        timeout_s=args.timeout,
+    )
 
 
 def _apply(args: argparse.Namespace, version: Any) -> dict[str, Any]:
@@ -196,6 +197,11 @@ def _daemon_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", help="control endpoint (default: from <state-dir>/endpoints.json)")
     p.add_argument("--state-dir", default="out/online/state", help="the daemon's state_dir")
     p.add_argument("--keys", help="CURVE key folder (when the daemon is not on loopback)")
+    p.add_argument(
+        "--token-file",
+        help="the daemon's control token: its endpoints.json or a file holding the token "
+        "(default: <state-dir>/endpoints.json)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for replies")
 
 
