@@ -2,7 +2,7 @@
 
     l1forge online run [--config run.yaml] [--set key=value ...] [--idle]
     l1forge online configure [run.yaml] | start | stop | status | reset | shutdown
-    l1forge online set-model NAME IR.json | set-menu menu.json
+    l1forge online set-model NAME IR.json | set-menu menu.json | swap NAME IR.json menu.json
     l1forge online keys --out DIR
     l1forge online worker --connect tcp://DAEMON:PORT [--curve-keys DIR]   (a remote worker)
 
@@ -71,6 +71,15 @@ def register(subparsers: Any) -> None:
     mn.add_argument("menu", help="menu JSON file")
     _control_args(mn)
     mn.set_defaults(func=_set_menu)
+
+    sw = sub.add_parser(
+        "swap", help="install a model and its menu together (live: one broadcast, no mixed batch)"
+    )
+    sw.add_argument("name", help="model name (a key of backend.models)")
+    sw.add_argument("path", help="qnet IR JSON")
+    sw.add_argument("menu", help="menu JSON file (Menu.to_json)")
+    _control_args(sw)
+    sw.set_defaults(func=_swap)
 
     wk = sub.add_parser("worker", help="run a trigger worker that connects to a daemon")
     wk.add_argument("--connect", required=True, help="the daemon's worker endpoint (tcp://...)")
@@ -161,14 +170,22 @@ def _set_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_menu(args: argparse.Namespace) -> int:
+def _menu_file(path: str) -> str:
     from l1forge.errors import ConfigError
 
     try:
-        text = Path(args.menu).read_text()
+        return Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read menu file {args.menu}: {exc.strerror}") from exc
-    _print(_client(args).set_menu(text))
+        raise ConfigError(f"cannot read menu file {path}: {exc.strerror}") from exc
+
+
+def _set_menu(args: argparse.Namespace) -> int:
+    _print(_client(args).set_menu(_menu_file(args.menu)))
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    _print(_client(args).swap(args.name, args.path, _menu_file(args.menu)))
     return 0
 
 

@@ -13,6 +13,7 @@ a request without it or with another one is refused, counted and logged. Command
     start, stop, status, reset, shutdown
     set_model  {name: model name, path: qnet IR}
     set_menu   {menu: Menu.to_json() mapping or its JSON text}
+    swap       {name, path, menu}: a model and its menu at once (one broadcast to the workers)
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "shutdown": {},
     "set_model": {"name": ((str,), True), "path": ((str,), True)},
     "set_menu": {"menu": ((dict, str), True)},
+    "swap": {"name": ((str,), True), "path": ((str,), True), "menu": ((dict, str), True)},
 }
 
 
@@ -189,6 +191,8 @@ class CommandHandler:
             return rc.set_model(args["name"], args["path"])
         if command == "set_menu":
             return rc.set_menu(args["menu"])
+        if command == "swap":
+            return rc.swap(args["name"], args["path"], args["menu"])
         if command == "shutdown":
             self.shutdown_requested.set()
             return {"state": str(rc.state), "shutdown": True}
@@ -439,6 +443,10 @@ class ControlClient:
     def set_menu(self, menu: dict[str, Any] | str) -> Any:
         """Replace the trigger menu."""
         return self.request("set_menu", menu=menu)
+
+    def swap(self, name: str, path: str | Path, menu: dict[str, Any] | str) -> Any:
+        """Install model `name` (IR at `path`) and `menu` together; returns both sha256."""
+        return self.request("swap", name=name, path=str(Path(path).resolve()), menu=menu)
 
     def shutdown(self) -> Any:
         """Ask the daemon to stop any run and exit."""

@@ -5,9 +5,10 @@
     l1forge online model firmware VERSION --registry DIR      (firmware build folder)
     l1forge online model learn --registry DIR --reference ZB.h5 [--signals SIG.h5 ...]
 
-``--apply`` also sends the version (set_model) and its menu (set_menu) to the running daemon,
-so a rollback of the live trigger is one command. ``learn`` subscribes to the daemon's
-zero-bias monitoring tap and adapts on drift until interrupted.
+``--apply`` also sends the version and its menu to the running daemon in one ``swap`` (or a
+``set_model`` when the version has no menu), so a rollback of the live trigger is one command.
+``learn`` subscribes to the daemon's zero-bias monitoring tap and adapts on drift until
+interrupted.
 """
 
 from __future__ import annotations
@@ -62,13 +63,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _apply(args: argparse.Namespace, version: Any) -> dict[str, Any]:
-    """Send a version's IR and menu to the running daemon."""
+    """Send a version's IR and menu to the running daemon (together: one swap)."""
     client = _client(args)
-    out = {"set_model": client.set_model(args.model, version.qnet_path)}
     menu = version.menu()
     if menu is not None:
-        out["set_menu"] = client.set_menu(menu)
-    return out
+        return {"swap": client.swap(args.model, version.qnet_path, menu)}
+    return {"set_model": client.set_model(args.model, version.qnet_path)}
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ def _check_strangers_are_refused(state_dir: Path, ir: Path, web_status: str) -> 
         ("shutdown", {}),
         ("set_model", {"name": "ad", "path": str(ir)}),
         ("set_menu", {"menu": menu}),
+        ("swap", {"name": "ad", "path": str(ir), "menu": menu}),
     ]
     for guess in (None, secrets.token_hex(32)):
         stranger = ControlClient(endpoints["control"], timeout_s=10, token=guess)

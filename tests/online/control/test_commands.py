@@ -142,6 +142,7 @@ GUARDED = [
     ("shutdown", {}),
     ("set_model", {"name": "ad", "path": "/tmp/x.json"}),
     ("set_menu", {"menu": {"seeds": []}}),
+    ("swap", {"name": "ad", "path": "/tmp/x.json", "menu": {"seeds": []}}),
 ]
 
 
