@@ -56,6 +56,8 @@ class DaemonOptions:
     metrics_port: int = 0
     curve_keys: str | None = None
     exit_when_run_ends: bool = True  # False (--idle): serve commands until shutdown or a signal
+    web_max_connections: int = 64
+    web_timeout_s: float = 5.0
 
     @classmethod
     def from_config(cls, cfg: RunConfig, *, exit_when_run_ends: bool = True) -> DaemonOptions:
@@ -68,6 +70,8 @@ class DaemonOptions:
             n.metrics_port,
             n.curve_keys,
             exit_when_run_ends,
+            n.web_max_connections,
+            n.web_timeout_s,
         )
 
 
@@ -94,11 +98,14 @@ class Daemon:
     # ---- status for the web endpoint ----
 
     def status(self) -> dict[str, Any]:
-        """Run-control status, the daemon's endpoints and the control socket's counters
-        (requests, malformed, refused for the token; served at /status, never the token)."""
+        """Run-control status, the daemon's endpoints, the control socket's counters (requests,
+        malformed, refused for the token) and the web endpoint's connection counts (served at
+        /status; never the token)."""
         doc = {**self.runcontrol.status(), "endpoints": self._endpoints, "pid": os.getpid()}
         if self._control is not None:
             doc["control"] = self._control.counters()
+        if self._web is not None:
+            doc["web"] = self._web.stats()
         return doc
 
     def dqm_view(self) -> dict[str, Any]:
@@ -124,6 +131,8 @@ class Daemon:
             registry=self.metrics.registry,
             status=self.status,
             dqm_view=self.dqm_view,
+            max_connections=o.web_max_connections,
+            read_timeout_s=o.web_timeout_s,
         ).start()
         control = self._control.endpoint
         if o.host in ("0.0.0.0", "*", "::"):

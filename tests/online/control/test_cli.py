@@ -58,6 +58,7 @@ def test_run_then_status_and_stop_through_the_cli(
     status = json.loads(st.stdout)
     assert status["state"] == "running" and status["run"] == 1
     assert status["endpoints"]["control"].startswith("tcp://127.0.0.1:")
+    assert status["web"]["max_connections"] == 64 and status["web"]["over_cap"] == 0
     # The web endpoint serves the pipeline's Prometheus metrics and the same status.
     with urllib.request.urlopen(status["endpoints"]["metrics"], timeout=10) as resp:
         samples = {
