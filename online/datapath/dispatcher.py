@@ -32,6 +32,7 @@ from l1forge.online.datapath.protocol import (
     D_SET_MENU,
     D_SET_MODEL,
     D_STOP,
+    D_SWAP,
     D_WHO,
     FLAG_OWNER,
     FLAG_SAMPLED,
@@ -60,7 +61,7 @@ MASK64 = (1 << 64) - 1  # is_sampled mixes 64-bit words
 
 
 class DispatcherError(L1ForgeError, RuntimeError):
-    """A broadcast (set_model / set_menu) failed or timed out on some worker."""
+    """A broadcast (set_model / set_menu / swap) failed or timed out on some worker."""
 
 
 def is_sampled(first_seq: int, fraction: float) -> bool:
@@ -160,6 +161,15 @@ class Dispatcher:
         """Send a new menu to every worker; each answers with the menu's sha256."""
         head = json.dumps({"menu": menu_json}).encode()
         return self._broadcast([D_SET_MENU, head], timeout_s, menu_json)
+
+    def broadcast_swap(
+        self, model: ModelFiles, menu_json: str, timeout_s: float = 60.0
+    ) -> dict[str, dict]:
+        """Send a model and its menu in one message: each worker installs both between two
+        batches and answers with both sha256."""
+        head = json.dumps({"name": model.name, "menu": menu_json}).encode()
+        frames = [D_SWAP, head, model.ir_json, model.ir_npz]
+        return self._broadcast(frames, timeout_s, (model, menu_json))
 
     def _broadcast(self, frames: list, timeout_s: float, update: Any) -> dict[str, dict]:
         with self._lock:
@@ -452,15 +462,14 @@ class Dispatcher:
                 return
             if cmd != "broadcast":
                 continue
-            if isinstance(update, ModelFiles):
-                models = tuple(update if m.name == update.name else m for m in self.setup.models)
-                self.setup = WorkerSetup(
-                    self.setup.run, self.setup.backend, models, self.setup.menu_json
-                )
-            else:
-                self.setup = WorkerSetup(
-                    self.setup.run, self.setup.backend, self.setup.models, update
-                )
+            # a worker that (re)connects from now on is configured with the update
+            model, menu_json = update if isinstance(update, tuple) else (update, update)
+            models = self.setup.models
+            if isinstance(model, ModelFiles):
+                models = tuple(model if m.name == model.name else m for m in models)
+            if not isinstance(menu_json, str):
+                menu_json = self.setup.menu_json
+            self.setup = WorkerSetup(self.setup.run, self.setup.backend, models, menu_json)
             head = json.loads(b.frames[1])
             head["token"] = b.token
             frames = [b.frames[0], json.dumps(head).encode(), *b.frames[2:]]

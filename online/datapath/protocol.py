@@ -22,13 +22,14 @@ W_HEARTBEAT = b"HB"  # [identity of the worker's data socket] when sent from its
 W_CONFIGURED = b"CONFIGURED"  # json {models: {name: sha256}, menu: sha256} or {error}
 W_RESULT = b"RESULT"  # first_seq (u64), *wire.encode_results(...)
 W_FAILED = b"FAILED"  # first_seq (u64), json {reason, message}: the batch cannot be processed
-W_ACK = b"ACK"  # json {token, ok, sha256 | error}: answer to SET_MODEL / SET_MENU
+W_ACK = b"ACK"  # json {token, ok, sha256[, menu_sha256] | error}: answer to SET_*/SWAP
 # dispatcher -> worker
 D_CONFIG = b"CONFIG"  # json {run, backend, models: [names], menu}, then 2 frames per model
 D_BATCH = b"BATCH"  # *wire.encode_batch(...)
 D_HEARTBEAT = b"HB"
 D_SET_MODEL = b"SET_MODEL"  # json {token, name}, IR json bytes, IR npz bytes
 D_SET_MENU = b"SET_MENU"  # json {token, menu}
+D_SWAP = b"SWAP"  # json {token, name, menu}, IR json bytes, IR npz bytes: model + menu at once
 D_STOP = b"STOP"
 D_WHO = b"WHO"  # unknown worker (declared dead or new dispatcher): send READY again
 # dispatcher <-> collector (inproc PAIR) and source -> dispatcher (inproc PUSH/PULL)
@@ -89,3 +90,9 @@ class WorkerSetup:
         for m in self.models:
             out += [m.ir_json, m.ir_npz]
         return out
+
+
+def menu_text(menu_doc: dict[str, Any]) -> tuple[str, str]:
+    """A menu's JSON text as broadcast to the workers, and its sha256 (what they acknowledge)."""
+    text = json.dumps(menu_doc)
+    return text, hashlib.sha256(text.encode()).hexdigest()

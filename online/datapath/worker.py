@@ -5,7 +5,8 @@ Runs as its own process, on this host (started by the pipeline) or on another on
 ``l1forge online worker``). It connects a DEALER socket to the dispatcher, announces its credits,
 receives the run setup (backend, the models' IR bytes, the menu), then answers every batch with
 a ResultBatch: the scores of all events, their seed bits, and the objects of accepted events.
-Model and menu updates arrive on the same socket, so they apply between two batches.
+Model and menu updates arrive on the same socket, so they apply between two batches; a SWAP
+carries a model and its menu in one message, so no batch runs on the new model with the old menu.
 """
 
 from __future__ import annotations
@@ -125,8 +126,21 @@ class TriggerWorker:
         return sha
 
     def set_menu(self, menu_json: str) -> str:
+        return self._install_menu(self._checked_menu(menu_json), menu_json)
+
+    def swap(self, name: str, ir_json: bytes, ir_npz: bytes, menu_json: str) -> tuple[str, str]:
+        """Model `name` and the menu together, between two batches: both are checked before
+        either is installed, so a refused swap leaves the old pair. (IR sha256, menu sha256)."""
+        menu = self._checked_menu(menu_json)
+        sha = self.set_model(name, ir_json, ir_npz)  # validated before it replaces the old one
+        return sha, self._install_menu(menu, menu_json)
+
+    def _checked_menu(self, menu_json: str) -> Menu:
         menu = Menu.from_json(menu_json)
         menu.check_models(m.name for m in self.models)
+        return menu
+
+    def _install_menu(self, menu: Menu, menu_json: str) -> str:
         self.menu = menu
         self.menu_sha256 = hashlib.sha256(menu_json.encode()).hexdigest()
         return self.menu_sha256
@@ -218,7 +232,7 @@ def serve(
                     except (L1ForgeError, OSError, ValueError) as exc:
                         info = {"error": str(exc)}
                     sock.send_multipart([msg.W_CONFIGURED, json.dumps(info).encode()])
-                elif kind in (msg.D_SET_MODEL, msg.D_SET_MENU):
+                elif kind in (msg.D_SET_MODEL, msg.D_SET_MENU, msg.D_SWAP):
                     _update(sock, worker, kind, frames)
                 elif kind == msg.D_STOP:
                     code = 0
@@ -295,6 +309,10 @@ def _update(sock: zmq.Socket, worker: TriggerWorker, kind: bytes, frames: list) 
         if kind == msg.D_SET_MODEL:
             sha = worker.set_model(head["name"], frames[2].bytes, frames[3].bytes)
             answer.update(ok=True, name=head["name"], sha256=sha)
+        elif kind == msg.D_SWAP:
+            ir_json, ir_npz = frames[2].bytes, frames[3].bytes
+            sha, menu_sha = worker.swap(head["name"], ir_json, ir_npz, head["menu"])
+            answer.update(ok=True, name=head["name"], sha256=sha, menu_sha256=menu_sha)
         else:
             answer.update(ok=True, sha256=worker.set_menu(head["menu"]))
     except (L1ForgeError, OSError, ValueError, KeyError, IndexError) as exc:

@@ -93,7 +93,7 @@ def test_odd_framing_and_oversized_messages_do_not_kill_the_server(server, zmq_c
 
 
 def test_commands_errors_come_back_as_control_errors(server, zmq_ctx, tmp_path):
-    client = ControlClient(server.endpoint, timeout_s=5, context=zmq_ctx)
+    client = ControlClient(server.endpoint, timeout_s=5, context=zmq_ctx, token=server.token)
     with pytest.raises(ControlError, match="cannot start in state idle"):
         client.start()
     with pytest.raises(ControlError, match="no configuration given"):
@@ -110,7 +110,8 @@ def test_shutdown_sets_the_flag(tmp_path, zmq_ctx):
     handler = CommandHandler(RunControl(tmp_path / "state"))
     srv = ControlServer(handler, context=zmq_ctx).start()
     try:
-        assert ControlClient(srv.endpoint, timeout_s=5, context=zmq_ctx).shutdown()["shutdown"]
+        client = ControlClient(srv.endpoint, timeout_s=5, context=zmq_ctx, token=srv.token)
+        assert client.shutdown()["shutdown"]
         assert handler.shutdown_requested.is_set()
     finally:
         srv.close()
@@ -131,3 +132,96 @@ def test_parse_request_accepts_the_schema():
     assert cmd == "set_menu" and args == {"menu": {"seeds": []}}
     with pytest.raises(RequestError):
         parse_request([])
+
+
+GUARDED = [
+    ("configure", {"config": {"source": {"kind": "pythia"}}}),
+    ("start", {}),
+    ("stop", {}),
+    ("reset", {}),
+    ("shutdown", {}),
+    ("set_model", {"name": "ad", "path": "/tmp/x.json"}),
+    ("set_menu", {"menu": {"seeds": []}}),
+    ("swap", {"name": "ad", "path": "/tmp/x.json", "menu": {"seeds": []}}),
+]
+
+
+@pytest.mark.parametrize("token", [None, "0" * 64, "not-the-token-either"])
+def test_commands_without_the_right_token_are_refused_and_counted(tmp_path, zmq_ctx, token, caplog):
+    import logging
+
+    from l1forge.online.security import AUTH_LOGGER
+
+    handler = CommandHandler(RunControl(tmp_path / "state"))
+    srv = ControlServer(handler, context=zmq_ctx).start()
+    try:
+        stranger = ControlClient(srv.endpoint, timeout_s=5, context=zmq_ctx, token=token)
+        why = "without the control token" if token is None else "with a wrong control token"
+        with caplog.at_level(logging.WARNING, logger=AUTH_LOGGER):
+            for command, args in GUARDED:
+                with pytest.raises(ControlError, match=f"refused: {command} sent {why}"):
+                    stranger.request(command, **args)
+        assert stranger.status()["state"] == "idle"  # status needs no token
+        assert srv.n_unauthorized == len(GUARDED)
+        assert srv.counters()["unauthorized"] == len(GUARDED)
+        assert not handler.shutdown_requested.is_set()  # the handler never ran them
+        assert handler.runcontrol.state == "idle"
+        # rate-limited: one warning for the burst, naming the first refused command
+        warnings = [r.getMessage() for r in caplog.records if r.name == AUTH_LOGGER]
+        assert len(warnings) == 1 and "control configure refused" in warnings[0], warnings
+        # the rightful client still works
+        rightful = ControlClient(srv.endpoint, timeout_s=5, context=zmq_ctx, token=srv.token)
+        assert rightful.shutdown()["shutdown"] and handler.shutdown_requested.is_set()
+        assert srv.n_unauthorized == len(GUARDED)
+    finally:
+        srv.close()
+
+
+def test_refusal_reply_type_and_token_type(server, zmq_ctx):
+    reply = _raw_request(zmq_ctx, server.endpoint, [b'{"command": "stop"}'])
+    assert reply["ok"] is False and reply["type"] == "Unauthorized"
+    assert "without the control token" in reply["error"]
+    wrong = json.dumps({"command": "stop", "token": server.token + "x"}).encode()
+    assert "wrong control token" in _raw_request(zmq_ctx, server.endpoint, [wrong])["error"]
+    bad = _raw_request(zmq_ctx, server.endpoint, [b'{"command": "stop", "token": 42}'])
+    assert bad["type"] == "RequestError" and "token must be a string" in bad["error"]
+    assert server.n_unauthorized == 2 and server.n_malformed == 1
+    right = json.dumps({"command": "reset", "token": server.token}).encode()
+    assert _raw_request(zmq_ctx, server.endpoint, [right]) == {
+        "ok": True,
+        "command": "reset",
+        "result": {"state": "idle"},
+    }
+
+
+def test_token_comparison_and_server_tokens():
+    assert commands.token_matches("a" * 32, "a" * 32)
+    assert not commands.token_matches("a" * 31 + "b", "a" * 32)
+    assert not commands.token_matches(None, "a" * 32)
+    assert not commands.token_matches("é" * 32, "a" * 32)  # non-ASCII: no TypeError
+    with pytest.raises(commands.ConfigError, match="at least 16 characters"):
+        ControlServer(lambda c, a: None, token="short")
+
+
+def test_daemon_client_reads_endpoints_and_token_files(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    doc = {"control": "tcp://127.0.0.1:5555", "token": "t" * 64, "curve_keys": None}
+    (state / commands.ENDPOINTS_FILE).write_text(json.dumps(doc))
+    client = commands.daemon_client(state)
+    assert (client.endpoint, client.token) == (doc["control"], doc["token"])
+    same = commands.daemon_client(state, control="tcp://127.0.0.1:5555")
+    assert same.token == doc["token"]
+    other = commands.daemon_client(state, control="tcp://10.0.0.1:5555")
+    assert other.token is None  # never send a local daemon's token elsewhere
+    (tmp_path / "token").write_text("s" * 64 + "\n")
+    explicit = commands.daemon_client(
+        state, control="tcp://10.0.0.1:5555", token_file=tmp_path / "token"
+    )
+    assert explicit.token == "s" * 64
+    assert commands.read_token_file(state / commands.ENDPOINTS_FILE) == doc["token"]
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(commands.ConfigError, match="empty"):
+        commands.read_token_file(tmp_path / "empty")
+    with pytest.raises(commands.ConfigError, match="cannot read the control token file"):
+        commands.read_token_file(tmp_path / "absent")
