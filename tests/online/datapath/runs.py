@@ -133,3 +133,43 @@ def worker_pid(pipe: Pipeline, name: str) -> int:
 
 def in_flight(pipe: Pipeline, name: str) -> int:
     return pipe.status()["workers"].get(name, {}).get("in_flight", 0)
+
+
+def scaled_ad(seed: int = 3, name: str = "scaled_ad"):
+    """A 57-input anomaly-detector-shaped IR that starts with a ``scale`` op (the run-time
+    input scaling of a register build): scale -> quantize -> 57x4 dense/relu -> mu -> sum mu^2;
+    outputs (score, mu), so output element 0 is the score the seed thresholds compare with."""
+    from l1forge.models.build import NetBuilder
+    from l1forge.models.fixed import Fixed
+
+    n_in = 57
+    rng = np.random.default_rng(seed)
+    b = NetBuilder(name, n_in, Fixed(True, 16, 16))
+    b.scale("scale", rng.integers(-64, 64, n_in), Fixed(True, 7, 7), rng.integers(0, 5, n_in))
+    b.quantize("x_q", Fixed(True, 14, 8), "RND_CONV", "SAT")
+    w = Fixed(True, 8, 1)
+    b.dense("dense0", rng.integers(-128, 128, (n_in, 4)), w, rng.integers(-128, 128, 4), w)
+    b.relu("relu0", Fixed(False, 8, 4), "RND_CONV", "SAT")
+    b.dense("mu_dense", rng.integers(-128, 128, (4, 2)), w, rng.integers(-128, 128, 2), w)
+    b.quantize("mu", Fixed(True, 12, 6), "RND_CONV", "SAT")
+    b.sum_squares("score")
+    return b.build(outputs=("score", "mu"))
+
+
+def new_scaling(net, seed: int = 11) -> tuple[list[int], list[int]]:
+    """Random offsets and shifts inside the register ranges of ``net``'s scale op."""
+    from l1forge.firmware.registers import split_scaling
+
+    sc, _ = split_scaling(net)
+    of = sc.scale.array_formats["offset"]
+    rng = np.random.default_rng(seed)
+    n = net.input_specs[0].size
+    off = rng.integers(of.min_int, of.max_int + 1, n)
+    sh = rng.integers(sc.shift_lo, sc.shift_hi + 1, n)
+    return off.tolist(), sh.tolist()
+
+
+def emulate(net, x: np.ndarray) -> np.ndarray:
+    """Integer outputs of ``net`` on ``x`` from the bit-exact emulator."""
+    with Emulator(net) as emu:
+        return emu.run(x)
