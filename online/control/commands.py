@@ -11,6 +11,7 @@ never blocks or stops the daemon. Commands:
     start, stop, status, reset, shutdown
     set_model  {name: model name, path: qnet IR}
     set_menu   {menu: Menu.to_json() mapping or its JSON text}
+    set_scaling {offset: [int], shift: [int], model: name (default the first)}: while running
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "shutdown": {},
     "set_model": {"name": ((str,), True), "path": ((str,), True)},
     "set_menu": {"menu": ((dict, str), True)},
+    "set_scaling": {"offset": ((list,), True), "shift": ((list,), True), "model": ((str,), False)},
 }
 
 
@@ -144,6 +146,8 @@ class CommandHandler:
             return rc.set_model(args["name"], args["path"])
         if command == "set_menu":
             return rc.set_menu(args["menu"])
+        if command == "set_scaling":
+            return rc.set_scaling(args["offset"], args["shift"], args.get("model"))
         if command == "shutdown":
             self.shutdown_requested.set()
             return {"state": str(rc.state), "shutdown": True}
@@ -320,6 +324,13 @@ class ControlClient:
     def set_menu(self, menu: dict[str, Any] | str) -> Any:
         """Replace the trigger menu."""
         return self.request("set_menu", menu=menu)
+
+    def set_scaling(self, offset: list[int], shift: list[int], model: str | None = None) -> Any:
+        """Replace a model's input offsets and shifts (the first model by default) in a run."""
+        args: dict[str, Any] = {"offset": list(offset), "shift": list(shift)}
+        if model is not None:
+            args["model"] = model
+        return self.request("set_scaling", **args)
 
     def shutdown(self) -> Any:
         """Ask the daemon to stop any run and exit."""

@@ -293,3 +293,67 @@ def test_pynq_worker_programs_the_bank_through_the_map_and_uses_its_seed_bits(
         assert w.new_mismatches == len(x)  # reported to the dispatcher with the next result
     finally:
         w.close()
+
+
+# ---- a running pipeline on the emulator backend -------------------------------------
+
+
+def test_set_scaling_mid_run_switches_once_at_a_batch_boundary(
+    tmp_path, run_cfg, scaled_ad_net, scaled_ad_ir, running_pipeline
+):
+    """set_scaling on a running replay: read back from the ROOT files, every event's score is
+    the old network's before one batch boundary and ``with_scaling``'s from it on."""
+    import uproot
+
+    from l1forge.online.datapath.storage import TREE
+
+    from .runs import BATCH, wait_for
+
+    cfg = run_cfg(
+        backend={"kind": "emulator", "models": {"ad": str(scaled_ad_ir)}},
+        menu={
+            "seeds": [
+                {"name": "AD", "model": "ad", "threshold": 1.0},
+                {"name": "ZeroBias", "model": ""},
+            ]
+        },  # every event is stored
+        source={"rate_hz": 6000.0, "n_events": None, "loop": True},
+        workers={"n": 1, "credits": 2},
+        duration_s=60.0,
+    )
+    pipe = running_pipeline(cfg, 21)
+    wait_for(lambda: pipe.status().get("events_processed", 0) >= 3 * BATCH, what="3 batches")
+    off, sh = new_scaling(scaled_ad_net, seed=8)
+    with pytest.raises(registers.RegisterError, match="OFFSET"):
+        pipe.set_scaling([99] * 57, sh)  # refused by the pipeline before any worker sees it
+    answer = pipe.set_scaling(off, sh)
+    assert answer["model"] == "ad" and answer["offset"] == off and answer["shift"] == sh
+    (ack,) = answer["workers"].values()
+    assert ack["ok"] and ack["registers_version"] is None and ack["backend"] == "emulator"
+    sent = pipe.status()["events_in"]
+    wait_for(lambda: pipe.status()["events_processed"] >= sent + 3 * BATCH, what="new batches")
+    summary = pipe.stop()
+    assert (summary.lost, summary.duplicated) == (0, 0)
+    assert summary.n_accepted == summary.n_processed == summary.n_events_in
+
+    parts = []
+    for f in sorted(pipe.run_dir.glob("run*_ls*.root")):
+        with uproot.open(f) as rf:
+            parts.append(rf[TREE].arrays(["seq", "objects_hw", "score_ad"], library="np"))
+    seq = np.concatenate([p["seq"] for p in parts])
+    order = np.argsort(seq)
+    seq = seq[order]
+    x = np.concatenate([np.stack(p["objects_hw"]).reshape(-1, 57) for p in parts])[order]
+    got = np.concatenate([p["score_ad"] for p in parts])[order]
+    np.testing.assert_array_equal(seq, np.arange(summary.n_events_in))
+    old = score(scaled_ad_net, x)
+    new = score(registers.with_scaling(scaled_ad_net, off, sh), x)
+    is_old, is_new = got == old, got == new
+    assert np.all(is_old | is_new)  # every event is exactly one of the two networks
+    first_new = int(seq[is_new & ~is_old].min())
+    last_old = int(seq[is_old & ~is_new].max())
+    k = (last_old // BATCH + 1) * BATCH  # the batch boundary after the last old event
+    assert k <= first_new < k + BATCH  # no new event before k, and the batch at k is new
+    assert np.all(is_old[seq < k]) and np.all(is_new[seq >= k])
+    assert 3 * BATCH <= k <= sent
+    assert np.mean(old != new) > 0.3  # most events tell the two scalings apart
