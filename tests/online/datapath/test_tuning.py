@@ -50,8 +50,11 @@ def ad_menu(scores: np.ndarray, fractions=(0.5, 0.8, 0.95)) -> Menu:
     return Menu((*seeds, Seed("ZeroBias", "", prescale=7)))
 
 
-def configured_worker(tmp_path, ir_path, backend: dict, menu: Menu) -> worker_mod.TriggerWorker:
-    setup = WorkerSetup(1, backend, (ModelFiles.read("ad", ir_path),), json.dumps(menu.to_json()))
+def configured_worker(
+    tmp_path, ir_path, backend: dict, menu: Menu, scaling: tuple = ()
+) -> worker_mod.TriggerWorker:
+    models = (ModelFiles.read("ad", ir_path),)
+    setup = WorkerSetup(1, backend, models, json.dumps(menu.to_json()), scaling)
     frames = setup.frames()
     w = worker_mod.TriggerWorker("test-0", tmp_path)
     w.configure(json.loads(frames[1]), frames[2:])
@@ -357,3 +360,123 @@ def test_set_scaling_mid_run_switches_once_at_a_batch_boundary(
     assert np.all(is_old[seq < k]) and np.all(is_new[seq >= k])
     assert 3 * BATCH <= k <= sent
     assert np.mean(old != new) > 0.3  # most events tell the two scalings apart
+
+
+# ---- the dispatcher: scaling broadcast, setup of late workers, firmware status ----------
+
+
+def test_dispatcher_broadcasts_scaling_keeps_it_for_late_workers_and_sums_mismatches(
+    zmq_ctx, scaled_ad_ir
+):
+    import threading
+
+    import zmq
+
+    from l1forge.online.datapath import protocol as msg
+    from l1forge.online.datapath.dispatcher import Dispatcher
+
+    setup = WorkerSetup(1, {"kind": "emulator"}, (ModelFiles.read("ad", scaled_ad_ir),), "{}")
+    d = Dispatcher(
+        zmq_ctx,
+        worker_endpoint="inproc://w-tuning",
+        source_endpoint="inproc://s-tuning",
+        collector_endpoint="inproc://c-tuning",
+        setup=setup,
+        credits=1,
+        heartbeat_s=0.2,
+        timeout_s=30.0,
+    )
+    loop = threading.Thread(target=d.run, daemon=True)
+    loop.start()
+
+    def recv(sock: zmq.Socket) -> list[bytes]:
+        while True:  # the dispatcher's heartbeats are not what the test waits for
+            frames = sock.recv_multipart()
+            if frames[0] != msg.D_HEARTBEAT:
+                return frames
+
+    def fake_worker(name: str) -> tuple[zmq.Socket, dict]:
+        sock = zmq_ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        sock.connect("inproc://w-tuning")
+        sock.send_multipart([msg.W_READY, json.dumps({"name": name, "credits": 1}).encode()])
+        kind, head, *_ = recv(sock)
+        assert kind == msg.D_CONFIG
+        sock.send_multipart([msg.W_CONFIGURED, b'{"models": {}}'])
+        return sock, json.loads(head)
+
+    try:
+        first, head = fake_worker("fw-0")
+        assert head["scaling"] == []
+        scaling = InputScaling("ad", [1] * 57, [2] * 57)
+        answers: dict = {}
+        t = threading.Thread(target=lambda: answers.update(d.broadcast_scaling(scaling, 10)))
+        t.start()
+        kind, frame = recv(first)
+        assert kind == msg.D_SET_SCALING
+        got = json.loads(frame)
+        assert InputScaling.from_json(got) == scaling
+        first.send_multipart([msg.W_ACK, json.dumps({"token": got["token"], "ok": True}).encode()])
+        t.join(10)
+        assert answers == {"fw-0": {"token": got["token"], "ok": True}}
+        late, head = fake_worker("fw-1")  # connects after the change: its setup has it
+        assert head["scaling"] == [scaling.to_json()]
+        for sock, n in ((first, 3), (late, 4)):
+            stats = {"ad": {"seed_mismatches": {"AD0": n, "AD1": 1}, "registers_version": 2}}
+            sock.send_multipart([msg.W_STATS, json.dumps(stats).encode()])
+        from .runs import wait_for
+
+        wait_for(lambda: d.status()["seed_mismatches"] == 9, 10, "the stats of both workers")
+        assert d.status()["firmware"]["fw-1"]["ad"]["registers_version"] == 2
+    finally:
+        d.request_stop()
+        loop.join(10)
+
+
+def test_a_worker_connecting_later_loads_the_scaling_of_the_setup(
+    tmp_path, scaled_ad_net, scaled_ad_ir
+):
+    x = events(scaled_ad_net, 200, seed=3)
+    off, sh = new_scaling(scaled_ad_net, seed=30)
+    menu = ad_menu(score(scaled_ad_net, x))
+    scaling = (InputScaling("ad", off, sh),)
+    w = configured_worker(tmp_path, scaled_ad_ir, {"kind": "emulator"}, menu, scaling)
+    try:
+        r = w.process(batch_frames(x, 0))
+        want = score(registers.with_scaling(scaled_ad_net, off, sh), x)
+        np.testing.assert_array_equal(r.scores[:, 0], want)
+        # set_model restores the new IR's own scaling
+        w.set_model("ad", scaled_ad_ir.read_bytes(), scaled_ad_ir.with_suffix(".npz").read_bytes())
+        r = w.process(batch_frames(x, 0))
+        np.testing.assert_array_equal(r.scores[:, 0], score(scaled_ad_net, x))
+    finally:
+        w.close()
+
+
+def test_run_control_refuses_a_menu_the_register_bank_cannot_hold(
+    tmp_path, events_h5, scaled_ad_ir, scaled_ad_fw
+):
+    from l1forge.online.config import run_config_from_dict
+    from l1forge.online.control.runcontrol import RunControl
+
+    raw = {
+        "source": {"kind": "replay", "path": str(events_h5), "n_events": 10},
+        "backend": {
+            "kind": "rtl",
+            "firmware_dir": str(scaled_ad_fw),
+            "simulator": "icarus",
+            "models": {"ad": str(scaled_ad_ir)},
+        },
+        "menu": {"seeds": [{"name": "AD0", "model": "ad", "threshold": 1.0}]},
+        "storage": {"out_dir": str(tmp_path / "out")},
+        "state_dir": str(tmp_path / "state"),
+    }
+    rc = RunControl(tmp_path / "state")
+    rc.configure(run_config_from_dict(raw, tmp_path))
+    five = Menu(tuple(Seed(f"S{i}", "ad", threshold=float(i)) for i in range(5)))
+    with pytest.raises(registers.RegisterError, match="5 seeds on 'ad', the firmware 4 slots"):
+        rc.set_menu(five.to_json())
+    assert [s.name for s in rc.config.menu.seeds] == ["AD0"]  # the old menu stays
+    four = Menu(tuple(Seed(f"S{i}", "ad", threshold=float(i)) for i in range(4)))
+    assert rc.set_menu(four.to_json())["seeds"][3]["name"] == "S3"
