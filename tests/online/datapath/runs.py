@@ -3,6 +3,7 @@ must give, the run's ROOT files read back, and waiting on a running pipeline."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -173,3 +174,69 @@ def emulate(net, x: np.ndarray) -> np.ndarray:
     """Integer outputs of ``net`` on ``x`` from the bit-exact emulator."""
     with Emulator(net) as emu:
         return emu.run(x)
+
+
+class TapBatches:
+    """Records ``(first_seq, n_events)`` of every batch the monitoring tap publishes (run with
+    ``monitor.fraction`` 1: every batch), so a test knows the run's real batch boundaries.
+    Start it as the pipeline's ``tap_subscriber``; ``close`` after the pipeline stopped."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.batches: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, pipe: Pipeline) -> None:
+        import threading
+
+        import zmq
+
+        from l1forge.online.datapath.wire import TOPIC_MONITOR, decode_results
+
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(pipe.monitor_endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_MONITOR)
+
+        def loop() -> None:
+            try:
+                while not self._stop.is_set():
+                    if sock.poll(50):
+                        _, *frames = sock.recv_multipart()
+                        r = decode_results(frames)
+                        self.batches.append((r.first_seq, len(r)))
+            finally:
+                sock.close(0)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def close(self, n_events: int) -> list[tuple[int, int]]:
+        """Wait until the batches seen hold the run's ``n_events`` events, stop listening;
+        the batches, sorted by first_seq."""
+        wait_for(lambda: sum(n for _, n in set(self.batches)) >= n_events, 30, "the tap")
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        return sorted(set(self.batches))
+
+
+def assert_one_switch_at_a_batch_boundary(
+    seq: np.ndarray, is_old: np.ndarray, is_new: np.ndarray, batches: list[tuple[int, int]]
+) -> int:
+    """Every event is the old or the new (``is_old | is_new``), the strictly-old ones all come
+    before the strictly-new ones, and exactly one batch boundary of the run separates the last
+    old event from the first new one; returns that boundary's sequence number."""
+    starts = [s for s, _ in batches]
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(batches))
+    assert np.all(is_old | is_new)
+    last_old = int(seq[is_old & ~is_new].max())
+    first_new = int(seq[is_new & ~is_old].min())
+    assert last_old < first_new
+    between = [s for s in starts if last_old < s <= first_new]
+    assert len(between) == 1, (last_old, first_new, between)
+    return between[0]

@@ -310,7 +310,7 @@ def test_set_scaling_mid_run_switches_once_at_a_batch_boundary(
 
     from l1forge.online.datapath.storage import TREE
 
-    from .runs import BATCH, wait_for
+    from .runs import BATCH, TapBatches, assert_one_switch_at_a_batch_boundary, wait_for
 
     cfg = run_cfg(
         backend={"kind": "emulator", "models": {"ad": str(scaled_ad_ir)}},
@@ -322,9 +322,12 @@ def test_set_scaling_mid_run_switches_once_at_a_batch_boundary(
         },  # every event is stored
         source={"rate_hz": 6000.0, "n_events": None, "loop": True},
         workers={"n": 1, "credits": 2},
+        monitor={"fraction": 1.0},  # every batch on the tap: the run's batch boundaries
         duration_s=60.0,
     )
-    pipe = running_pipeline(cfg, 21)
+    pipe = running_pipeline(cfg, 21, start=False)
+    tap = TapBatches()
+    pipe.start(tap_subscriber=tap)
     wait_for(lambda: pipe.status().get("events_processed", 0) >= 3 * BATCH, what="3 batches")
     off, sh = new_scaling(scaled_ad_net, seed=8)
     with pytest.raises(registers.RegisterError, match="OFFSET"):
@@ -351,13 +354,9 @@ def test_set_scaling_mid_run_switches_once_at_a_batch_boundary(
     np.testing.assert_array_equal(seq, np.arange(summary.n_events_in))
     old = score(scaled_ad_net, x)
     new = score(registers.with_scaling(scaled_ad_net, off, sh), x)
-    is_old, is_new = got == old, got == new
-    assert np.all(is_old | is_new)  # every event is exactly one of the two networks
-    first_new = int(seq[is_new & ~is_old].min())
-    last_old = int(seq[is_old & ~is_new].max())
-    k = (last_old // BATCH + 1) * BATCH  # the batch boundary after the last old event
-    assert k <= first_new < k + BATCH  # no new event before k, and the batch at k is new
-    assert np.all(is_old[seq < k]) and np.all(is_new[seq >= k])
+    batches = tap.close(summary.n_events_in)
+    k = assert_one_switch_at_a_batch_boundary(seq, got == old, got == new, batches)
+    assert np.all(got[seq < k] == old[seq < k]) and np.all(got[seq >= k] == new[seq >= k])
     assert 3 * BATCH <= k <= sent
     assert np.mean(old != new) > 0.3  # most events tell the two scalings apart
 
