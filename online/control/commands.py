@@ -327,7 +327,7 @@ class ControlClient:
 
     def set_scaling(self, offset: list[int], shift: list[int], model: str | None = None) -> Any:
         """Replace a model's input offsets and shifts (the first model by default) in a run."""
-        args: dict[str, Any] = {"offset": list(offset), "shift": list(shift)}
+        args: dict[str, Any] = {"offset": _plain(offset), "shift": _plain(shift)}
         if model is not None:
             args["model"] = model
         return self.request("set_scaling", **args)
@@ -335,3 +335,8 @@ class ControlClient:
     def shutdown(self) -> Any:
         """Ask the daemon to stop any run and exit."""
         return self.request("shutdown")
+
+
+def _plain(values: Any) -> list[Any]:
+    """A list of JSON-able values (numpy arrays and their integers become Python ints)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)

@@ -209,7 +209,7 @@ class Dispatcher:
                 "unknown_worker_messages": self.n_unknown,
                 "firmware": {w: dict(f) for w, f in self.firmware.items()},
                 "seed_mismatches": sum(
-                    sum(m["seed_mismatches"].values())
+                    sum(m.get("seed_mismatches", {}).values())
                     for f in self.firmware.values()
                     for m in f.values()
                 ),

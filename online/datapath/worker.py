@@ -211,12 +211,13 @@ class TriggerWorker:
             by_name[m.name] = scores[:, j]
         latency = time.perf_counter() - t0
         seqs = batch.seqs()
-        fired = {name: f for fw in self.firmware.values() for name, f in fw.fired().items()}
+        per_model = {name: fw.fired() for name, fw in self.firmware.items()}
+        fired = {seed: f for by_seed in per_model.values() for seed, f in by_seed.items()}
         bits = self.menu.decide(by_name, seqs, fired_by=fired)
-        if fired:
+        if fired:  # the firmware decided these seeds: count where the software menu disagrees
             software = self.menu.decide(by_name, seqs, prescale=False)
             self.new_mismatches += sum(
-                fw.compare(fw.fired(), self.menu, software) for fw in self.firmware.values()
+                self.firmware[name].compare(f, self.menu, software) for name, f in per_model.items()
             )
         acc = np.flatnonzero(bits).astype(np.uint32)
         return ResultBatch(
