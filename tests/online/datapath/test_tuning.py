@@ -479,3 +479,28 @@ def test_run_control_refuses_a_menu_the_register_bank_cannot_hold(
     assert [s.name for s in rc.config.menu.seeds] == ["AD0"]  # the old menu stays
     four = Menu(tuple(Seed(f"S{i}", "ad", threshold=float(i)) for i in range(4)))
     assert rc.set_menu(four.to_json())["seeds"][3]["name"] == "S3"
+
+
+def test_a_new_board_backend_after_set_model_gets_the_menu_thresholds_again(
+    tmp_path, scaled_ad_net, scaled_ad_ir, mocked_board
+):
+    """Mocked board: set_model builds the backend anew (a new overlay starts from reset), so
+    the worker writes the running menu's thresholds into the bank again."""
+    bank, rmap = mocked_board.bank, mocked_board.bank.map
+    x = events(scaled_ad_net, 100, seed=2)
+    menu = ad_menu(score(scaled_ad_net, x))
+    backend = {"kind": "pynq", "firmware_dir": str(mocked_board.fw), "bitfile": "top.bit"}
+    w = configured_worker(tmp_path, scaled_ad_ir, backend, menu)
+    try:
+        old = w.models[0].backend
+        bank.log.clear()
+        w.set_model("ad", scaled_ad_ir.read_bytes(), scaled_ad_ir.with_suffix(".npz").read_bytes())
+        assert w.models[0].backend is not old
+        thresholds, _ = rmap.menu_thresholds(menu, "ad")
+        assert bank.log == [*rmap.threshold_writes(thresholds), rmap.commit_write()]
+        assert w.firmware_status()["ad"]["registers_version"] == 2
+        seqs = np.arange(len(x), dtype=np.uint64)
+        r = w.process(batch_frames(x, 0))
+        np.testing.assert_array_equal(r.seed_bits, menu.decide({"ad": r.scores[:, 0]}, seqs))
+    finally:
+        w.close()
