@@ -58,8 +58,7 @@ class _Model:
     net: QNet
     backend: Backend
     sha256: str
-    base: QNet | None = None  # the IR as loaded (``net`` is it with the run-time scaling)
-    scaling: InputScaling | None = None
+    base: QNet  # the IR as loaded (``net`` is it with the run-time input scaling, if any)
 
 
 def _load_ir(tmp: Path, name: str, ir_json: bytes, ir_npz: bytes) -> tuple[QNet, str]:
@@ -181,14 +180,12 @@ class TriggerWorker:
                     f"set_scaling: backend {m.backend.name} of model {m.name!r} has no register "
                     "bank (build the firmware with `l1forge firmware build --registers`)"
                 )
-            base = m.base or m.net
-            check_scaling(base, setting.offset, setting.shift)
-            net = with_scaling(base, setting.offset, setting.shift)
+            check_scaling(m.base, setting.offset, setting.shift)
+            net = with_scaling(m.base, setting.offset, setting.shift)
             swap(net)
             m.net = net
             out.update(offset=list(setting.offset), shift=list(setting.shift))
             out["registers_version"] = None
-        m.scaling = setting
         log.info("worker %s: input scaling of %s set", self.name, m.name)
         return out
 
