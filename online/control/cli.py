@@ -3,6 +3,7 @@
     l1forge online run [--config run.yaml] [--set key=value ...] [--idle]
     l1forge online configure [run.yaml] | start | stop | status | reset | shutdown
     l1forge online set-model NAME IR.json | set-menu menu.json | swap NAME IR.json menu.json
+    l1forge online set-scaling scaling.json
     l1forge online keys --out DIR
     l1forge online worker --connect tcp://DAEMON:PORT [--curve-keys DIR]   (a remote worker)
 
@@ -80,6 +81,14 @@ def register(subparsers: Any) -> None:
     sw.add_argument("menu", help="menu JSON file (Menu.to_json)")
     _control_args(sw)
     sw.set_defaults(func=_swap)
+    sc = sub.add_parser(
+        "set-scaling",
+        help="set a model's input offsets and shifts in a running run (register bank or emulator)",
+    )
+    sc.add_argument("scaling", help='JSON file {"offset": [...], "shift": [...]} (one per input)')
+    sc.add_argument("--model", help="model name (default: the run's first model)")
+    _control_args(sc)
+    sc.set_defaults(func=_set_scaling)
 
     wk = sub.add_parser("worker", help="run a trigger worker that connects to a daemon")
     wk.add_argument("--connect", required=True, help="the daemon's worker endpoint (tcp://...)")
@@ -186,6 +195,28 @@ def _set_menu(args: argparse.Namespace) -> int:
 
 def _swap(args: argparse.Namespace) -> int:
     _print(_client(args).swap(args.name, args.path, _menu_file(args.menu)))
+    return 0
+
+
+def _set_scaling(args: argparse.Namespace) -> int:
+    from l1forge.errors import ConfigError
+
+    try:
+        doc = json.loads(Path(args.scaling).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read scaling file {args.scaling}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"scaling file {args.scaling}: not JSON ({exc})") from exc
+    if (
+        not isinstance(doc, dict)
+        or set(doc) - {"offset", "shift", "model"}
+        or not ({"offset", "shift"} <= set(doc))
+    ):
+        raise ConfigError(
+            f'scaling file {args.scaling}: expected {{"offset": [...], "shift": [...]}}'
+        )
+    model = args.model or doc.get("model")
+    _print(_client(args).set_scaling(doc["offset"], doc["shift"], model))
     return 0
 
 

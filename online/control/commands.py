@@ -14,6 +14,7 @@ a request without it or with another one is refused, counted and logged. Command
     set_model  {name: model name, path: qnet IR}
     set_menu   {menu: Menu.to_json() mapping or its JSON text}
     swap       {name, path, menu}: a model and its menu at once (one broadcast to the workers)
+    set_scaling {offset: [int], shift: [int], model: name (default the first)}: while running
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "set_model": {"name": ((str,), True), "path": ((str,), True)},
     "set_menu": {"menu": ((dict, str), True)},
     "swap": {"name": ((str,), True), "path": ((str,), True), "menu": ((dict, str), True)},
+    "set_scaling": {"offset": ((list,), True), "shift": ((list,), True), "model": ((str,), False)},
 }
 
 
@@ -193,6 +195,8 @@ class CommandHandler:
             return rc.set_menu(args["menu"])
         if command == "swap":
             return rc.swap(args["name"], args["path"], args["menu"])
+        if command == "set_scaling":
+            return rc.set_scaling(args["offset"], args["shift"], args.get("model"))
         if command == "shutdown":
             self.shutdown_requested.set()
             return {"state": str(rc.state), "shutdown": True}
@@ -448,6 +452,13 @@ class ControlClient:
         """Install model `name` (IR at `path`) and `menu` together; returns both sha256."""
         return self.request("swap", name=name, path=str(Path(path).resolve()), menu=menu)
 
+    def set_scaling(self, offset: list[int], shift: list[int], model: str | None = None) -> Any:
+        """Replace a model's input offsets and shifts (the first model by default) in a run."""
+        args: dict[str, Any] = {"offset": _plain(offset), "shift": _plain(shift)}
+        if model is not None:
+            args["model"] = model
+        return self.request("set_scaling", **args)
+
     def shutdown(self) -> Any:
         """Ask the daemon to stop any run and exit."""
         return self.request("shutdown")
@@ -492,3 +503,8 @@ def daemon_client(
         if found.get("control") == control:  # the local daemon named explicitly
             token = found.get("token")
     return ControlClient(control, timeout_s=timeout_s, keys=keys, token=token)
+
+
+def _plain(values: Any) -> list[Any]:
+    """A list of JSON-able values (numpy arrays and their integers become Python ints)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)

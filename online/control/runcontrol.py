@@ -415,6 +415,7 @@ class RunControl:
     def set_menu(self, menu_doc: dict[str, Any] | str) -> dict[str, Any]:
         """Replace the menu (``Menu.to_json`` form): live when running, else for the next run."""
         from l1forge.online.datapath.menu import Menu
+        from l1forge.online.datapath.tuning import check_menu_for
 
         with self._lock:
             self._require("set_menu", RunState.CONFIGURED, RunState.RUNNING, RunState.STOPPED)
@@ -422,6 +423,8 @@ class RunControl:
             assert cfg is not None
             menu = Menu.from_json(menu_doc)
             menu.check_models(cfg.backend.models)
+            b = cfg.backend
+            check_menu_for(b.kind, b.firmware_dir, next(iter(b.models)), menu)
             doc = menu.to_json()
             raw = run_config_to_dict(cfg)
             raw["menu"]["seeds"] = doc["seeds"]
@@ -470,6 +473,17 @@ class RunControl:
             self._config = new_cfg
             log.info("swap: model %s -> %s, menu %s", name, ir_path, out["menu_sha256"][:12])
             return {**out, "path": ir_path}
+
+    def set_scaling(
+        self, offset: list[int], shift: list[int], model: str | None = None
+    ) -> dict[str, Any]:
+        """New input offsets and shifts of a model's ``scale`` op on the running workers (the
+        register bank of a hardware backend, the emulator's IR otherwise)."""
+        with self._lock:
+            self._require("set_scaling", RunState.RUNNING)
+            answer = self._live().set_scaling(offset, shift, model)
+            log.info("input scaling of %s replaced", answer["model"])
+            return answer
 
     # ---- internals ----
 

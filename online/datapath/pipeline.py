@@ -29,12 +29,13 @@ from l1forge.online.config import RunConfig
 from l1forge.online.datapath.collector import Collector
 from l1forge.online.datapath.dispatcher import Dispatcher
 from l1forge.online.datapath.menu import Menu, build_menu
-from l1forge.online.datapath.protocol import ModelFiles, WorkerSetup, menu_text
+from l1forge.online.datapath.protocol import InputScaling, ModelFiles, WorkerSetup, menu_text
 from l1forge.online.datapath.pump import SourcePump
 from l1forge.online.datapath.sources import Sequencer, Source, make_source
 from l1forge.online.datapath.status import PipelineStatus
 from l1forge.online.datapath.storage import AcceptedWriter
 from l1forge.online.datapath.summary import RunSummary, summarize
+from l1forge.online.datapath.tuning import check_menu_for, check_scaling_for
 from l1forge.online.datapath.wire import TOPIC_MONITOR
 from l1forge.online.datapath.workerpool import WorkerPool
 
@@ -308,7 +309,37 @@ class Pipeline:
                 f"{command}: a running run keeps its seeds {self.menu.names}; got {menu.names} "
                 "(change seeds between runs)"
             )
+        self.check_menu(menu)
         return menu
+
+    def check_menu(self, menu: Menu) -> None:
+        """RegisterError if the menu does not fit the hardware backend's register bank."""
+        b = self.cfg.backend
+        check_menu_for(b.kind, b.firmware_dir, self.model_names[0], menu)
+
+    def set_scaling(
+        self,
+        offset: list[int],
+        shift: list[int],
+        model: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> dict[str, Any]:
+        """New input offsets and shifts of ``model`` (default: the first, the one hardware
+        backends run), checked here against the register ranges, then set on every worker
+        between two batches: register writes on a register bank, ``with_scaling`` on the
+        emulator."""
+        name = model or self.model_names[0]
+        if name not in self.model_names:
+            raise ConfigError(f"set_scaling: this run has no model {name!r} ({self.model_names})")
+        setting = InputScaling(name, tuple(offset), tuple(shift))
+        b = self.cfg.backend
+        files = next(m for m in self.models if m.name == name)
+        check_scaling_for(
+            b.kind, b.firmware_dir, name == self.model_names[0], _net_of(files), setting
+        )
+        dispatcher, _ = self._running()
+        answers = dispatcher.broadcast_scaling(setting, timeout_s)
+        return {**setting.to_json(), "workers": answers}
 
     # ---- status and stop ----
 
@@ -422,3 +453,15 @@ class Pipeline:
         """Accepted events kept in memory after a storage failure (seq, seed_bits)."""
         _, collector = self._running()
         return collector.held_events()
+
+
+def _net_of(files: ModelFiles) -> Any:
+    """The QNet of a model's IR bytes (loaded with full validation)."""
+    from l1forge.models import qnet
+
+    with tempfile.TemporaryDirectory(prefix="l1f-ir-") as tmp:
+        doc = json.loads(files.ir_json)
+        (Path(tmp) / Path(str(doc["arrays_file"])).name).write_bytes(files.ir_npz)
+        path = Path(tmp) / f"{files.name}.json"
+        path.write_bytes(files.ir_json)
+        return qnet.load(path)

@@ -225,3 +225,54 @@ def test_daemon_client_reads_endpoints_and_token_files(tmp_path):
         commands.read_token_file(tmp_path / "empty")
     with pytest.raises(commands.ConfigError, match="cannot read the control token file"):
         commands.read_token_file(tmp_path / "absent")
+
+
+def test_set_scaling_through_the_socket_and_the_cli(
+    tmp_path, zmq_ctx, events_h5, scaled_ad_ir, scaled_ad_net, capsys
+):
+    """set_scaling: refused unless running; in a run, ``l1forge online set-scaling FILE`` and
+    the client reach the worker, which answers with what is active; bad values are refused."""
+    from l1forge.cli import main
+    from l1forge.firmware.registers import split_scaling
+
+    rc = RunControl(tmp_path / "state")
+    srv = ControlServer(CommandHandler(rc), "tcp://127.0.0.1:0", context=zmq_ctx).start()
+    client = ControlClient(srv.endpoint, timeout_s=60, context=zmq_ctx, token=srv.token)
+    sc, _ = split_scaling(scaled_ad_net)
+    off, sh = [1] * 57, [sc.shift_hi] * 57
+    try:
+        with pytest.raises(ControlError, match="cannot set_scaling in state idle"):
+            client.set_scaling(off, sh)
+        config = {
+            "source": {"kind": "replay", "path": str(events_h5), "loop": True, "rate_hz": 2000.0},
+            "backend": {"kind": "emulator", "models": {"ad": str(scaled_ad_ir)}},
+            "workers": {"n": 1},
+            "menu": {"seeds": [{"name": "ZeroBias", "model": "", "prescale": 100}]},
+            "storage": {"out_dir": str(tmp_path / "out"), "min_free_mb": 1},
+            "state_dir": str(tmp_path / "state"),
+            "duration_s": 120.0,
+        }
+        client.configure(config=config)
+        client.start()
+        doc = tmp_path / "scaling.json"
+        doc.write_text(json.dumps({"offset": off, "shift": sh}))
+        (tmp_path / "token").write_text(srv.token)
+        cmd = ["online", "set-scaling", str(doc), "--control", srv.endpoint]
+        assert main([*cmd, "--token-file", str(tmp_path / "token")]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert (answer["model"], answer["offset"], answer["shift"]) == ("ad", off, sh)
+        (ack,) = answer["workers"].values()
+        assert ack["ok"] and (ack["offset"], ack["shift"]) == (off, sh)
+        with pytest.raises(ControlError, match=rf"SHIFT\[0\]: {sc.shift_hi + 1} outside"):
+            client.set_scaling(off, [sc.shift_hi + 1] * 57)
+        with pytest.raises(ControlError, match="no model 'cls'"):
+            client.set_scaling(off, sh, model="cls")
+        with pytest.raises(ControlError, match="list of integers"):
+            client.set_scaling(["a"] * 57, sh)
+        with pytest.raises(ControlError, match="missing argument 'shift'"):
+            client.request("set_scaling", offset=off)
+        assert client.stop()["lost"] == 0
+    finally:
+        if rc.state == "running":
+            rc.stop()
+        srv.close()
