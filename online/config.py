@@ -225,6 +225,8 @@ class NetworkConfig(Section):
     metrics_port: Port = 0
     monitor_port: Port = 0
     curve_keys: Folder | None = None  # folder made by `l1forge online keys`
+    web_max_connections: Annotated[Int, Field(ge=1, le=4096)] = 64  # HTTP requests at once
+    web_timeout_s: Annotated[Positive, Field(le=600.0)] = 5.0  # to send a whole HTTP request
 
     @property
     def loopback(self) -> bool:

@@ -2,12 +2,14 @@
 
     l1forge online run [--config run.yaml] [--set key=value ...] [--idle]
     l1forge online configure [run.yaml] | start | stop | status | reset | shutdown
-    l1forge online set-model NAME IR.json | set-menu menu.json
+    l1forge online set-model NAME IR.json | set-menu menu.json | swap NAME IR.json menu.json
+    l1forge online set-scaling scaling.json
     l1forge online keys --out DIR
     l1forge online worker --connect tcp://DAEMON:PORT [--curve-keys DIR]   (a remote worker)
 
-Control commands find the daemon through ``<state_dir>/endpoints.json`` (``--state-dir``,
-default out/online/state) or take ``--control tcp://HOST:PORT`` (and ``--keys DIR`` for CURVE).
+Control commands find the daemon and its control token through ``<state_dir>/endpoints.json``
+(``--state-dir``, default out/online/state) or take ``--control tcp://HOST:PORT`` (with
+``--token-file FILE`` for the token and ``--keys DIR`` for CURVE).
 The `model` sub-commands of the continual learner are defined in ``online/control/model_cli.py``.
 """
 
@@ -71,6 +73,23 @@ def register(subparsers: Any) -> None:
     _control_args(mn)
     mn.set_defaults(func=_set_menu)
 
+    sw = sub.add_parser(
+        "swap", help="install a model and its menu together (live: one broadcast, no mixed batch)"
+    )
+    sw.add_argument("name", help="model name (a key of backend.models)")
+    sw.add_argument("path", help="qnet IR JSON")
+    sw.add_argument("menu", help="menu JSON file (Menu.to_json)")
+    _control_args(sw)
+    sw.set_defaults(func=_swap)
+    sc = sub.add_parser(
+        "set-scaling",
+        help="set a model's input offsets and shifts in a running run (register bank or emulator)",
+    )
+    sc.add_argument("scaling", help='JSON file {"offset": [...], "shift": [...]} (one per input)')
+    sc.add_argument("--model", help="model name (default: the run's first model)")
+    _control_args(sc)
+    sc.set_defaults(func=_set_scaling)
+
     wk = sub.add_parser("worker", help="run a trigger worker that connects to a daemon")
     wk.add_argument("--connect", required=True, help="the daemon's worker endpoint (tcp://...)")
     wk.add_argument("--name", help="worker name (default host-pid)")
@@ -91,6 +110,11 @@ def _control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", help="control endpoint (default: from <state-dir>/endpoints.json)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="the daemon's state_dir")
     p.add_argument("--keys", help="CURVE key folder (default: the daemon's, if local)")
+    p.add_argument(
+        "--token-file",
+        help="the daemon's control token: its endpoints.json or a file holding the token "
+        "(default: <state-dir>/endpoints.json)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
 
 
@@ -128,15 +152,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from l1forge.online.control.commands import ControlClient
-    from l1forge.online.control.daemon import read_endpoints
+    from l1forge.online.control.commands import daemon_client
 
-    endpoint, keys = args.control, args.keys
-    if endpoint is None:
-        found = read_endpoints(args.state_dir)
-        endpoint = found["control"]
-        keys = keys or found.get("curve_keys")
-    return ControlClient(endpoint, timeout_s=args.timeout, keys=keys)
+    return daemon_client(
+        args.state_dir,
+        control=args.control,
+        keys=args.keys,
+        token_file=args.token_file,
+        timeout_s=args.timeout,
+    )
 
 
 def _configure(args: argparse.Namespace) -> int:
@@ -155,14 +179,44 @@ def _set_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_menu(args: argparse.Namespace) -> int:
+def _menu_file(path: str) -> str:
     from l1forge.errors import ConfigError
 
     try:
-        text = Path(args.menu).read_text()
+        return Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read menu file {args.menu}: {exc.strerror}") from exc
-    _print(_client(args).set_menu(text))
+        raise ConfigError(f"cannot read menu file {path}: {exc.strerror}") from exc
+
+
+def _set_menu(args: argparse.Namespace) -> int:
+    _print(_client(args).set_menu(_menu_file(args.menu)))
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    _print(_client(args).swap(args.name, args.path, _menu_file(args.menu)))
+    return 0
+
+
+def _set_scaling(args: argparse.Namespace) -> int:
+    from l1forge.errors import ConfigError
+
+    try:
+        doc = json.loads(Path(args.scaling).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read scaling file {args.scaling}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"scaling file {args.scaling}: not JSON ({exc})") from exc
+    if (
+        not isinstance(doc, dict)
+        or set(doc) - {"offset", "shift", "model"}
+        or not ({"offset", "shift"} <= set(doc))
+    ):
+        raise ConfigError(
+            f'scaling file {args.scaling}: expected {{"offset": [...], "shift": [...]}}'
+        )
+    model = args.model or doc.get("model")
+    _print(_client(args).set_scaling(doc["offset"], doc["shift"], model))
     return 0
 
 

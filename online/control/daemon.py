@@ -2,8 +2,9 @@
 
 One thread serves the control socket and watches the run: it stops the run when the source
 ends, when ``duration_s`` has passed, or on SIGTERM/SIGINT (the source stops first, in-flight
-events drain, files close, then the summary is returned). The daemon's endpoints are written
-to ``<state_dir>/endpoints.json`` so `l1forge online status` etc. find it.
+events drain, files close, then the summary is returned). The daemon's endpoints and its control
+token are written to ``<state_dir>/endpoints.json`` (mode 0600: only the daemon's own account
+reads the token) so `l1forge online status` etc. find it and may send commands.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from l1forge.errors import L1ForgeError
 from l1forge.fileio import write_atomic
 from l1forge.online.config import RunConfig
-from l1forge.online.control.commands import CommandHandler, ControlServer
+from l1forge.online.control.commands import (
+    ENDPOINTS_FILE,
+    CommandHandler,
+    ControlServer,
+    read_endpoints,
+)
 from l1forge.online.control.runcontrol import (
     PipelineFactory,
     RunControl,
@@ -35,7 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS_FILE = "endpoints.json"
+__all__ = ["ENDPOINTS_FILE", "Daemon", "DaemonOptions", "read_endpoints"]
+
 POLL_MS = 100
 
 
@@ -49,6 +56,8 @@ class DaemonOptions:
     metrics_port: int = 0
     curve_keys: str | None = None
     exit_when_run_ends: bool = True  # False (--idle): serve commands until shutdown or a signal
+    web_max_connections: int = 64
+    web_timeout_s: float = 5.0
 
     @classmethod
     def from_config(cls, cfg: RunConfig, *, exit_when_run_ends: bool = True) -> DaemonOptions:
@@ -61,21 +70,9 @@ class DaemonOptions:
             n.metrics_port,
             n.curve_keys,
             exit_when_run_ends,
+            n.web_max_connections,
+            n.web_timeout_s,
         )
-
-
-def read_endpoints(state_dir: str | Path) -> dict[str, Any]:
-    """The endpoints a running daemon wrote; L1ForgeError when none is running there."""
-    path = Path(state_dir) / ENDPOINTS_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise L1ForgeError(
-            f"{path} not found: no daemon is running with state_dir {state_dir} "
-            "(start one with `l1forge online run`, or pass --control tcp://HOST:PORT)"
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise L1ForgeError(f"cannot read {path}: {exc}") from exc
 
 
 class Daemon:
@@ -94,14 +91,22 @@ class Daemon:
         self._control: ControlServer | None = None
         self._web: WebServer | None = None
         self._endpoints: dict[str, Any] = {}
+        self._token = secrets.token_hex(32)  # the control token, only in endpoints.json
         self._run_started_here = 0
         self.error: str | None = None  # why the daemon's run ended in error (after serve)
 
     # ---- status for the web endpoint ----
 
     def status(self) -> dict[str, Any]:
-        """Run-control status plus the daemon's endpoints (served at /status)."""
-        return {**self.runcontrol.status(), "endpoints": self._endpoints, "pid": os.getpid()}
+        """Run-control status, the daemon's endpoints, the control socket's counters (requests,
+        malformed, refused for the token) and the web endpoint's connection counts (served at
+        /status; never the token)."""
+        doc = {**self.runcontrol.status(), "endpoints": self._endpoints, "pid": os.getpid()}
+        if self._control is not None:
+            doc["control"] = self._control.counters()
+        if self._web is not None:
+            doc["web"] = self._web.stats()
+        return doc
 
     def dqm_view(self) -> dict[str, Any]:
         """The running pipeline's DQM view (empty when no run or no DQM)."""
@@ -117,7 +122,7 @@ class Daemon:
 
         o = self.options
         self._control = ControlServer(
-            self.handler, f"tcp://{o.host}:{o.control_port}", keys=o.curve_keys
+            self.handler, f"tcp://{o.host}:{o.control_port}", keys=o.curve_keys, token=self._token
         )
         web_host = o.host if is_loopback(o.host) else "127.0.0.1"  # HTTP has no authentication
         self._web = WebServer(
@@ -126,6 +131,8 @@ class Daemon:
             registry=self.metrics.registry,
             status=self.status,
             dqm_view=self.dqm_view,
+            max_connections=o.web_max_connections,
+            read_timeout_s=o.web_timeout_s,
         ).start()
         control = self._control.endpoint
         if o.host in ("0.0.0.0", "*", "::"):
@@ -145,7 +152,9 @@ class Daemon:
             **self._endpoints,
             "monitor": getattr(pipeline, "monitor_endpoint", None),
             "workers": getattr(pipeline, "worker_endpoint", None),
+            "token": self._token,
         }
+        # write_atomic's temporary file is made by mkstemp, mode 0600: the token stays ours
         write_atomic(Path(self.options.state_dir) / ENDPOINTS_FILE, json.dumps(doc, indent=1))
 
     def _close(self) -> None:

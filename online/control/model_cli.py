@@ -5,9 +5,10 @@
     l1forge online model firmware VERSION --registry DIR      (firmware build folder)
     l1forge online model learn --registry DIR --reference ZB.h5 [--signals SIG.h5 ...]
 
-``--apply`` also sends the version (set_model) and its menu (set_menu) to the running daemon,
-so a rollback of the live trigger is one command. ``learn`` subscribes to the daemon's
-zero-bias monitoring tap and adapts on drift until interrupted.
+``--apply`` also sends the version and its menu to the running daemon in one ``swap`` (or a
+``set_model`` when the version has no menu), so a rollback of the live trigger is one command.
+``learn`` subscribes to the daemon's zero-bias monitoring tap and adapts on drift until
+interrupted.
 """
 
 from __future__ import annotations
@@ -50,24 +51,24 @@ def _summary(v: Any, active: str | None) -> dict[str, Any]:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from l1forge.online.control.commands import ControlClient
-    from l1forge.online.control.daemon import read_endpoints
+    from l1forge.online.control.commands import daemon_client
 
-    endpoint, keys = args.control, args.keys
-    if endpoint is None:
-        found = read_endpoints(args.state_dir)
-        endpoint, keys = found["control"], keys or found.get("curve_keys")
-    return ControlClient(endpoint, timeout_s=args.timeout, keys=keys)
+    return daemon_client(
+        args.state_dir,
+        control=args.control,
+        keys=args.keys,
+        token_file=args.token_file,
+        timeout_s=args.timeout,
+    )
 
 
 def _apply(args: argparse.Namespace, version: Any) -> dict[str, Any]:
-    """Send a version's IR and menu to the running daemon."""
+    """Send a version's IR and menu to the running daemon (together: one swap)."""
     client = _client(args)
-    out = {"set_model": client.set_model(args.model, version.qnet_path)}
     menu = version.menu()
     if menu is not None:
-        out["set_menu"] = client.set_menu(menu)
-    return out
+        return {"swap": client.swap(args.model, version.qnet_path, menu)}
+    return {"set_model": client.set_model(args.model, version.qnet_path)}
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -173,6 +174,10 @@ def _learn(args: argparse.Namespace) -> int:
         reference_signal=reference_signals or None,
         on_menu=lambda m: client.set_menu(m.to_json()),
         on_model=lambda name, path: client.set_model(name, path),
+        on_swap=lambda name, path, m: client.swap(name, path, m.to_json()),
+        on_scaling=lambda offset, shift: client.set_scaling(
+            offset.tolist(), shift.tolist(), args.model
+        ),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -209,6 +214,11 @@ def _daemon_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", help="control endpoint (default: from <state-dir>/endpoints.json)")
     p.add_argument("--state-dir", default="out/online/state", help="the daemon's state_dir")
     p.add_argument("--keys", help="CURVE key folder (when the daemon is not on loopback)")
+    p.add_argument(
+        "--token-file",
+        help="the daemon's control token: its endpoints.json or a file holding the token "
+        "(default: <state-dir>/endpoints.json)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for replies")
 
 

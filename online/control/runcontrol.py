@@ -415,6 +415,7 @@ class RunControl:
     def set_menu(self, menu_doc: dict[str, Any] | str) -> dict[str, Any]:
         """Replace the menu (``Menu.to_json`` form): live when running, else for the next run."""
         from l1forge.online.datapath.menu import Menu
+        from l1forge.online.datapath.tuning import check_menu_for
 
         with self._lock:
             self._require("set_menu", RunState.CONFIGURED, RunState.RUNNING, RunState.STOPPED)
@@ -422,6 +423,8 @@ class RunControl:
             assert cfg is not None
             menu = Menu.from_json(menu_doc)
             menu.check_models(cfg.backend.models)
+            b = cfg.backend
+            check_menu_for(b.kind, b.firmware_dir, next(iter(b.models)), menu)
             doc = menu.to_json()
             raw = run_config_to_dict(cfg)
             raw["menu"]["seeds"] = doc["seeds"]
@@ -432,6 +435,55 @@ class RunControl:
             self._config = new_cfg
             log.info("menu replaced: %s", ", ".join(menu.names))
             return doc
+
+    def swap(self, name: str, path: str, menu_doc: dict[str, Any] | str) -> dict[str, Any]:
+        """Model `name` and its menu together: when running one broadcast, so every batch is
+        processed with the old pair or the new one; else both change the next run's settings.
+        Answers with the IR's and the menu's sha256 (and, running, the workers' answers)."""
+        from l1forge.online.datapath.menu import Menu
+        from l1forge.online.datapath.protocol import ModelFiles, menu_text
+
+        with self._lock:
+            self._require("swap", RunState.CONFIGURED, RunState.RUNNING, RunState.STOPPED)
+            cfg = self._config
+            assert cfg is not None
+            if name not in cfg.backend.models:
+                raise ConfigError(
+                    f"swap: unknown model {name!r} (this run has {', '.join(cfg.backend.models)})"
+                )
+            menu = Menu.from_json(menu_doc)
+            menu.check_models(cfg.backend.models)
+            doc = menu.to_json()
+            raw = run_config_to_dict(cfg)
+            raw["backend"]["models"][name] = str(path)
+            raw["menu"]["seeds"] = doc["seeds"]
+            raw["menu"]["input_rate_hz"] = doc["input_rate_hz"]
+            new_cfg = run_config_from_dict(raw)  # checks the path exists
+            ir_path = new_cfg.backend.models[name]
+            if self._state == RunState.RUNNING:
+                out = self._live().swap(name, ir_path, menu)
+            else:
+                model = ModelFiles.read(name, ir_path)  # a broken IR is refused now
+                out = {
+                    "model": name,
+                    "sha256": model.sha256,
+                    "menu_sha256": menu_text(doc)[1],
+                    "menu": doc,
+                }
+            self._config = new_cfg
+            log.info("swap: model %s -> %s, menu %s", name, ir_path, out["menu_sha256"][:12])
+            return {**out, "path": ir_path}
+
+    def set_scaling(
+        self, offset: list[int], shift: list[int], model: str | None = None
+    ) -> dict[str, Any]:
+        """New input offsets and shifts of a model's ``scale`` op on the running workers (the
+        register bank of a hardware backend, the emulator's IR otherwise)."""
+        with self._lock:
+            self._require("set_scaling", RunState.RUNNING)
+            answer = self._live().set_scaling(offset, shift, model)
+            log.info("input scaling of %s replaced", answer["model"])
+            return answer
 
     # ---- internals ----
 

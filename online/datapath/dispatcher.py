@@ -10,6 +10,7 @@ the others (redelivery; the collector suppresses any late duplicate).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -31,7 +32,9 @@ from l1forge.online.datapath.protocol import (
     D_HEARTBEAT,
     D_SET_MENU,
     D_SET_MODEL,
+    D_SET_SCALING,
     D_STOP,
+    D_SWAP,
     D_WHO,
     FLAG_OWNER,
     FLAG_SAMPLED,
@@ -45,6 +48,8 @@ from l1forge.online.datapath.protocol import (
     W_HEARTBEAT,
     W_READY,
     W_RESULT,
+    W_STATS,
+    InputScaling,
     ModelFiles,
     WorkerSetup,
 )
@@ -60,7 +65,7 @@ MASK64 = (1 << 64) - 1  # is_sampled mixes 64-bit words
 
 
 class DispatcherError(L1ForgeError, RuntimeError):
-    """A broadcast (set_model / set_menu) failed or timed out on some worker."""
+    """A broadcast (set_model / set_menu / swap) failed or timed out on some worker."""
 
 
 def is_sampled(first_seq: int, fraction: float) -> bool:
@@ -142,6 +147,7 @@ class Dispatcher:
         self.n_unknown = 0
         self.dead_workers: list[str] = []
         self.setup_errors: dict[str, str] = {}  # worker -> why it could not load the setup
+        self.firmware: dict[str, dict] = {}  # worker -> its register banks' seed status (W_STATS)
         self.max_inflight = 0
 
     # ---- called from other threads ----
@@ -160,6 +166,21 @@ class Dispatcher:
         """Send a new menu to every worker; each answers with the menu's sha256."""
         head = json.dumps({"menu": menu_json}).encode()
         return self._broadcast([D_SET_MENU, head], timeout_s, menu_json)
+
+    def broadcast_swap(
+        self, model: ModelFiles, menu_json: str, timeout_s: float = 60.0
+    ) -> dict[str, dict]:
+        """Send a model and its menu in one message: each worker installs both between two
+        batches and answers with both sha256."""
+        head = json.dumps({"name": model.name, "menu": menu_json}).encode()
+        frames = [D_SWAP, head, model.ir_json, model.ir_npz]
+        return self._broadcast(frames, timeout_s, (model, menu_json))
+
+    def broadcast_scaling(self, scaling: InputScaling, timeout_s: float = 30.0) -> dict[str, dict]:
+        """Send a model's new input offsets and shifts to every worker; each answers with what
+        is now active (and the register bank's VERSION where it has one)."""
+        head = json.dumps(scaling.to_json()).encode()
+        return self._broadcast([D_SET_SCALING, head], timeout_s, scaling)
 
     def _broadcast(self, frames: list, timeout_s: float, update: Any) -> dict[str, dict]:
         with self._lock:
@@ -196,6 +217,12 @@ class Dispatcher:
                 "batches_dispatched": self.n_dispatched,
                 "batches_redelivered": self.n_redelivered,
                 "unknown_worker_messages": self.n_unknown,
+                "firmware": {w: dict(f) for w, f in self.firmware.items()},
+                "seed_mismatches": sum(
+                    sum(m.get("seed_mismatches", {}).values())
+                    for f in self.firmware.values()
+                    for m in f.values()
+                ),
             }
 
     # ---- the loop ----
@@ -380,6 +407,9 @@ class Dispatcher:
                 self._configured(w, json.loads(frames[2].bytes))
             elif kind == W_ACK:
                 self._ack(w, json.loads(frames[2].bytes))
+            elif kind == W_STATS:
+                with self._lock:
+                    self.firmware[w.name] = json.loads(frames[2].bytes)
             elif kind != W_HEARTBEAT:
                 log.warning("worker %s sent an unknown message %r", w.name, kind[:16])
 
@@ -452,15 +482,9 @@ class Dispatcher:
                 return
             if cmd != "broadcast":
                 continue
-            if isinstance(update, ModelFiles):
-                models = tuple(update if m.name == update.name else m for m in self.setup.models)
-                self.setup = WorkerSetup(
-                    self.setup.run, self.setup.backend, models, self.setup.menu_json
-                )
-            else:
-                self.setup = WorkerSetup(
-                    self.setup.run, self.setup.backend, self.setup.models, update
-                )
+            # a worker that (re)connects from now on is configured with the update
+            for part in update if isinstance(update, tuple) else (update,):  # swap: both
+                self.setup = _updated(self.setup, part)
             head = json.loads(b.frames[1])
             head["token"] = b.token
             frames = [b.frames[0], json.dumps(head).encode(), *b.frames[2:]]
@@ -506,3 +530,16 @@ class Dispatcher:
         self.metrics.in_flight_batches.set(len(self.inflight))
         self.metrics.queue_depth.set(len(self.redeliver))
         self.metrics.workers_alive.set(sum(w.configured for w in self.workers.values()))
+
+
+def _updated(setup: WorkerSetup, update: Any) -> WorkerSetup:
+    """The setup a worker connecting later must load: with the new model (and that model's own
+    input scaling again), the new input scaling or the new menu."""
+    if isinstance(update, ModelFiles):
+        models = tuple(update if m.name == update.name else m for m in setup.models)
+        scaling = tuple(s for s in setup.scaling if s.model != update.name)
+        return dataclasses.replace(setup, models=models, scaling=scaling)
+    if isinstance(update, InputScaling):
+        kept = tuple(s for s in setup.scaling if s.model != update.model)
+        return dataclasses.replace(setup, scaling=(*kept, update))
+    return dataclasses.replace(setup, menu_json=update)

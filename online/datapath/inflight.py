@@ -42,7 +42,7 @@ class InFlightBatch:
 
 @dataclass
 class Broadcast:
-    """A set_model / set_menu sent to every worker, waiting for their answers."""
+    """A set_model / set_menu / swap sent to every worker, waiting for their answers."""
 
     token: int
     frames: list

@@ -136,15 +136,32 @@ class Menu:
                 )
 
     def decide(
-        self, scores: Mapping[str, np.ndarray], seqs: np.ndarray, *, prescale: bool = True
+        self,
+        scores: Mapping[str, np.ndarray],
+        seqs: np.ndarray,
+        *,
+        prescale: bool = True,
+        fired_by: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Seed bits uint32 (N,) of events with per-model scores (N,) and sequence numbers."""
+        """Seed bits uint32 (N,) of events with per-model scores (N,) and sequence numbers.
+
+        ``fired_by`` gives the threshold decision of some seeds (by name, bool (N,)) instead of
+        ``score > threshold``: the firmware's seed bits; their prescales still apply here.
+        """
         seqs = np.asarray(seqs, dtype=np.uint64)
         self.check_models(scores)
+        given = fired_by or {}
         bits = np.zeros(len(seqs), dtype=np.uint32)
         for i, s in enumerate(self.seeds):
             if s.zero_bias:
                 fired = np.ones(len(seqs), dtype=bool)
+            elif s.name in given:
+                fired = np.asarray(given[s.name], dtype=bool).copy()
+                if fired.shape != seqs.shape:
+                    raise ConfigError(
+                        f"menu seed {s.name!r}: given decisions have shape {fired.shape}, "
+                        f"sequence numbers {seqs.shape}"
+                    )
             else:
                 sc = np.asarray(scores[s.model])
                 if sc.shape != seqs.shape:

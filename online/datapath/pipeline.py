@@ -29,12 +29,13 @@ from l1forge.online.config import RunConfig
 from l1forge.online.datapath.collector import Collector
 from l1forge.online.datapath.dispatcher import Dispatcher
 from l1forge.online.datapath.menu import Menu, build_menu
-from l1forge.online.datapath.protocol import ModelFiles, WorkerSetup
+from l1forge.online.datapath.protocol import InputScaling, ModelFiles, WorkerSetup, menu_text
 from l1forge.online.datapath.pump import SourcePump
 from l1forge.online.datapath.sources import Sequencer, Source, make_source
 from l1forge.online.datapath.status import PipelineStatus
 from l1forge.online.datapath.storage import AcceptedWriter
 from l1forge.online.datapath.summary import RunSummary, summarize
+from l1forge.online.datapath.tuning import check_menu_for, check_scaling_for
 from l1forge.online.datapath.wire import TOPIC_MONITOR
 from l1forge.online.datapath.workerpool import WorkerPool
 
@@ -65,7 +66,7 @@ def _backend_settings(cfg: RunConfig, n_local: int) -> dict[str, Any]:
 
 
 class Pipeline:
-    """The data path of one run (thread-safe `status`, `set_model`, `set_menu`)."""
+    """The data path of one run (thread-safe `status`, `set_model`, `set_menu`, `swap`)."""
 
     def __init__(
         self,
@@ -261,20 +262,84 @@ class Pipeline:
 
     def set_menu(self, menu: Menu | dict | str, timeout_s: float = 30.0) -> dict[str, Any]:
         """Broadcast new thresholds/prescales; the seed names must stay those of the run."""
-        if not isinstance(menu, Menu):
-            menu = Menu.from_json(menu)
-        menu.check_models(self.model_names)
-        if menu.names != self.menu.names:
-            raise ConfigError(
-                f"set_menu: a running run keeps its seeds {self.menu.names}; got {menu.names} "
-                "(change seeds between runs)"
-            )
+        menu = self._checked_menu(menu, "set_menu")
         dispatcher, collector = self._running()
         text = json.dumps(menu.to_json())
         answers = dispatcher.broadcast_menu(text, timeout_s)
         self.menu = menu
         collector.set_menu(menu)
         return {"menu": menu.to_json(), "workers": answers}
+
+    def swap(
+        self, name: str, path: str | Path, menu: Menu | dict | str, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        """Install model `name` and its menu together: one broadcast message, so every batch
+        runs on the old pair or on the new one. Acknowledged with both sha256 by every worker."""
+        if name not in self.model_names:
+            raise ConfigError(f"swap: this run has no model {name!r} ({self.model_names})")
+        menu = self._checked_menu(menu, "swap")
+        dispatcher, collector = self._running()
+        model = ModelFiles.read(name, path)
+        text, menu_sha256 = menu_text(menu.to_json())
+        answers = dispatcher.broadcast_swap(model, text, timeout_s)
+        wrong = {
+            w: a
+            for w, a in answers.items()
+            if a.get("sha256") != model.sha256 or a.get("menu_sha256") != menu_sha256
+        }
+        if wrong:
+            raise PipelineError(f"swap: workers acknowledged other files: {json.dumps(wrong)}")
+        self.models = tuple(model if m.name == name else m for m in self.models)
+        self.menu = menu
+        collector.set_menu(menu)
+        return {
+            "model": name,
+            "sha256": model.sha256,
+            "menu_sha256": menu_sha256,
+            "menu": menu.to_json(),
+            "workers": answers,
+        }
+
+    def _checked_menu(self, menu: Menu | dict | str, command: str) -> Menu:
+        if not isinstance(menu, Menu):
+            menu = Menu.from_json(menu)
+        menu.check_models(self.model_names)
+        if menu.names != self.menu.names:
+            raise ConfigError(
+                f"{command}: a running run keeps its seeds {self.menu.names}; got {menu.names} "
+                "(change seeds between runs)"
+            )
+        self.check_menu(menu)
+        return menu
+
+    def check_menu(self, menu: Menu) -> None:
+        """RegisterError if the menu does not fit the hardware backend's register bank."""
+        b = self.cfg.backend
+        check_menu_for(b.kind, b.firmware_dir, self.model_names[0], menu)
+
+    def set_scaling(
+        self,
+        offset: list[int],
+        shift: list[int],
+        model: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> dict[str, Any]:
+        """New input offsets and shifts of ``model`` (default: the first, the one hardware
+        backends run), checked here against the register ranges, then set on every worker
+        between two batches: register writes on a register bank, ``with_scaling`` on the
+        emulator."""
+        name = model or self.model_names[0]
+        if name not in self.model_names:
+            raise ConfigError(f"set_scaling: this run has no model {name!r} ({self.model_names})")
+        setting = InputScaling(name, tuple(offset), tuple(shift))
+        b = self.cfg.backend
+        files = next(m for m in self.models if m.name == name)
+        check_scaling_for(
+            b.kind, b.firmware_dir, name == self.model_names[0], _net_of(files), setting
+        )
+        dispatcher, _ = self._running()
+        answers = dispatcher.broadcast_scaling(setting, timeout_s)
+        return {**setting.to_json(), "workers": answers}
 
     # ---- status and stop ----
 
@@ -388,3 +453,15 @@ class Pipeline:
         """Accepted events kept in memory after a storage failure (seq, seed_bits)."""
         _, collector = self._running()
         return collector.held_events()
+
+
+def _net_of(files: ModelFiles) -> Any:
+    """The QNet of a model's IR bytes (loaded with full validation)."""
+    from l1forge.models import qnet
+
+    with tempfile.TemporaryDirectory(prefix="l1f-ir-") as tmp:
+        doc = json.loads(files.ir_json)
+        (Path(tmp) / Path(str(doc["arrays_file"])).name).write_bytes(files.ir_npz)
+        path = Path(tmp) / f"{files.name}.json"
+        path.write_bytes(files.ir_json)
+        return qnet.load(path)

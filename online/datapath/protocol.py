@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from l1forge.errors import ConfigError
+
 # ---- the worker protocol: multipart messages, the first frame names the message ----
 # worker -> dispatcher (the ROUTER prepends the worker's identity)
 W_READY = b"READY"  # json {name, pid, host, credits}
@@ -22,13 +24,16 @@ W_HEARTBEAT = b"HB"  # [identity of the worker's data socket] when sent from its
 W_CONFIGURED = b"CONFIGURED"  # json {models: {name: sha256}, menu: sha256} or {error}
 W_RESULT = b"RESULT"  # first_seq (u64), *wire.encode_results(...)
 W_FAILED = b"FAILED"  # first_seq (u64), json {reason, message}: the batch cannot be processed
-W_ACK = b"ACK"  # json {token, ok, sha256 | error}: answer to SET_MODEL / SET_MENU
+W_ACK = b"ACK"  # json {token, ok, ... | error}: answer to SET_MODEL/SET_MENU/SET_SCALING/SWAP
+W_STATS = b"STATS"  # json {model: firmware seed status}: sent before a result that changed it
 # dispatcher -> worker
-D_CONFIG = b"CONFIG"  # json {run, backend, models: [names], menu}, then 2 frames per model
+D_CONFIG = b"CONFIG"  # json {run, backend, models: [names], menu, scaling}, 2 frames per model
 D_BATCH = b"BATCH"  # *wire.encode_batch(...)
 D_HEARTBEAT = b"HB"
 D_SET_MODEL = b"SET_MODEL"  # json {token, name}, IR json bytes, IR npz bytes
 D_SET_MENU = b"SET_MENU"  # json {token, menu}
+D_SWAP = b"SWAP"  # json {token, name, menu}, IR json bytes, IR npz bytes: model + menu at once
+D_SET_SCALING = b"SET_SCALING"  # json {token, model, offset, shift}
 D_STOP = b"STOP"
 D_WHO = b"WHO"  # unknown worker (declared dead or new dispatcher): send READY again
 # dispatcher <-> collector (inproc PAIR) and source -> dispatcher (inproc PUSH/PULL)
@@ -69,13 +74,46 @@ class ModelFiles:
 
 
 @dataclass(frozen=True)
+class InputScaling:
+    """Per-feature integer offsets and shifts of a model's input ``scale`` op (the values of the
+    register bank's OFFSET and SHIFT registers; the emulator's ``with_scaling``)."""
+
+    model: str
+    offset: tuple[int, ...]
+    shift: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("set_scaling.model: must be a model name")
+        for key in ("offset", "shift"):
+            values = getattr(self, key)
+            if not isinstance(values, list | tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
+                raise ConfigError(f"set_scaling.{key}: must be a list of integers")
+            object.__setattr__(self, key, tuple(int(v) for v in values))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "offset": list(self.offset), "shift": list(self.shift)}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> InputScaling:
+        """From ``to_json``'s mapping (other keys, such as a broadcast token, are ignored)."""
+        if not isinstance(doc, dict) or not {"model", "offset", "shift"} <= set(doc):
+            raise ConfigError("set_scaling: expected an object with model, offset and shift")
+        return cls(doc["model"], doc["offset"], doc["shift"])
+
+
+@dataclass(frozen=True)
 class WorkerSetup:
-    """What every worker loads: backend settings, the models (in score-column order), the menu."""
+    """What every worker loads: backend settings, the models (in score-column order), the menu,
+    and the input scalings set during the run (applied after the models are loaded)."""
 
     run: int
     backend: dict[str, Any]  # {"kind": ..., plus make_backend keyword arguments}
     models: tuple[ModelFiles, ...]
     menu_json: str
+    scaling: tuple[InputScaling, ...] = ()
 
     def frames(self) -> list[bytes]:
         """The D_CONFIG message: a JSON head, then each model's IR JSON and npz bytes."""
@@ -84,8 +122,15 @@ class WorkerSetup:
             "backend": self.backend,
             "models": [m.name for m in self.models],
             "menu": self.menu_json,
+            "scaling": [s.to_json() for s in self.scaling],
         }
         out = [D_CONFIG, json.dumps(head).encode()]
         for m in self.models:
             out += [m.ir_json, m.ir_npz]
         return out
+
+
+def menu_text(menu_doc: dict[str, Any]) -> tuple[str, str]:
+    """A menu's JSON text as broadcast to the workers, and its sha256 (what they acknowledge)."""
+    text = json.dumps(menu_doc)
+    return text, hashlib.sha256(text.encode()).hexdigest()

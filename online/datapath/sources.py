@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_EVENTS = 65536
 REPLAY_CACHE_MB = 1024.0  # a looped replay keeps files up to this size in memory
 IDLE_TICK_S = 0.1  # an idle source yields an empty chunk this often (lets callers flush, stop)
+DISCONNECT_FACTOR = 4  # ZeroMQ's own frame limit, in units of a zmq source's max_message_bytes
 INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
 
 
@@ -172,6 +173,9 @@ class ZmqInputSource:
     """A PULL socket receiving wire-format EventBatch messages from an external DAQ.
 
     Malformed or hostile messages are rejected and counted by reason; nothing stops the source.
+    A message over `max_message_bytes` is received, counted as ``oversize`` and dropped, and its
+    sender stays connected; only a frame over `DISCONNECT_FACTOR` times that limit makes ZeroMQ
+    itself drop the sender (it would otherwise allocate whatever a forged length announces).
     The DAQ's run and sequence numbers are replaced by the daemon's.
     """
 
@@ -190,7 +194,10 @@ class ZmqInputSource:
         self.sock = self.ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # a larger frame drops the peer
+        if max_message_bytes < 1:
+            raise ConfigError(f"max_message_bytes: must be >= 1, got {max_message_bytes}")
+        self.max_message_bytes = max_message_bytes
+        self.sock.setsockopt(zmq.MAXMSGSIZE, DISCONNECT_FACTOR * max_message_bytes)
         try:
             if bind:
                 self.sock.bind(endpoint)
@@ -230,6 +237,15 @@ class ZmqInputSource:
                 continue
             frames = self.sock.recv_multipart(copy=False)
             self.n_messages += 1
+            size = sum(len(f) for f in frames)
+            if size > self.max_message_bytes:
+                self._reject("oversize")  # counted like every rejection (no log flood)
+                log.debug(
+                    "zmq input: a %d-byte message is over the %d-byte limit; rejected",
+                    size,
+                    self.max_message_bytes,
+                )
+                continue
             chunk = self.decode(frames)
             if chunk is not None and len(chunk):
                 yield chunk

@@ -3,7 +3,7 @@ status, the run summary, the control socket and the dashboard)."""
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class WorkerStatus(TypedDict):
@@ -29,6 +29,10 @@ class DispatcherStatus(TypedDict):
     batches_dispatched: int
     batches_redelivered: int
     unknown_worker_messages: int
+    # worker -> model -> its register bank: registers_version, thresholds, seed_slots,
+    # seed_mismatches (firmware bit != software menu, per seed), events_compared
+    firmware: dict[str, dict[str, dict[str, Any]]]
+    seed_mismatches: int  # summed over workers, models and seeds
 
 
 class LatencyPercentiles(TypedDict):
@@ -84,6 +88,8 @@ class PipelineStatus(TypedDict):
     batches_dispatched: NotRequired[int]
     batches_redelivered: NotRequired[int]
     unknown_worker_messages: NotRequired[int]
+    firmware: NotRequired[dict[str, dict[str, dict[str, Any]]]]
+    seed_mismatches: NotRequired[int]
     # CollectorStatus
     events_processed: NotRequired[int]
     events_accepted: NotRequired[int]

@@ -48,6 +48,7 @@ class RunSummary:
     n_batches: int = 0  # distinct batches collected
     tap_batches: int = 0  # of them, published on the b"mon" monitoring tap
     tap_events: int = 0
+    seed_mismatches: int = 0  # firmware seed bits that differ from the software menu's decision
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -94,4 +95,5 @@ def summarize(
         n_batches=c["batches_collected"],
         tap_batches=c["tap_batches"],
         tap_events=c["tap_events"],
+        seed_mismatches=d["seed_mismatches"],
     )

@@ -5,7 +5,10 @@ Runs as its own process, on this host (started by the pipeline) or on another on
 ``l1forge online worker``). It connects a DEALER socket to the dispatcher, announces its credits,
 receives the run setup (backend, the models' IR bytes, the menu), then answers every batch with
 a ResultBatch: the scores of all events, their seed bits, and the objects of accepted events.
-Model and menu updates arrive on the same socket, so they apply between two batches.
+Model, menu and input-scaling updates arrive on the same socket, so they apply between two
+batches; a SWAP carries a model and its menu in one message, so no batch runs on the new model
+with the old menu. A backend with a register bank gets the menu's thresholds and the scaling as
+register writes (``tuning.py``), and its seed bits decide its seeds.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ import numpy as np
 import zmq
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
+from l1forge.firmware.registers import with_scaling
 from l1forge.models import qnet
 from l1forge.models.qnet import QNet
 from l1forge.online.datapath import protocol as msg
 from l1forge.online.datapath.backends import Backend, make_backend, outputs_float
 from l1forge.online.datapath.menu import Menu
+from l1forge.online.datapath.protocol import InputScaling
+from l1forge.online.datapath.tuning import FirmwareSeeds, check_scaling, registers_of
 from l1forge.online.datapath.wire import (
     ResultBatch,
     WireError,
@@ -53,6 +59,7 @@ class _Model:
     net: QNet
     backend: Backend
     sha256: str
+    base: QNet  # the IR as loaded (``net`` is it with the run-time input scaling, if any)
 
 
 def _load_ir(tmp: Path, name: str, ir_json: bytes, ir_npz: bytes) -> tuple[QNet, str]:
@@ -82,6 +89,8 @@ class TriggerWorker:
         self.menu: Menu | None = None
         self.menu_sha256 = ""
         self.backend_cfg: dict[str, Any] = {}
+        self.firmware: dict[str, FirmwareSeeds] = {}  # models whose backend has registers
+        self.new_mismatches = 0  # seed-bit mismatches not reported to the dispatcher yet
 
     def _backend(self, index: int, net: QNet) -> Backend:
         cfg = dict(self.backend_cfg)
@@ -102,8 +111,15 @@ class TriggerWorker:
         self.models = []
         for i, name in enumerate(names):
             net, sha = _load_ir(self.tmp, name, model_frames[2 * i], model_frames[2 * i + 1])
-            self.models.append(_Model(name, net, self._backend(i, net), sha))
+            self.models.append(_Model(name, net, self._backend(i, net), sha, net))
+        self.firmware = {
+            m.name: FirmwareSeeds(m.name, m.backend)
+            for m in self.models
+            if registers_of(m.backend) is not None
+        }
         self.set_menu(head["menu"])
+        for doc in head.get("scaling", []):
+            self.set_scaling(InputScaling.from_json(doc))
         return {"models": {m.name: m.sha256 for m in self.models}, "menu": self.menu_sha256}
 
     def set_model(self, name: str, ir_json: bytes, ir_npz: bytes) -> str:
@@ -120,16 +136,78 @@ class TriggerWorker:
         else:
             backend = self._backend(index, net)
             old.backend.close()
-        self.models[index] = _Model(name, net, backend, sha)
+        self.models[index] = _Model(name, net, backend, sha, net)  # its own scaling again
+        self.firmware.pop(name, None)
+        if registers_of(backend) is not None:
+            # a new board or simulation starts from reset: program the running menu's thresholds
+            fw = FirmwareSeeds(name, backend)
+            if self.menu is not None:
+                fw.program(fw.plan(self.menu))
+            self.firmware[name] = fw
         log.info("worker %s: model %s now %s", self.name, name, sha[:12])
         return sha
 
     def set_menu(self, menu_json: str) -> str:
+        return self._install_menu(self._checked_menu(menu_json), menu_json)
+
+    def swap(self, name: str, ir_json: bytes, ir_npz: bytes, menu_json: str) -> tuple[str, str]:
+        """Model `name` and the menu together, between two batches: both are checked before
+        either is installed, so a refused swap leaves the old pair. (IR sha256, menu sha256)."""
+        menu = self._checked_menu(menu_json)
+        sha = self.set_model(name, ir_json, ir_npz)  # validated before it replaces the old one
+        return sha, self._install_menu(menu, menu_json)
+
+    def _checked_menu(self, menu_json: str) -> Menu:
         menu = Menu.from_json(menu_json)
         menu.check_models(m.name for m in self.models)
+        for fw in self.firmware.values():
+            fw.plan(menu)  # a menu the register bank cannot hold is refused before any change
+        return menu
+
+    def _install_menu(self, menu: Menu, menu_json: str) -> str:
+        """Replace the menu; a register bank gets its thresholds first (all checked before any
+        write, so a menu the bank cannot hold is refused and the old one stays)."""
+        plans = {name: fw.plan(menu) for name, fw in self.firmware.items()}
+        for name, plan in plans.items():
+            self.firmware[name].program(plan)
         self.menu = menu
         self.menu_sha256 = hashlib.sha256(menu_json.encode()).hexdigest()
         return self.menu_sha256
+
+    def set_scaling(self, setting: InputScaling) -> dict[str, Any]:
+        """New input offsets and shifts of a model: register writes + COMMIT on a backend with a
+        register bank, else the emulator swaps to ``with_scaling`` of the loaded IR. Checked
+        before anything changes; returns what is now active."""
+        m = next((m for m in self.models if m.name == setting.model), None)
+        if m is None:
+            raise ConfigError(f"set_scaling: this run has no model {setting.model!r}")
+        regs = registers_of(m.backend)
+        out: dict[str, Any] = {"model": m.name, "backend": m.backend.name}
+        if regs is not None:
+            regs.set_scaling(setting.offset, setting.shift)  # range-checked before any write
+            n = regs.map.n_features
+            out["offset"] = [regs.read("OFFSET", j) for j in range(n)]
+            out["shift"] = [regs.read("SHIFT", j) for j in range(n)]
+            out["registers_version"] = regs.version
+        else:
+            swap = getattr(m.backend, "swap", None)
+            if swap is None:
+                raise ConfigError(
+                    f"set_scaling: backend {m.backend.name} of model {m.name!r} has no register "
+                    "bank (build the firmware with `l1forge firmware build --registers`)"
+                )
+            check_scaling(m.base, setting.offset, setting.shift)
+            net = with_scaling(m.base, setting.offset, setting.shift)
+            swap(net)
+            m.net = net
+            out.update(offset=list(setting.offset), shift=list(setting.shift))
+            out["registers_version"] = None
+        log.info("worker %s: input scaling of %s set", self.name, m.name)
+        return out
+
+    def firmware_status(self) -> dict[str, dict[str, Any]]:
+        """Per model with a register bank: its VERSION, seed slots and seed-bit mismatches."""
+        return {name: fw.status() for name, fw in self.firmware.items()}
 
     def process(self, frames: list) -> ResultBatch:
         """Scores, seed bits and accepted objects of one wire batch."""
@@ -145,7 +223,15 @@ class TriggerWorker:
             scores[:, j] = outputs_float(m.net, y)[:, 0]  # a model's score: its first output
             by_name[m.name] = scores[:, j]
         latency = time.perf_counter() - t0
-        bits = self.menu.decide(by_name, batch.seqs())
+        seqs = batch.seqs()
+        per_model = {name: fw.fired() for name, fw in self.firmware.items()}
+        fired = {seed: f for by_seed in per_model.values() for seed, f in by_seed.items()}
+        bits = self.menu.decide(by_name, seqs, fired_by=fired)
+        if fired:  # the firmware decided these seeds: count where the software menu disagrees
+            software = self.menu.decide(by_name, seqs, prescale=False)
+            self.new_mismatches += sum(
+                self.firmware[name].compare(f, self.menu, software) for name, f in per_model.items()
+            )
         acc = np.flatnonzero(bits).astype(np.uint32)
         return ResultBatch(
             run=batch.run,
@@ -218,7 +304,7 @@ def serve(
                     except (L1ForgeError, OSError, ValueError) as exc:
                         info = {"error": str(exc)}
                     sock.send_multipart([msg.W_CONFIGURED, json.dumps(info).encode()])
-                elif kind in (msg.D_SET_MODEL, msg.D_SET_MENU):
+                elif kind in (msg.D_SET_MODEL, msg.D_SET_MENU, msg.D_SWAP, msg.D_SET_SCALING):
                     _update(sock, worker, kind, frames)
                 elif kind == msg.D_STOP:
                     code = 0
@@ -231,6 +317,8 @@ def serve(
             now = time.monotonic()
             if now - last_sent >= heartbeat_s:
                 sock.send_multipart([msg.W_HEARTBEAT])
+                if worker.firmware:
+                    _stats(sock, worker)
                 last_sent = now
             if give_up_s is not None and now - last_heard > give_up_s:
                 log.warning("worker %s: nothing from the dispatcher for %.0f s", name, give_up_s)
@@ -283,9 +371,16 @@ def _batch(sock: zmq.Socket, worker: TriggerWorker, frames: list) -> None:
         log.error("worker %s: batch %d failed: %s", worker.name, seq, exc)
         sock.send_multipart([msg.W_FAILED, msg.U64.pack(seq), json.dumps(doc).encode()])
         return
+    if worker.new_mismatches:  # ahead of the result: the dispatcher has it before the drain
+        _stats(sock, worker)
     sock.send_multipart(
         [msg.W_RESULT, msg.U64.pack(result.first_seq), *encode_results(result)], copy=False
     )
+
+
+def _stats(sock: zmq.Socket, worker: TriggerWorker) -> None:
+    worker.new_mismatches = 0
+    sock.send_multipart([msg.W_STATS, json.dumps(worker.firmware_status()).encode()])
 
 
 def _update(sock: zmq.Socket, worker: TriggerWorker, kind: bytes, frames: list) -> None:
@@ -295,8 +390,16 @@ def _update(sock: zmq.Socket, worker: TriggerWorker, kind: bytes, frames: list) 
         if kind == msg.D_SET_MODEL:
             sha = worker.set_model(head["name"], frames[2].bytes, frames[3].bytes)
             answer.update(ok=True, name=head["name"], sha256=sha)
+        elif kind == msg.D_SWAP:
+            ir_json, ir_npz = frames[2].bytes, frames[3].bytes
+            sha, menu_sha = worker.swap(head["name"], ir_json, ir_npz, head["menu"])
+            answer.update(ok=True, name=head["name"], sha256=sha, menu_sha256=menu_sha)
+        elif kind == msg.D_SET_SCALING:
+            answer.update(ok=True, **worker.set_scaling(InputScaling.from_json(head)))
         else:
             answer.update(ok=True, sha256=worker.set_menu(head["menu"]))
+        if worker.firmware:
+            answer["firmware"] = worker.firmware_status()
     except (L1ForgeError, OSError, ValueError, KeyError, IndexError) as exc:
         answer.update(ok=False, error=str(exc))
     sock.send_multipart([msg.W_ACK, json.dumps(answer).encode()])

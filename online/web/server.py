@@ -5,18 +5,28 @@ as JSON), ``/api/dqm`` (the latest DQM view, 404 when the run has no DQM), ``/``
 and its static files. Read-only: nothing here changes the run. Loopback only unless the caller
 asks for a remote bind explicitly; the page loads nothing from outside (its Content-Security-Policy
 forbids it), since trigger machines have no internet access.
+
+Bounded: one loop thread accepts connections and gathers each request's head without a thread of
+its own; only a complete head is handed to a serving thread, at most ``max_connections`` at once
+(more are answered 503 and closed). A connection has ``read_timeout_s`` to send its whole
+request, and at most ``PENDING_PER_SLOT * max_connections`` may be waiting for theirs (a new one
+closes the oldest), so idle or half-sent connections hold no thread and cannot lock clients out.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +52,17 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+DEFAULT_MAX_CONNECTIONS = 64  # requests served at once (network.web_max_connections)
+DEFAULT_READ_TIMEOUT_S = 5.0  # to send a whole request (network.web_timeout_s)
+PENDING_PER_SLOT = 8  # connections still sending their request, per serving slot
+MAX_HEAD_BYTES = 128 * 1024  # gathered before a thread takes over (it answers 414/431 then)
+LOOP_WAKE_S = 0.5
+BUSY_REPLY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
 class RemoteBindError(ConfigError):
     """A non-loopback address was asked for without ``allow_remote=True``."""
 
@@ -61,20 +82,231 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+@dataclass
+class _Pending:
+    """A connection still sending its request head."""
+
+    address: Any
+    deadline: float  # time.monotonic() by which the whole request must have arrived
+    head: bytearray
+
+
+def _head_complete(head: bytearray) -> bool:
+    """An empty line ends the head (http.server accepts CRLF or LF line ends)."""
+    return b"\n\r\n" in head or b"\n\n" in head
+
+
+class _HeadThenSocket(io.RawIOBase):
+    """What the loop thread read, then the socket; no read waits past the request's deadline."""
+
+    def __init__(self, head: bytes, sock: socket.socket, deadline: float, timed_out: Callable):
+        self._head = memoryview(head)
+        self._pos = 0
+        self._sock = sock
+        self._deadline = deadline
+        self._timed_out = timed_out
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos < len(self._head):
+            n = min(len(buffer), len(self._head) - self._pos)
+            buffer[:n] = self._head[self._pos : self._pos + n]
+            self._pos += n
+            return n
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self._timed_out()
+            raise TimeoutError("the request did not arrive within the read timeout")
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            self._timed_out()
+            raise
+
+
+class _Server(HTTPServer):
+    """Binds like HTTPServer; `serve` is the accept-and-gather loop (see the module docstring)."""
+
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], web: WebServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.web = web
+        self.max_pending = PENDING_PER_SLOT * web.max_connections
+        self._slots = threading.BoundedSemaphore(web.max_connections)
+        self._lock = threading.Lock()
+        self._pending: dict[socket.socket, _Pending] = {}  # oldest first
+        self._active = 0
+        self._counts = {"served": 0, "over_cap": 0, "evicted": 0, "timed_out": 0}
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()  # before binding: a failed bind closes
         super().__init__(address, _Handler)
+        self.socket.setblocking(False)
+
+    # ---- counters (any thread) ----
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            self._counts[what] += 1
+
+    def stats(self) -> dict[str, int]:
+        """Connections being served and waiting, and those refused, closed or timed out."""
+        with self._lock:
+            return {
+                "max_connections": self.web.max_connections,
+                "active": self._active,
+                "pending": len(self._pending),
+                **self._counts,
+            }
+
+    # ---- the loop thread ----
+
+    def serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.socket, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                for key, _ in sel.select(self._wait_s()):
+                    if key.fileobj is self.socket:
+                        self._accept(sel)
+                    elif key.fileobj is self._wake_r:
+                        self._wake_r.recv(64)
+                    else:
+                        self._read(sel, key.fileobj)  # type: ignore[arg-type]
+                self._expire(sel)
+        finally:
+            for conn in list(self._pending):
+                self._drop(sel, conn)
+            sel.close()
+
+    def _wait_s(self) -> float:
+        oldest = next(iter(self._pending.values()), None)
+        if oldest is None:
+            return LOOP_WAKE_S
+        return min(LOOP_WAKE_S, max(0.0, oldest.deadline - time.monotonic()))
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        while True:
+            try:
+                conn, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: keep serving the others
+                log.warning("web endpoint: accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            if len(self._pending) >= self.max_pending:
+                self.count("evicted")
+                self._drop(sel, next(iter(self._pending)))
+            deadline = time.monotonic() + self.web.read_timeout_s
+            self._pending[conn] = _Pending(address, deadline, bytearray())
+            sel.register(conn, selectors.EVENT_READ)
+
+    def _read(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
+        p = self._pending.get(conn)
+        if p is None:
+            return
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client gave up
+            self._drop(sel, conn)
+            return
+        p.head += data
+        if _head_complete(p.head) or len(p.head) >= MAX_HEAD_BYTES:
+            sel.unregister(conn)
+            del self._pending[conn]
+            self._dispatch(conn, p)
+
+    def _expire(self, sel: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn, p in list(self._pending.items()):
+            if p.deadline > now:
+                break  # oldest first, and every deadline is accept time + read_timeout_s
+            self.count("timed_out")
+            self._drop(sel, conn)
+
+    def _drop(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
+        sel.unregister(conn)
+        del self._pending[conn]
+        conn.close()
+
+    def _dispatch(self, conn: socket.socket, p: _Pending) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.count("over_cap")
+            try:
+                conn.send(BUSY_REPLY)
+            except OSError:
+                pass  # it is being closed anyway
+            conn.close()
+            return
+        with self._lock:
+            self._active += 1
+        threading.Thread(
+            target=self._serve_one, args=(conn, p), name="l1f-web-request", daemon=True
+        ).start()
+
+    def _serve_one(self, conn: socket.socket, p: _Pending) -> None:
+        try:
+            conn.setblocking(True)
+            _Handler(conn, p.address, self, head=bytes(p.head), deadline=p.deadline)
+            self.count("served")
+        except OSError as exc:  # the client went away mid-answer
+            log.debug("web endpoint: %s: %s", p.address, exc)
+        finally:
+            self.shutdown_request(conn)
+            with self._lock:
+                self._active -= 1
+            self._slots.release()
+
+    def stop(self) -> None:
+        """End the loop (from another thread); connections being served finish on their own."""
+        self._stopping.set()
+        self._wake_w.send(b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "l1forge"
     sys_version = ""
+
+    def __init__(
+        self,
+        request: Any,
+        client_address: Any,
+        server: _Server,
+        *,
+        head: bytes = b"",
+        deadline: float = math.inf,
+    ):
+        self._head, self._deadline = head, deadline
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        raw = _HeadThenSocket(
+            self._head, self.connection, self._deadline, lambda: self.server.count("timed_out")
+        )
+        plain, self.rfile = self.rfile, io.BufferedReader(raw)
+        plain.close()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        # reads were bounded by the request's deadline; writing the answer gets a timeout too
+        self.connection.settimeout(self.server.web.read_timeout_s)
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -166,6 +398,8 @@ class WebServer:
         status: Callable[[], dict],
         dqm_view: Callable[[], dict] | None = None,
         allow_remote: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ):
         if not is_loopback(host) and not allow_remote:
             raise RemoteBindError(
@@ -175,6 +409,17 @@ class WebServer:
             )
         if not 0 <= int(port) <= 65535:
             raise ConfigError(f"network.metrics_port {port}: expected 0..65535 (0 = any free port)")
+        if isinstance(max_connections, bool) or not 1 <= int(max_connections) <= 4096:
+            raise ConfigError(
+                f"network.web_max_connections {max_connections}: expected 1..4096 requests served "
+                "at once"
+            )
+        if not 0 < float(read_timeout_s) <= 600:
+            raise ConfigError(
+                f"network.web_timeout_s {read_timeout_s}: expected a number of seconds in (0, 600]"
+            )
+        self.max_connections = int(max_connections)
+        self.read_timeout_s = float(read_timeout_s)
         self.host = host
         self.registry = registry
         self.status = status
@@ -199,12 +444,7 @@ class WebServer:
                 f"cannot bind the web endpoint to {self.host}:{self._requested_port} ({exc}); "
                 "pick another network.metrics_port or 0 for any free port"
             ) from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="webserver",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._server.serve, name="webserver", daemon=True)
         self._thread.start()
         log.info("web endpoint on %s (metrics at %smetrics)", self.url, self.url)
         return self
@@ -213,12 +453,20 @@ class WebServer:
         """Stop serving and close the socket."""
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._server.server_close()
         self._server = None
         self._thread = None
+
+    def stats(self) -> dict[str, int]:
+        """Connection counts: ``active`` (being answered), ``pending`` (still sending their
+        request), ``served``, ``over_cap`` (answered 503), ``evicted`` (oldest waiting ones
+        closed for a newer one), ``timed_out`` (no whole request within ``read_timeout_s``)."""
+        if self._server is None:
+            return {"max_connections": self.max_connections, "active": 0, "pending": 0}
+        return self._server.stats()
 
     def __enter__(self) -> WebServer:
         return self.start()

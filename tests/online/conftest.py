@@ -100,3 +100,28 @@ def running_dqm():
     for svc in reversed(made):
         if svc.result is None:
             svc.stop()
+
+
+@pytest.fixture(scope="session")
+def scaled_ad_net():
+    from .datapath.runs import scaled_ad
+
+    return scaled_ad()
+
+
+@pytest.fixture(scope="session")
+def scaled_ad_ir(scaled_ad_net, tmp_path_factory) -> Path:
+    from l1forge.models import qnet
+
+    return qnet.save(scaled_ad_net, tmp_path_factory.mktemp("ir_scaled") / "scaled_ad.json")
+
+
+@pytest.fixture(scope="session")
+def scaled_ad_fw(scaled_ad_net, tmp_path_factory) -> Path:
+    """``firmware build --registers --seeds 4 --latency-cycles 3`` of the scaled AD (no HLS)."""
+    from l1forge.firmware.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("fw_scaled")
+    opts = BuildOptions(latency_cycles=3, beat_bits=32, hls=False, registers=True, seeds=4)
+    build(scaled_ad_net, out, opts)
+    return out

@@ -93,6 +93,8 @@ def test_round_trip_through_yaml(files):
         ({"network": {"control_port": 70000}}, "network.control_port"),
         ({"network": {"host": "0.0.0.0"}}, "network.curve_keys"),
         ({"network": {"host": "192.168.1.20"}}, "network.curve_keys"),
+        ({"network": {"web_max_connections": 0}}, "network.web_max_connections"),
+        ({"network": {"web_timeout_s": -1}}, "network.web_timeout_s"),
         ({"monitor": {"fraction": 1.5}}, "monitor.fraction"),
         ({"batch_size": "big"}, "batch_size"),
         ({"runs": 3}, "runs"),

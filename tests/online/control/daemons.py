@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from l1forge.online.control.commands import ControlClient
-from l1forge.online.control.daemon import read_endpoints
 from l1forge.online.datapath.storage import verify_run_files
 
 L1FORGE = [sys.executable, "-m", "l1forge.cli"]
@@ -63,7 +62,7 @@ class DaemonProcess:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.tmp_path / "daemon.err").read_text()
             if client is None and (state_dir / "endpoints.json").exists():
-                client = ControlClient(read_endpoints(state_dir)["control"], timeout_s=10)
+                client = ControlClient.from_state_dir(state_dir, timeout_s=10)
             if client is not None:
                 st = client.status()
                 if st["state"] == "running" and st["pipeline"].get("events_processed", 0) > 0:

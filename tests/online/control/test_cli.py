@@ -4,17 +4,53 @@ errors, and the demo's online stage."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import stat
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
+
+from l1forge.online.control.commands import ControlClient, ControlError
 
 from .daemons import check_run_files, cli
 
 
-def test_run_then_status_and_stop_through_the_cli(daemon_yaml, tmp_path, start_daemon):
+def _check_strangers_are_refused(state_dir: Path, ir: Path, web_status: str) -> None:
+    """Another local account's client (no token, or a guessed one) may ask for the status but
+    is refused every command that changes the run; refusals are counted in the status."""
+    endpoints_file = state_dir / "endpoints.json"
+    assert stat.S_IMODE(endpoints_file.stat().st_mode) == 0o600
+    endpoints = json.loads(endpoints_file.read_text())
+    token = endpoints["token"]
+    assert len(token) == 64 and token not in web_status  # /status never shows it
+    menu = {"seeds": [{"name": "ZeroBias", "model": "", "prescale": 1}]}
+    attempts = [
+        ("configure", {"config": {"source": {"kind": "pythia"}}}),
+        ("stop", {}),
+        ("shutdown", {}),
+        ("set_model", {"name": "ad", "path": str(ir)}),
+        ("set_menu", {"menu": menu}),
+        ("swap", {"name": "ad", "path": str(ir), "menu": menu}),
+    ]
+    for guess in (None, secrets.token_hex(32)):
+        stranger = ControlClient(endpoints["control"], timeout_s=10, token=guess)
+        assert stranger.status()["state"] == "running"
+        why = "without the control token" if guess is None else "with a wrong control token"
+        for command, args in attempts:
+            with pytest.raises(ControlError, match=f"refused: {command} sent {why}"):
+                stranger.request(command, **args)
+    st = ControlClient(endpoints["control"], timeout_s=10).status()
+    assert st["state"] == "running" and st["run"] == 1  # nothing was stopped or changed
+    assert st["control"]["unauthorized"] == 2 * len(attempts)
+
+
+def test_run_then_status_and_stop_through_the_cli(
+    daemon_yaml, tmp_path, start_daemon, tiny_ir_path
+):
     daemon, _ = start_daemon(daemon_yaml)
     state = ["--state-dir", str(tmp_path / "state")]
     st = cli("online", "status", *state)
@@ -22,6 +58,7 @@ def test_run_then_status_and_stop_through_the_cli(daemon_yaml, tmp_path, start_d
     status = json.loads(st.stdout)
     assert status["state"] == "running" and status["run"] == 1
     assert status["endpoints"]["control"].startswith("tcp://127.0.0.1:")
+    assert status["web"]["max_connections"] == 64 and status["web"]["over_cap"] == 0
     # The web endpoint serves the pipeline's Prometheus metrics and the same status.
     with urllib.request.urlopen(status["endpoints"]["metrics"], timeout=10) as resp:
         samples = {
@@ -33,7 +70,9 @@ def test_run_then_status_and_stop_through_the_cli(daemon_yaml, tmp_path, start_d
     assert samples['l1forge_run_state{l1forge_run_state="running"}'] == 1.0
     assert samples["l1forge_run_number"] == 1.0
     with urllib.request.urlopen(status["endpoints"]["web"] + "status", timeout=10) as resp:
-        assert json.loads(resp.read())["state"] == "running"
+        web_status = resp.read().decode()
+    assert json.loads(web_status)["state"] == "running"
+    _check_strangers_are_refused(tmp_path / "state", tiny_ir_path, web_status)
     stop = cli("online", "stop", *state)
     assert stop.returncode == 0, stop.stderr
     stopped = json.loads(stop.stdout)

@@ -3,6 +3,7 @@ must give, the run's ROOT files read back, and waiting on a running pipeline."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -133,3 +134,109 @@ def worker_pid(pipe: Pipeline, name: str) -> int:
 
 def in_flight(pipe: Pipeline, name: str) -> int:
     return pipe.status()["workers"].get(name, {}).get("in_flight", 0)
+
+
+def scaled_ad(seed: int = 3, name: str = "scaled_ad"):
+    """A 57-input anomaly-detector-shaped IR that starts with a ``scale`` op (the run-time
+    input scaling of a register build): scale -> quantize -> 57x4 dense/relu -> mu -> sum mu^2;
+    outputs (score, mu), so output element 0 is the score the seed thresholds compare with."""
+    from l1forge.models.build import NetBuilder
+    from l1forge.models.fixed import Fixed
+
+    n_in = 57
+    rng = np.random.default_rng(seed)
+    b = NetBuilder(name, n_in, Fixed(True, 16, 16))
+    b.scale("scale", rng.integers(-64, 64, n_in), Fixed(True, 7, 7), rng.integers(0, 5, n_in))
+    b.quantize("x_q", Fixed(True, 14, 8), "RND_CONV", "SAT")
+    w = Fixed(True, 8, 1)
+    b.dense("dense0", rng.integers(-128, 128, (n_in, 4)), w, rng.integers(-128, 128, 4), w)
+    b.relu("relu0", Fixed(False, 8, 4), "RND_CONV", "SAT")
+    b.dense("mu_dense", rng.integers(-128, 128, (4, 2)), w, rng.integers(-128, 128, 2), w)
+    b.quantize("mu", Fixed(True, 12, 6), "RND_CONV", "SAT")
+    b.sum_squares("score")
+    return b.build(outputs=("score", "mu"))
+
+
+def new_scaling(net, seed: int = 11) -> tuple[list[int], list[int]]:
+    """Random offsets and shifts inside the register ranges of ``net``'s scale op."""
+    from l1forge.firmware.registers import split_scaling
+
+    sc, _ = split_scaling(net)
+    of = sc.scale.array_formats["offset"]
+    rng = np.random.default_rng(seed)
+    n = net.input_specs[0].size
+    off = rng.integers(of.min_int, of.max_int + 1, n)
+    sh = rng.integers(sc.shift_lo, sc.shift_hi + 1, n)
+    return off.tolist(), sh.tolist()
+
+
+def emulate(net, x: np.ndarray) -> np.ndarray:
+    """Integer outputs of ``net`` on ``x`` from the bit-exact emulator."""
+    with Emulator(net) as emu:
+        return emu.run(x)
+
+
+class TapBatches:
+    """Records ``(first_seq, n_events)`` of every batch the monitoring tap publishes (run with
+    ``monitor.fraction`` 1: every batch), so a test knows the run's real batch boundaries.
+    Start it as the pipeline's ``tap_subscriber``; ``close`` after the pipeline stopped."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.batches: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, pipe: Pipeline) -> None:
+        import threading
+
+        import zmq
+
+        from l1forge.online.datapath.wire import TOPIC_MONITOR, decode_results
+
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(pipe.monitor_endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_MONITOR)
+
+        def loop() -> None:
+            try:
+                while not self._stop.is_set():
+                    if sock.poll(50):
+                        _, *frames = sock.recv_multipart()
+                        r = decode_results(frames)
+                        self.batches.append((r.first_seq, len(r)))
+            finally:
+                sock.close(0)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def close(self, n_events: int) -> list[tuple[int, int]]:
+        """Wait until the batches seen hold the run's ``n_events`` events, stop listening;
+        the batches, sorted by first_seq."""
+        wait_for(lambda: sum(n for _, n in set(self.batches)) >= n_events, 30, "the tap")
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        return sorted(set(self.batches))
+
+
+def assert_one_switch_at_a_batch_boundary(
+    seq: np.ndarray, is_old: np.ndarray, is_new: np.ndarray, batches: list[tuple[int, int]]
+) -> int:
+    """Every event is the old or the new (``is_old | is_new``), the strictly-old ones all come
+    before the strictly-new ones, and exactly one batch boundary of the run separates the last
+    old event from the first new one; returns that boundary's sequence number."""
+    starts = [s for s, _ in batches]
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(batches))
+    assert np.all(is_old | is_new)
+    last_old = int(seq[is_old & ~is_new].max())
+    first_new = int(seq[is_new & ~is_old].min())
+    assert last_old < first_new
+    between = [s for s in starts if last_old < s <= first_new]
+    assert len(between) == 1, (last_old, first_new, between)
+    return between[0]

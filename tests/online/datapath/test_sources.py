@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from l1forge.errors import ConfigError, DataFormatError
 from l1forge.online.config import SourceConfig
@@ -260,3 +261,42 @@ def test_ten_thousand_hostile_messages_are_rejected_by_reason_and_data_flows_aft
     assert summary.n_processed == summary.n_events_in == n_good
     # the daemon numbers them 0..999
     assert_run_matches_emulator(summary, pipe, events_h5, models, n_good)
+
+
+def test_an_oversized_message_is_rejected_and_its_sender_stays_connected(events_h5, zmq_ctx):
+    ev = read_events(events_h5)
+    limit = 64 << 10
+    src = ZmqInputSource("tcp://127.0.0.1:*", ctx=zmq_ctx, max_message_bytes=limit)
+    daq = zmq_ctx.socket(zmq.PUSH)
+    daq.setsockopt(zmq.LINGER, 0)
+    events = daq.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    daq.connect(src.endpoint)
+    big = encode_batch(EventBatch(1, 0, 0, ev.event[:1000], ev.objects_hw[:1000]))
+    assert limit < sum(len(memoryview(f).cast("B")) for f in big) < 4 * limit
+    small = [
+        encode_batch(EventBatch(1, s, 0, ev.event[s : s + 50], ev.objects_hw[s : s + 50]))
+        for s in range(0, 500, 50)
+    ]
+    try:
+        daq.send_multipart(big, copy=False)
+        for frames in small:  # queued behind it: a dropped connection would lose them
+            daq.send_multipart(frames, copy=False)
+        stop = threading.Event()
+        got = []
+        for c in src.chunks(stop):
+            got.append(c)
+            if sum(len(g) for g in got) >= 500:
+                stop.set()
+        assert src.rejected() == {"oversize": 1}
+        np.testing.assert_array_equal(
+            np.concatenate([g.objects_hw for g in got]), ev.objects_hw[:500]
+        )
+        seen = []
+        while events.poll(200):
+            seen.append(recv_monitor_message(events)["event"])
+        assert seen == [zmq.EVENT_CONNECTED]  # one connection, never dropped
+    finally:
+        daq.disable_monitor()
+        events.close(0)
+        daq.close(0)
+        src.close()

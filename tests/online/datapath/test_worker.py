@@ -1,15 +1,29 @@
-"""The trigger worker process: started by hand on another host, and failing on a bad run setup."""
+"""The trigger worker process: started by hand on another host, failing on a bad run setup, and
+swapping a model and its menu together."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from l1forge.errors import ConfigError
+from l1forge.models import qnet
+from l1forge.models.build import random_mlp
+from l1forge.online.datapath.backends import ModelSwapError, make_backend, outputs_float
+from l1forge.online.datapath.menu import Menu
 from l1forge.online.datapath.pipeline import Pipeline, PipelineError
+from l1forge.online.datapath.wire import EventBatch, encode_batch
+from l1forge.online.datapath.worker import TriggerWorker
+from l1forge.sim.dataset import read_events
+from l1forge.sim.l1objects import N_INPUTS
 
 
 def test_worker_on_another_host_connects_over_tcp(run_cfg, running_pipeline):
@@ -59,3 +73,55 @@ def test_a_worker_that_cannot_load_the_setup_fails_the_start_with_its_reason(tmp
     assert pipe.state == "error"
     with pytest.raises(PipelineError, match="did not start"):
         pipe.stop()
+
+
+def _ir_frames(path: Path) -> list[bytes]:
+    """An IR's JSON and npz bytes, as the dispatcher sends them."""
+    npz = path.parent / json.loads(path.read_text())["arrays_file"]
+    return [path.read_bytes(), npz.read_bytes()]
+
+
+def _ad_menu(threshold: float) -> str:
+    seeds = [{"name": "AD", "model": "ad", "threshold": threshold}]
+    return json.dumps(Menu.from_json({"seeds": seeds}).to_json())
+
+
+def test_worker_swap_installs_both_or_neither(tmp_path, events_h5, tiny_ir_path):
+    """TriggerWorker.swap: the next batch runs on the new network and its menu; a swap refused
+    for its menu or for its network leaves the old pair running."""
+    ev = read_events(events_h5)
+    batch = EventBatch(1, 0, 0, ev.event[:500], ev.objects_hw[:500].astype(np.int16))
+    x = batch.objects_hw.reshape(500, N_INPUTS)
+    new_ir = qnet.save(random_mlp(score=True, seed=5, name="ad_v2"), tmp_path / "ad_v2.json")
+    w = TriggerWorker("w", tmp_path)
+    head = {"backend": {"kind": "emulator"}, "models": ["ad"], "menu": _ad_menu(0.5)}
+    w.configure(head, _ir_frames(tiny_ir_path))
+    try:
+        before = w.process(encode_batch(batch))
+        sha, menu_sha = w.swap("ad", *_ir_frames(new_ir), _ad_menu(2.0))
+        assert sha == hashlib.sha256(new_ir.read_bytes()).hexdigest()
+        assert menu_sha == hashlib.sha256(_ad_menu(2.0).encode()).hexdigest() == w.menu_sha256
+        after = w.process(encode_batch(batch))
+        for result, ir, threshold in ((before, tiny_ir_path, 0.5), (after, new_ir, 2.0)):
+            net = qnet.load(ir)
+            backend = make_backend("emulator", net=net)
+            expected = outputs_float(net, backend.infer(x))[:, 0]
+            backend.close()
+            np.testing.assert_array_equal(result.scores[:, 0], expected)
+            np.testing.assert_array_equal(
+                result.seed_bits, (expected > threshold).astype(np.uint32)
+            )
+        assert not np.array_equal(before.scores, after.scores)
+        # refused: a menu naming a model the run does not have; a network of another layout
+        bad_menu = json.dumps({"seeds": [{"name": "X", "model": "cls", "threshold": 0.0}]})
+        with pytest.raises(ConfigError, match="cls"):
+            w.swap("ad", *_ir_frames(tiny_ir_path), bad_menu)
+        wide = qnet.save(random_mlp(n_out=2, score=False, seed=3), tmp_path / "wide.json")
+        with pytest.raises(ModelSwapError):
+            w.swap("ad", *_ir_frames(wide), _ad_menu(0.5))
+        again = w.process(encode_batch(batch))
+        np.testing.assert_array_equal(again.scores, after.scores)
+        np.testing.assert_array_equal(again.seed_bits, after.seed_bits)
+        assert (w.models[0].sha256, w.menu_sha256) == (sha, menu_sha)
+    finally:
+        w.close()

@@ -1,4 +1,5 @@
-"""The daemon's HTTP endpoint: Prometheus text, JSON status and DQM, static page, loopback rule."""
+"""The daemon's HTTP endpoint: Prometheus text, JSON status and DQM, static page, loopback rule,
+and its bounds (connection cap, read timeout, half-open connections)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import math
 import re
 import socket
+import threading
+import time
 from importlib import resources
 
 import numpy as np
@@ -16,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from l1forge.errors import ConfigError
 from l1forge.online.security import is_loopback
+from l1forge.online.web import server as server_module
 from l1forge.online.web.server import RemoteBindError, WebServer
 
 TIMEOUT_S = 10
@@ -239,3 +243,126 @@ def test_metrics_of_the_daemon_registry():
     } <= set(families)
     (state,) = [s for s in families["l1forge_run_state"].samples if s.value == 1]
     assert state.labels["l1forge_run_state"] == "running"
+
+
+def _wait(predicate, what: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True when the server has closed its end (EOF or reset), False while it is still open."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_500_half_open_connections_hold_no_thread_and_metrics_is_answered(registry):
+    # a long read timeout: every half-open connection is still held while /metrics is asked
+    with WebServer(registry=registry, status=dict, read_timeout_s=120) as w:
+        threads = threading.active_count()
+        clients = []
+        try:
+            for _ in range(500):
+                c = socket.create_connection(("127.0.0.1", w.port), timeout=TIMEOUT_S)
+                c.sendall(b"GET /metr")  # half a request line, never finished
+                clients.append(c)
+            _wait(lambda: w.stats()["pending"] == 500, "the server to hold all 500")
+            assert threading.active_count() == threads  # waiting connections hold no thread
+            status, _, body = _get(w, "/metrics")
+            assert status == 200 and b"l1forge_events_processed_total" in body
+            stats = w.stats()
+            assert stats["pending"] == 500 and stats["timed_out"] == stats["evicted"] == 0
+            assert stats["over_cap"] == 0
+            _wait(lambda: w.stats()["served"] == 1, "the serving thread to count its request")
+        finally:
+            for c in clients:
+                c.close()
+        _wait(lambda: w.stats()["pending"] == 0, "the server to see the clients go")
+        _wait(lambda: w.stats()["active"] == 0, "the serving threads to end")
+        _wait(lambda: threading.active_count() == threads, "threads to be released")
+        assert _get(w, "/status")[0] == 200
+
+
+def test_a_request_not_sent_within_the_read_timeout_is_closed_and_counted(registry):
+    with WebServer(registry=registry, status=dict, read_timeout_s=0.3) as w:
+        idle = socket.create_connection(("127.0.0.1", w.port), timeout=TIMEOUT_S)
+        idle.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never end
+        trickle = socket.create_connection(("127.0.0.1", w.port), timeout=TIMEOUT_S)
+        try:
+            # a byte at a time keeps no connection past its deadline either
+            for byte in b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 10_000:
+                if _closed_by_server(trickle):
+                    break
+                try:
+                    trickle.send(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the trickling client was never cut off")
+            _wait(lambda: _closed_by_server(idle), "the idle connection to be closed")
+            assert w.stats()["timed_out"] == 2  # counted before they are closed
+        finally:
+            idle.close()
+            trickle.close()
+        assert _get(w, "/status")[0] == 200
+
+
+def test_requests_over_the_cap_get_503_and_are_counted(registry):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow_status() -> dict:
+        entered.set()
+        assert release.wait(TIMEOUT_S)
+        return {"state": "running"}
+
+    with WebServer(registry=registry, status=slow_status, max_connections=1) as w:
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(_get(w, "/status")))
+        t.start()
+        try:
+            assert entered.wait(TIMEOUT_S)  # the one serving slot is taken
+            status, headers, body = _get(w, "/metrics")
+            assert status == 503 and headers["Retry-After"] == "1" and body == b"busy\n"
+            assert w.stats()["over_cap"] == 1 and w.stats()["active"] == 1
+        finally:
+            release.set()
+            t.join(TIMEOUT_S)
+        assert first[0][0] == 200
+        _wait(lambda: w.stats()["active"] == 0, "the slot to be free")
+        assert _get(w, "/metrics")[0] == 200
+
+
+def test_a_flood_of_waiting_connections_closes_the_oldest(registry):
+    with WebServer(registry=registry, status=dict, max_connections=1, read_timeout_s=120) as w:
+        cap = server_module.PENDING_PER_SLOT  # waiting connections per serving slot
+        clients = [socket.create_connection(("127.0.0.1", w.port), timeout=TIMEOUT_S)]
+        try:
+            clients[0].sendall(b"GET /")
+            _wait(lambda: w.stats()["pending"] == 1, "the first to be held")
+            for _ in range(cap):
+                clients.append(socket.create_connection(("127.0.0.1", w.port), timeout=TIMEOUT_S))
+                clients[-1].sendall(b"GET /")
+            _wait(lambda: w.stats()["evicted"] == 1, "the oldest to be closed")
+            _wait(lambda: _closed_by_server(clients[0]), "the oldest connection to close")
+            assert not any(_closed_by_server(c) for c in clients[1:])
+            assert w.stats()["pending"] == cap
+            assert _get(w, "/status")[0] == 200  # a real client still gets in
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_bad_limits_are_config_errors(registry):
+    with pytest.raises(ConfigError, match=r"network\.web_max_connections"):
+        WebServer(registry=registry, status=dict, max_connections=0)
+    with pytest.raises(ConfigError, match=r"network\.web_timeout_s"):
+        WebServer(registry=registry, status=dict, read_timeout_s=0)
