@@ -169,6 +169,7 @@ def _learn(args: argparse.Namespace) -> int:
         config=LearnerConfig(
             seed=args.seed,
             **{k: getattr(args, k) for k in ("check_events", "adapt_events") if getattr(args, k)},
+            **({"runtime_kinds": tuple(args.runtime_kinds)} if args.runtime_kinds else {}),
         ),
         signal_holdout=signals or None,
         reference_signal=reference_signals or None,
@@ -262,6 +263,13 @@ def register_model_commands(online_subparsers: Any) -> None:
     ln.add_argument("--seed", type=int, default=0)
     ln.add_argument(
         "--check-events", type=int, help="zero-bias events per drift-test window (default 5000)"
+    )
+    ln.add_argument(
+        "--runtime-kinds",
+        nargs="+",
+        type=str,
+        help="run-time changes to try before training (default: thresholds offsets scaling; a "
+        "register bank without scaling registers: thresholds)",
     )
     ln.add_argument(
         "--adapt-events",

@@ -36,15 +36,19 @@ TARGET = 2e6  # 5 % of zero bias at 40 MHz
 
 
 @pytest.mark.parametrize(
-    ("n_drifted", "rate_hz", "windows"),
+    ("n_drifted", "rate_hz", "windows", "kind"),
     [
-        pytest.param(40_000, 2000.0, (2000, 6000), id="short"),
+        pytest.param(40_000, 2000.0, (2000, 6000), "thresholds", id="short"),
+        # only the input offsets offered: they reach the daemon through set_scaling
+        pytest.param(40_000, 2000.0, (2000, 6000), "offsets", id="short-offsets"),
         # the learner's default windows (5000-event checks, 15,000 events to adapt on)
-        pytest.param(54_000, 1500.0, None, id="default-windows", marks=pytest.mark.slow),
+        pytest.param(
+            54_000, 1500.0, None, "thresholds", id="default-windows", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_model_learn_brings_a_live_daemons_rate_back(
-    tmp_path, trained_run, n_drifted, rate_hz, windows
+    tmp_path, trained_run, n_drifted, rate_hz, windows, kind
 ):
     n_clean, tail_n = 6_000, 10_000
     n_adapt = windows[1] if windows else 15_000
@@ -109,6 +113,7 @@ def test_model_learn_brings_a_live_daemons_rate_back(
                     if windows
                     else []
                 ),
+                *(["--runtime-kinds", kind] if kind != "thresholds" else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -131,7 +136,13 @@ def test_model_learn_brings_a_live_daemons_rate_back(
     assert learned["adaptations"], learned
     final = learned["adaptations"][-1]
     assert final["accepted"] and final["path"] == "registers", final
-    assert final["why"][-1] == "thresholds: passed every check"
+    assert final["why"][-1] == f"{kind}: passed every check"
+    live = ModelRegistry(reg_dir).get(learned["active"])
+    if kind == "offsets":  # a registered version: the parent's weights, new OFFSET registers
+        assert live.provenance["kind"] == "registers" and learned["active"] != "v0001"
+    else:
+        assert learned["active"] == "v0001"
+    live_net = live.load_net()  # what the daemon must now compute (through set_scaling)
     t_new = next(s["threshold"] for s in learned["menu"]["seeds"] if s["name"] == "AD_Loose")
     # from the files: every replayed event stored once; the tail of the run scored here
     summary = printed["run_summary"]
@@ -139,13 +150,14 @@ def test_model_learn_brings_a_live_daemons_rate_back(
     got = stored_events(Path(summary["run_dir"]))
     assert len(got["seq"]) == len(np.unique(got["seq"])) == len(stream)
     tail = np.asarray(got["objects_hw"]).reshape(-1, 19, 3)[-tail_n:]
-    with Emulator(net) as emu:
+    with Emulator(live_net) as emu, Emulator(net) as emu0:
         s = emu.run_float(tail.reshape(tail_n, -1))[:, 0]
+        s0 = emu0.run_float(tail.reshape(tail_n, -1))[:, 0]
     bit = (got["seed_bits"][-tail_n:] & 1).astype(bool)
     np.testing.assert_array_equal(bit, s > t_new)  # the tail ran with the learner's threshold
     f = TARGET / menu.input_rate_hz
     # calibration (the adaptation's drifted events) and this tail's statistics together, 3 sigma
     tol = 3 * np.sqrt(f * tail_n * (1 + tail_n / n_adapt))
     assert abs(bit.sum() - f * tail_n) <= tol, (bit.sum(), f * tail_n)
-    n_old = np.count_nonzero(s > t_old)
+    n_old = np.count_nonzero(s0 > t_old)  # the network and menu the run started with
     assert abs(n_old - f * tail_n) > 3 * tol, (n_old, f * tail_n, tol)  # the old one was off
