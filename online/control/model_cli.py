@@ -14,6 +14,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -161,16 +162,19 @@ def _learn(args: argparse.Namespace) -> int:
     if monitor is None:
         found = read_endpoints(args.state_dir)
         monitor, keys = found["monitor"], keys or found.get("curve_keys")
+    changes: dict[str, Any] = {"seed": args.seed}
+    for key in ("check_events", "adapt_events"):
+        if getattr(args, key):
+            changes[key] = getattr(args, key)
+    if args.runtime_kinds:
+        changes["runtime_kinds"] = tuple(args.runtime_kinds)
+    config = dataclasses.replace(LearnerConfig(), **changes)
     learner = Learner(
         reg,
         menu,
         reference,
         model=args.model,
-        config=LearnerConfig(
-            seed=args.seed,
-            **{k: getattr(args, k) for k in ("check_events", "adapt_events") if getattr(args, k)},
-            **({"runtime_kinds": tuple(args.runtime_kinds)} if args.runtime_kinds else {}),
-        ),
+        config=config,
         signal_holdout=signals or None,
         reference_signal=reference_signals or None,
         on_menu=lambda m: client.set_menu(m.to_json()),
