@@ -623,8 +623,11 @@ def _sequence_seed(seed, parts, base, steps, sig_check_old, tmp: Path) -> dict:
         live_tpr[cond.name] = now["tpr"]
         calib[cond.name] = cond.stream
         changes = [v for v in old.values() if v is not None]
+        n_cal, n_test = target / 40e6 * len(cond.stream), target / 40e6 * len(cond.test)
         out[step] = {
             "rate_error": now["rate_error"],
+            # calibration (the stream) and test statistics together: what 10 % is compared with
+            "rate_error_stat_sigma": math.sqrt(1.0 / n_cal + 1.0 / n_test),
             "tpr": now["tpr"]["mean"],
             "tpr_retrained": r_tpr,
             "tpr_over_retrained": now["tpr"]["mean"] / r_tpr if r_tpr > 0 else None,
@@ -695,6 +698,18 @@ def sequence_main(n_seeds: int) -> int:
         ),
         "tap_dropped_events": drops,
         "cells_meeting_all_targets": f"{len(met)}/{len(cells)}",
+        "cells_meeting_each_target": {
+            "rate_within_10pct": sum(abs(c["rate_error"]) <= 0.10 for c in cells),
+            "tpr_at_least_0.9_of_retrained": sum(
+                c["tpr_over_retrained"] is not None and c["tpr_over_retrained"] >= 0.9
+                for c in cells
+            ),
+            "old_conditions_loss_within_10pct": sum(
+                c["old_conditions_tpr_change"] is None or c["old_conditions_tpr_change"] >= -0.10
+                for c in cells
+            ),
+            "of": len(cells),
+        },
         "setup": {
             "target_rate_hz": TARGET_RATE_HZ,
             "events_old_conditions": {k: len(v) for k, v in parts.items()},
