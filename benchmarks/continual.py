@@ -1,21 +1,28 @@
-"""Continual learning under injected drifts: trigger rate error and signal efficiency.
+"""Continual learning under drifts back and forth: rate error, efficiency, forgetting, path.
 
-Pythia minimum bias and the four 2021 anomaly-detection signals at pile-up 20 (the old
-conditions), cached under ``out/bench-cache/continual``. Two drifts: the pile-up rises to 40
-(events regenerated with Pythia, ``sim.faults.HigherPileup``; the primary scenario) and a +20 %
-calorimeter energy scale (``sim.faults.EnergyScale`` on the old-conditions events). Disjoint
-minimum-bias parts: base training, old-conditions reference (calibration, drift reference,
-first replay content), an old-conditions stream window, the new-conditions stream the learner
-adapts on (also the data of the from-scratch retraining), and test sets of both conditions.
-Signals are split: half for the learner's acceptance check, half for the figures here.
+Default (the sequence): Pythia minimum bias and the four 2021 anomaly-detection signals at
+pile-up 20 (the base conditions), regenerated at pile-up 40 and 60, all cached under
+``out/bench-cache/continual`` (generation takes about 25 minutes on one free core; with the
+cache a seed takes several minutes). Per seed a VAE is trained on the base conditions, then
+a ``Learner`` reads the zero-bias stream through a real ZeroMQ tap (a PUB socket and
+``run_subscriber``: training runs off the subscriber) through the steps pile-up 20 -> 40 ->
+60 -> 20, calorimeter energy scale -5 % then +5 %, a dead region for jets, and the region gone
+again. At every step and seed: the rate error of the live configuration at 1 MHz on the
+step's test events, its mean signal efficiency over a network retrained from scratch on the
+step's stream (same seed), the worst relative efficiency change on every earlier condition
+(thresholds calibrated on that condition's zero bias, against the efficiency the
+configuration live then had), and the path the learner took (``registers``: thresholds or
+input scaling, no new bitstream; ``bitstream``: a trained network; ``kept``: nothing passed).
+Events published on the tap and never observed are ``tap_dropped_events``.
 
-Measured at the target rate (the threshold calibrated for it): the relative rate error on the
-test set and the signal efficiency (mean TPR over the four signals) before the drift, after it
-without adaptation, after adaptation (recalibration, then the first of the learner's candidates
-that passes its held-out checks: the QAT fine-tune with replay, else retrainings on the new
-events), and for a VAE retrained from scratch on the new conditions; plus the running model's
-efficiency change on the old conditions (thresholds calibrated on old-conditions zero bias for
-both). Prints one JSON object (the primary scenario's figures at the top level).
+``--scenarios``: the previous study, two single drifts from pile-up 20 (pile-up 40, primary;
+a +20 % energy scale), with disjoint minimum-bias parts (base training, old-conditions
+reference for calibration, drift reference and first replay content, an old-conditions stream
+window, the new-conditions stream, test sets) and signals split in halves (the learner's
+acceptance check, the figures here); figures before the drift, after it without adaptation,
+after adaptation, and for a VAE retrained from scratch on the new conditions.
+
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -85,24 +92,25 @@ def _data():
     return parts, check, evaluate
 
 
-def _pileup_data(n_background: int, n_signal: int):
-    """Minimum bias and signals at the higher pile-up (cached): (events, signals by process)."""
+PILEUP_SEED_OFFSET = {40.0: 100, 60.0: 200}  # generator seeds of the regenerated samples
+
+
+def _pileup_data(n_background: int, n_signal: int, pileup: float = HIGH_PILEUP):
+    """Minimum bias and signals at a higher pile-up (cached): (events, signals by process)."""
     from l1forge.sim.dataset import read_events, write_events
     from l1forge.sim.faults import HigherPileup
     from l1forge.sim.processes import SIGNALS_2021
 
-    folder = CACHE / f"pileup{HIGH_PILEUP:g}"
+    folder = CACHE / f"pileup{pileup:g}"
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for i, proc in enumerate(("minbias", *SIGNALS_2021)):
         n = n_background if proc == "minbias" else n_signal
-        path = folder / f"{proc}_{n}_seed{EVENTS_SEED + 100 + i}.h5"
+        seed = EVENTS_SEED + PILEUP_SEED_OFFSET[pileup] + i
+        path = folder / f"{proc}_{n}_seed{seed}.h5"
         if not path.is_file():
-            log.info(
-                "generating %d %s events at pile-up %g (cached in %s)", n, proc, HIGH_PILEUP, path
-            )
-            gen = HigherPileup(HIGH_PILEUP, proc).generate(n, EVENTS_SEED + 100 + i)
-            write_events(path, gen)
+            log.info("generating %d %s events at pile-up %g (cached in %s)", n, proc, pileup, path)
+            write_events(path, HigherPileup(pileup, proc).generate(n, seed))
         out[proc] = np.asarray(read_events(path).objects_hw, np.int64)
     return out.pop("minbias"), out
 
@@ -329,9 +337,20 @@ def _run_scenario(base: Base, sc: Scenario, tmp: Path, **fine_tune) -> dict:
     }
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+def _menu():
     from l1forge.online.datapath.menu import Menu, Seed
+
+    return Menu(
+        (
+            Seed("AD_1MHz", "ad", target_rate_hz=TARGET_RATE_HZ),
+            Seed("AD_400kHz", "ad", target_rate_hz=SECOND_RATE_HZ),
+            Seed("ZeroBias", "", prescale=1000),
+        )
+    )
+
+
+def scenarios_main() -> int:
+    """The two single drifts of the previous study (``--scenarios``)."""
     from l1forge.sim.faults import EnergyScale, inject
 
     t_start = time.perf_counter()
@@ -355,13 +374,7 @@ def main() -> int:
             {k: inject(scale, v) for k, v in sig_eval.items()},
         ),
     ]
-    menu = Menu(
-        (
-            Seed("AD_1MHz", "ad", target_rate_hz=TARGET_RATE_HZ),
-            Seed("AD_400kHz", "ad", target_rate_hz=SECOND_RATE_HZ),
-            Seed("ZeroBias", "", prescale=1000),
-        )
-    )
+    menu = _menu()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -401,6 +414,336 @@ def main() -> int:
     }
     print(json.dumps(out, indent=1, default=float))
     return 0
+
+
+# ---- the sequence: drifts back and forth, several seeds --------------------------------------
+
+SEQ_ENERGY_SCALE = 0.05
+# a dead quarter of the barrel for jets (trigger towers off), eta [-1.5, 1.5) x phi [0, pi/2)
+SEQ_DEAD = {
+    "object_type": "jet",
+    "eta_min": -1.5,
+    "eta_max": 1.5,
+    "phi_min": 0.0,
+    "phi_max": 1.5708,
+}
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """One set of detector conditions: a stream to adapt on, test events, signals."""
+
+    name: str
+    stream: np.ndarray
+    test: np.ndarray
+    sig_check: dict[str, np.ndarray]
+    sig_eval: dict[str, np.ndarray]
+
+
+def _sequence_conditions(parts, sig_check, sig_eval) -> tuple[Conditions, list[Conditions]]:
+    """The base (pile-up 20) conditions and the steps: pile-up 20 -> 40 -> 60 -> 20, energy
+    scale -5 % then +5 %, a dead region that appears and disappears."""
+    from l1forge.sim.faults import DeadRegion, EnergyScale, inject
+
+    def halves(sig):
+        return {k: v[: len(v) // 2] for k, v in sig.items()}, {
+            k: v[len(v) // 2 :] for k, v in sig.items()
+        }
+
+    base = Conditions("pileup_20", parts["new_stream"], parts["test"], sig_check, sig_eval)
+
+    def faulted(name, fault):
+        return Conditions(
+            name,
+            inject(fault, base.stream),
+            inject(fault, base.test),
+            {k: inject(fault, v) for k, v in sig_check.items()},
+            {k: inject(fault, v) for k, v in sig_eval.items()},
+        )
+
+    steps = []
+    for pu in (40.0, 60.0):
+        bg, sig = _pileup_data(PILEUP_EVENTS, PILEUP_SIGNAL, pu)
+        n = PARTS["new_stream"]
+        steps.append(Conditions(f"pileup_{pu:g}", bg[:n], bg[n:], *halves(sig)))
+    steps += [
+        base,
+        faulted("energy_scale_-5%", EnergyScale(-SEQ_ENERGY_SCALE)),
+        faulted("energy_scale_+5%", EnergyScale(+SEQ_ENERGY_SCALE)),
+        faulted("dead_region", DeadRegion(**SEQ_DEAD)),
+        base,
+    ]
+    return base, steps
+
+
+def _tap_frames(x: np.ndarray, run: int, lumisection: int) -> list:
+    """A zero-bias ResultBatch on the wire, as the daemon's monitoring tap publishes it."""
+    from l1forge.online.datapath.wire import TOPIC_ZERO_BIAS, ResultBatch, encode_results
+
+    n = len(x)
+    b = ResultBatch(
+        run=run,
+        first_seq=0,
+        lumisection=lumisection,
+        event=np.arange(n, dtype=np.uint64),
+        scores=np.zeros((n, 1)),
+        seed_bits=np.ones(n, dtype=np.uint32),
+        objects_hw=np.asarray(x, np.int32),
+        accepted_index=np.arange(n, dtype=np.uint32),
+        latency_s=0.0,
+        worker="bench",
+    )
+    return [TOPIC_ZERO_BIAS, *encode_results(b)]
+
+
+class _TapFeed:
+    """A PUB socket standing for the daemon's tap and ``run_subscriber`` feeding the learner."""
+
+    def __init__(self, learner):
+        import threading
+
+        import zmq
+
+        from l1forge.online.learning.feed import run_subscriber
+
+        self.learner = learner
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        port = self.pub.bind_to_random_port("tcp://127.0.0.1")
+        self.stop = threading.Event()
+        self.counts: dict = {}
+        self.thread = threading.Thread(
+            target=lambda: self.counts.update(
+                run_subscriber(
+                    learner, f"tcp://127.0.0.1:{port}", self.stop, poll_ms=50, context=self.ctx
+                )
+            )
+        )
+        self.thread.start()
+        self.published = 0
+        warm = _tap_frames(np.zeros((1, 19, 3), np.int64), 0, 0)
+        while not learner.n_seen:  # the subscription reaches the PUB socket asynchronously
+            self.pub.send_multipart(warm)
+            time.sleep(0.02)
+        time.sleep(0.3)
+        self.warm_seen = learner.n_seen  # warm-up events that arrived (all observed by now)
+
+    def send(self, x: np.ndarray, run: int, lumisection: int) -> None:
+        self.pub.send_multipart(_tap_frames(x, run, lumisection))
+        self.published += len(x)
+
+    def wait(self, timeout_s: float = 3600.0) -> None:
+        """Until the learner has observed every event sent (and finished what they started)."""
+        deadline = time.monotonic() + timeout_s
+        while self.learner.n_seen - self.warm_seen < self.published:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                break
+            time.sleep(0.05)
+        self.learner.wait_idle()
+
+    def close(self) -> int:
+        """Stop; returns the events published and never observed (tap drops)."""
+        self.wait(60.0)
+        self.stop.set()
+        self.thread.join()
+        self.pub.close(0)
+        self.ctx.term()
+        return self.published - (self.counts.get("events", 0) - self.warm_seen)
+
+
+def _sequence_seed(seed, parts, base, steps, sig_check_old, tmp: Path) -> dict:
+    """One seed: a base network, then the learner on the tap through every step."""
+    from l1forge.online.learning.learner import Learner
+    from l1forge.online.learning.registry import ModelRegistry
+    from l1forge.online.learning.settings import LearnerConfig
+
+    target = TARGET_RATE_HZ
+    net0, w0, _ = _train_from_scratch(parts["train"], tmp / f"base-{seed}", seed)
+    menu_old = _menu().calibrate({"ad": _Scorer(net0)(parts["reference"])})
+    reg = ModelRegistry(tmp / f"registry-{seed}")
+    prov = {"kind": "benchmark_base", "net_config": NETWORK, "training": {**TRAINING, "seed": seed}}
+    reg.register(net0, prov, weights=w0, activate=True)
+    learner = Learner(
+        reg,
+        menu_old,
+        parts["reference"],
+        config=LearnerConfig(
+            check_events=CHECK_EVENTS,
+            adapt_events=PARTS["new_stream"],
+            replay_capacity=20_000,
+            replay_fraction=REPLAY_FRACTION,
+            seed=seed + 1,
+            candidates=CANDIDATES,
+            **FINE_TUNE,
+        ),
+        signal_holdout=base.sig_check,
+        reference_signal=sig_check_old,
+    )
+    feed = _TapFeed(learner)
+    # the efficiency each live configuration had on its own conditions (at its own thresholds)
+    s0 = _Scorer(net0)
+    live_tpr = {base.name: _tpr(s0, base.sig_eval, _threshold(s0(parts["reference"]), target))}
+    calib = {base.name: parts["reference"]}  # zero bias of each condition, for its thresholds
+    retrained: dict[str, dict] = {}
+    out, ls = {}, 0
+    for x in np.array_split(parts["old_stream"], len(parts["old_stream"]) // LS_EVENTS):
+        ls += 1
+        feed.send(x, 1, ls)
+    feed.wait()
+    for k, cond in enumerate(steps):
+        step = f"{k + 1}_{cond.name}"
+        learner.signal_holdout = cond.sig_check
+        n_before = len(learner.adaptations)
+        t0 = time.perf_counter()
+        for i in range(0, len(cond.stream), LS_EVENTS):
+            ls += 1
+            feed.send(cond.stream[i : i + LS_EVENTS], 1, ls)
+        feed.wait()
+        adapt_s = time.perf_counter() - t0
+        new = learner.adaptations[n_before:]
+        m = _Scorer(learner.net)
+        thr = next(s.threshold for s in learner.menu.seeds if s.name == "AD_1MHz")
+        now = _figures(m, thr, cond.test, cond.sig_eval, target)
+        if cond.name not in retrained:
+            log.info("seed %d, %s: retraining from scratch", seed, cond.name)
+            net_r, _, _ = _train_from_scratch(cond.stream, tmp / f"r-{seed}-{k}", seed)
+            mr = _Scorer(net_r)
+            retrained[cond.name] = _tpr(mr, cond.sig_eval, _threshold(mr(cond.stream), target))
+        r_tpr = retrained[cond.name]["mean"]
+        old = {}
+        for name, tpr_then in live_tpr.items():
+            if name == cond.name:
+                continue
+            cond_j = base if name == base.name else next(c for c in steps if c.name == name)
+            t_j = _threshold(m(calib[name]), target)
+            tpr_now = _tpr(m, cond_j.sig_eval, t_j)["mean"]
+            old[name] = tpr_now / tpr_then["mean"] - 1.0 if tpr_then["mean"] > 0 else None
+        live_tpr[cond.name] = now["tpr"]
+        calib[cond.name] = cond.stream
+        changes = [v for v in old.values() if v is not None]
+        n_cal, n_test = target / 40e6 * len(cond.stream), target / 40e6 * len(cond.test)
+        out[step] = {
+            "rate_error": now["rate_error"],
+            # calibration (the stream) and test statistics together: what 10 % is compared with
+            "rate_error_stat_sigma": math.sqrt(1.0 / n_cal + 1.0 / n_test),
+            "tpr": now["tpr"]["mean"],
+            "tpr_retrained": r_tpr,
+            "tpr_over_retrained": now["tpr"]["mean"] / r_tpr if r_tpr > 0 else None,
+            "old_conditions_tpr_change": min(changes) if changes else None,
+            "old_conditions_tpr_change_each": old,
+            "path": new[-1].path if new else "no_adaptation",
+            "why": list(new[-1].why) if new else ["drift not flagged"],
+            "adaptations": len(new),
+            "accepted": bool(new and new[-1].accepted),
+            "seconds": adapt_s,
+        }
+        log.info(
+            "seed %d %s: %s",
+            seed,
+            step,
+            {
+                k2: out[step][k2]
+                for k2 in ("rate_error", "tpr_over_retrained", "old_conditions_tpr_change", "path")
+            },
+        )
+    out["_tap_dropped_events"] = feed.close()
+    out["_tap_counts"] = dict(feed.counts)
+    learner.close()
+    return out
+
+
+def sequence_main(n_seeds: int) -> int:
+    """Every seed through the sequence; one JSON object (issue figures at the top level)."""
+    if n_seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    t_start = time.perf_counter()
+    parts, sig_check, sig_eval = _data()
+    base, steps = _sequence_conditions(parts, sig_check, sig_eval)
+    per_seed = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(n_seeds):
+            per_seed[seed] = _sequence_seed(seed, parts, base, steps, sig_check, Path(tmp))
+    drops = sum(r.pop("_tap_dropped_events") for r in per_seed.values())
+    tap_counts = {seed: r.pop("_tap_counts") for seed, r in per_seed.items()}
+    cells = [c for r in per_seed.values() for c in r.values()]
+    names = list(next(iter(per_seed.values())))
+
+    def worst(key, fn):
+        vals = [c[key] for c in cells if c[key] is not None]
+        return fn(vals) if vals else None
+
+    adapted = [c for c in cells if c["path"] in ("registers", "bitstream", "kept")]
+    met = [
+        c
+        for c in cells
+        if abs(c["rate_error"]) <= 0.10
+        and c["tpr_over_retrained"] is not None
+        and c["tpr_over_retrained"] >= 0.9
+        and (c["old_conditions_tpr_change"] is None or c["old_conditions_tpr_change"] >= -0.10)
+    ]
+    out = {
+        "network_source": "trained",
+        "network_description": (
+            "AD (57-32-16-3) trained per seed in this benchmark on its pile-up-20 training part"
+        ),
+        "seeds": list(per_seed),
+        "steps": {name: {str(seed): per_seed[seed][name] for seed in per_seed} for name in names},
+        "worst_rate_error": worst("rate_error", lambda v: max(v, key=abs)),
+        "worst_tpr_over_retrained": worst("tpr_over_retrained", min),
+        "worst_old_conditions_tpr_change": worst("old_conditions_tpr_change", min),
+        "fraction_without_new_bitstream": (
+            sum(c["path"] == "registers" for c in adapted) / len(adapted) if adapted else None
+        ),
+        "tap_dropped_events": drops,
+        "cells_meeting_all_targets": f"{len(met)}/{len(cells)}",
+        "cells_meeting_each_target": {
+            "rate_within_10pct": sum(abs(c["rate_error"]) <= 0.10 for c in cells),
+            "tpr_at_least_0.9_of_retrained": sum(
+                c["tpr_over_retrained"] is not None and c["tpr_over_retrained"] >= 0.9
+                for c in cells
+            ),
+            "old_conditions_loss_within_10pct": sum(
+                c["old_conditions_tpr_change"] is None or c["old_conditions_tpr_change"] >= -0.10
+                for c in cells
+            ),
+            "of": len(cells),
+        },
+        "setup": {
+            "target_rate_hz": TARGET_RATE_HZ,
+            "events_old_conditions": {k: len(v) for k, v in parts.items()},
+            "stream_events_per_step": PARTS["new_stream"],
+            "signals_eval_per_process": {k: len(v) for k, v in sig_eval.items()},
+            "energy_scale": SEQ_ENERGY_SCALE,
+            "dead_region": SEQ_DEAD,
+            "network": NETWORK,
+            "training": TRAINING,
+            "fine_tune": {**FINE_TUNE, "replay_fraction": REPLAY_FRACTION},
+            "candidates": CANDIDATES,
+            "tap_counts": tap_counts,
+        },
+        "seconds": time.perf_counter() - t_start,
+    }
+    print(json.dumps(out, indent=1, default=float))
+    return 0
+
+
+def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument(
+        "--scenarios",
+        action="store_true",
+        help="the two single drifts (pile-up 20 -> 40, energy scale +20 %%), not the sequence",
+    )
+    ap.add_argument("--seeds", type=int, default=4, help="seeds of the sequence (default 4)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if args.scenarios:
+        return scenarios_main()
+    return sequence_main(args.seeds)
 
 
 if __name__ == "__main__":

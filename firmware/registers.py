@@ -309,7 +309,9 @@ def split_scaling(net: QNet) -> tuple[Scaling | None, QNet]:
     return Scaling(scale, quant, x, scale_out, net.tensors[last.output].fixed, lo, hi), rest
 
 
-def with_scaling(net: QNet, offset: Sequence[int], shift: Sequence[int]) -> QNet:
+def with_scaling(
+    net: QNet, offset: Sequence[int] | np.ndarray, shift: Sequence[int] | np.ndarray
+) -> QNet:
     """The IR with its input scale's offsets and shifts replaced (same formats): what the
     firmware computes after those values are committed."""
     scaling, _ = split_scaling(net)

@@ -124,6 +124,9 @@ def fine_tune(
     tf.keras.utils.set_random_seed(cfg.seed)
     m = networks.vae_models(net_cfg, scaling, beta_kl)
     m.vae.load_weights(str(parent_weights))
+    # the IR's scaling, not the weights file's: a run-time register change of the scaling keeps
+    # the weights file of the version it changed
+    networks.set_input_scaling(m.vae.get_layer("scale"), scaling)
     m_parent = m
     if scaling_events is not None:
         new = networks.fit_input_scaling(flat_inputs(scaling_events))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -62,6 +63,13 @@ def floatx(dtype: str) -> Iterator[None]:
         tf.keras.backend.set_floatx(old)
 
 
+def set_input_scaling(scale: Any, scaling: InputScaling) -> None:
+    """Give the fixed batch-norm layer ``scale`` the firmware's offsets and shifts."""
+    gamma = 2.0 ** (-scaling.shift.astype(np.float64))
+    n = len(gamma)
+    scale.set_weights([gamma, -scaling.offset * gamma, np.zeros(n), np.ones(n)])
+
+
 def _qbits(bits: int, integer: int) -> quantized_bits:
     return quantized_bits(bits, integer, keep_negative=True, alpha=1)
 
@@ -72,10 +80,7 @@ def _hardware_trunk(cfg: NetConfig, scaling: InputScaling, exact: bool):
     h = QActivation(_qbits(cfg.input_hw_bits, cfg.input_hw_bits - 1), name="x_hw")(x_in)
     scale = tf.keras.layers.BatchNormalization(epsilon=_BN_EPSILON, trainable=False, name="scale")
     h = scale(h)
-    gamma = 2.0 ** (-scaling.shift.astype(np.float64))
-    scale.set_weights(
-        [gamma, -scaling.offset * gamma, np.zeros(cfg.n_inputs), np.ones(cfg.n_inputs)]
-    )
+    set_input_scaling(scale, scaling)
     x_q = QActivation(_qbits(cfg.input_bits, cfg.input_integer), name="x_q")(h)
     h = x_q
     for i, n in enumerate(cfg.hidden):

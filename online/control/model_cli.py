@@ -14,6 +14,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -161,30 +162,51 @@ def _learn(args: argparse.Namespace) -> int:
     if monitor is None:
         found = read_endpoints(args.state_dir)
         monitor, keys = found["monitor"], keys or found.get("curve_keys")
+    changes: dict[str, Any] = {"seed": args.seed}
+    for key in ("check_events", "adapt_events"):
+        if getattr(args, key):
+            changes[key] = getattr(args, key)
+    if args.runtime_kinds:
+        changes["runtime_kinds"] = tuple(args.runtime_kinds)
+    config = dataclasses.replace(LearnerConfig(), **changes)
     learner = Learner(
         reg,
         menu,
         reference,
         model=args.model,
-        config=LearnerConfig(seed=args.seed),
+        config=config,
         signal_holdout=signals or None,
         reference_signal=reference_signals or None,
         on_menu=lambda m: client.set_menu(m.to_json()),
         on_model=lambda name, path: client.set_model(name, path),
+        on_swap=lambda name, path, m: client.swap(name, path, m.to_json()),
+        on_scaling=lambda offset, shift: client.set_scaling(
+            offset.tolist(), shift.tolist(), args.model
+        ),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    timer = threading.Timer(args.max_seconds or 0.0, stop.set)
+    timer.daemon = True  # an interrupted learner does not wait for it
     if args.max_seconds:
-        threading.Timer(args.max_seconds, stop.set).start()
+        timer.start()
     with learner:
         counts = run_subscriber(learner, monitor, stop, keys=keys)
+    timer.cancel()
     _print(
         {
             **counts,
             "active": reg.active_name,
+            "menu": learner.menu.to_json(),
             "adaptations": [
-                {"version": a.version, "accepted": a.accepted, "reasons": list(a.reasons)}
+                {
+                    "version": a.version,
+                    "accepted": a.accepted,
+                    "path": a.path,
+                    "why": list(a.why),
+                    "reasons": list(a.reasons),
+                }
                 for a in learner.adaptations
             ],
         }
@@ -243,5 +265,20 @@ def register_model_commands(online_subparsers: Any) -> None:
     ln.add_argument("--menu", help="menu JSON (default: the active version's menu)")
     ln.add_argument("--monitor", help="monitoring PUB endpoint (default: endpoints.json)")
     ln.add_argument("--seed", type=int, default=0)
+    ln.add_argument(
+        "--check-events", type=int, help="zero-bias events per drift-test window (default 5000)"
+    )
+    ln.add_argument(
+        "--runtime-kinds",
+        nargs="+",
+        type=str,
+        help="run-time changes to try before training (default: thresholds offsets scaling; a "
+        "register bank without scaling registers: thresholds)",
+    )
+    ln.add_argument(
+        "--adapt-events",
+        type=int,
+        help="events of the new conditions collected before adapting (default 15000)",
+    )
     ln.add_argument("--max-seconds", type=float, help="stop after this long")
     _daemon_args(ln)

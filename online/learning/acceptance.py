@@ -58,7 +58,7 @@ class Candidate:
     index: int  # position among the adaptation's settings
     cfg: LearnerConfig  # the settings it was trained with
     net: QNet
-    weights: Path
+    weights: Path | None  # None: a run-time change of a version without Keras weights
     n_replay: int  # replayed older events in its training set
     metrics: CandidateMetrics
     reasons: tuple[str, ...]  # why it must not go live (empty: it passed every check)

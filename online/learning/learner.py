@@ -45,6 +45,7 @@ from l1forge.online.learning.acceptance import (
 from l1forge.online.learning.drift import DriftDetector, DriftReport, expected_fraction
 from l1forge.online.learning.registry import ModelRegistry, ModelVersion
 from l1forge.online.learning.replay import ReplayBuffer
+from l1forge.online.learning.runtime import RuntimeChange, runtime_changes
 from l1forge.online.learning.settings import LearnerConfig
 
 if TYPE_CHECKING:
@@ -64,6 +65,11 @@ class AdaptationResult:
     metrics: CandidateMetrics  # of the candidate that went live, or else of the first one
     menu: Menu  # the menu sent after the adaptation (for the accepted or the kept model)
     candidates: tuple[str, ...] = ()  # every version registered by this adaptation
+    # "registers": a run-time change went live (thresholds, input scaling; no new bitstream);
+    # "bitstream": a trained network went live; "kept": nothing passed, the running network
+    # stays with recalibrated thresholds
+    path: str = "bitstream"
+    why: tuple[str, ...] = ()  # why the run-time candidates were not enough (or what passed)
 
 
 class State(enum.Enum):
@@ -77,6 +83,10 @@ def score(net: QNet, x: np.ndarray, emulator: Emulator | None = None) -> np.ndar
         return emulator.run_float(flat_inputs(x))[:, 0]
     with Emulator(net) as emu:
         return emu.run_float(flat_inputs(x))[:, 0]
+
+
+def _mean_over_seeds(tpr: Mapping[str, Mapping[str, float]], menu: Menu, model: str) -> float:
+    return float(np.mean([mean_efficiency(tpr, s.name) for s in rate_seeds(menu, model)]))
 
 
 def seed_fractions(menu: Menu, model: str) -> dict[str, tuple[float, float]]:
@@ -120,8 +130,9 @@ class Learner:
     signal for the efficiency check; without it only the rate is checked. ``reference_signal``
     is signal of the reference conditions: a candidate that forgets them is not activated.
     ``transform_signal`` maps ``signal_holdout`` to the current conditions (a benchmark's injected
-    drift). ``on_menu`` and
-    ``on_model`` reach the daemon (``ControlClient.set_menu`` / ``set_model`` or a Pipeline's).
+    drift). ``on_menu``, ``on_model`` and ``on_scaling`` reach the daemon
+    (``ControlClient.set_menu`` / ``set_model`` / ``set_scaling`` or a Pipeline's); with
+    ``on_swap`` (``ControlClient.swap``) a trained network goes live together with its menu.
     """
 
     def __init__(
@@ -137,6 +148,8 @@ class Learner:
         transform_signal: Callable[[np.ndarray], np.ndarray] | None = None,
         on_menu: Callable[[Menu], None] | None = None,
         on_model: Callable[[str, Path], None] | None = None,
+        on_scaling: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        on_swap: Callable[[str, Path, Menu], None] | None = None,
     ):
         version = registry.active
         if version is None:
@@ -151,15 +164,28 @@ class Learner:
         self.transform_signal = transform_signal
         self.on_menu = on_menu
         self.on_model = on_model
+        self.on_scaling = on_scaling
+        self.on_swap = on_swap
         self.version = version
         self.net = version.load_net()
         self.emulator = Emulator(self.net)
         x_ref = flat_inputs(reference_inputs)
         self._old_inputs = x_ref  # the conditions reference_signal belongs to
+        # events of the conditions the live network's scaled inputs were matched to (what the
+        # run-time offsets and shifts map new events onto)
+        self._trained_inputs = x_ref
         self.replay = ReplayBuffer(config.replay_capacity, x_ref.shape[1], config.seed)
         self.replay.add(x_ref)
         self.menu = menu
         self.detector = self._detector(x_ref)
+        # mean signal efficiency of the live configuration on its own conditions (the bar of
+        # the run-time path); known from reference_signal, then from each adaptation
+        self.live_efficiency: float | None = None
+        if self.reference_signal:
+            tpr = self._signal_tpr(
+                self.net, self._calibrate(score(self.net, x_ref, self.emulator)), old=True
+            )
+            self.live_efficiency = _mean_over_seeds(tpr, self.menu, model)
         self.state = State.MONITORING
         self._window: list[np.ndarray] = []
         self._new: list[np.ndarray] = []
@@ -250,6 +276,11 @@ class Learner:
         # (1) hold the rates now, with the running network, on the drifted window
         self._send_menu(self._calibrate(score(self.net, x, self.emulator)))
 
+    def wait_idle(self) -> None:
+        """Return once no ``observe`` call (and the adaptation it may run) is in progress."""
+        with self._lock:
+            pass
+
     def force_adaptation(self) -> None:
         """Treat the events from now on as new conditions (an operator's request)."""
         with self._lock:
@@ -281,10 +312,6 @@ class Learner:
 
     def _adapt(self) -> AdaptationResult:
         x_new, x_fit, x_hold = self._split_new()
-        net_cfg = net_config_of(self.version)
-        parent_weights = self.version.weights_path
-        if parent_weights is None:
-            raise ConfigError(f"model {self.version.name} has no Keras weights to fine-tune from")
         runs = sorted({r for r, _ in self._lumi})
         lumis = [ls for _, ls in self._lumi]
         data = {
@@ -295,6 +322,27 @@ class Learner:
             "runs": runs,
             "lumisections": [min(lumis), max(lumis)] if lumis else None,
         }
+        why: list[str] = []
+        if self.config.runtime_first:
+            changes = runtime_changes(
+                self.net, self._trained_inputs, x_fit, self.config.runtime_kinds
+            )
+            tried: list[tuple[Candidate, RuntimeChange]] = []
+            for i, change in enumerate(changes):
+                tried.append((self._runtime_candidate(i, change, x_fit, x_hold), change))
+                if self.config.candidate_choice == "first" and tried[-1][0].passed:
+                    break
+            best_rt = choose([c for c, _ in tried])
+            why = [f"{ch.kind}: {'; '.join(c.reasons)}" for c, ch in tried if c.reasons]
+            if best_rt is not None:
+                change = next(ch for c, ch in tried if c is best_rt)
+                why.append(f"{change.kind}: passed every check")
+                return self._apply_runtime(best_rt, change, x_new, data, why)
+            log.info("run-time changes not enough (%s): training a new network", "; ".join(why))
+        net_cfg = net_config_of(self.version)
+        parent_weights = self.version.weights_path
+        if parent_weights is None:
+            raise ConfigError(f"model {self.version.name} has no Keras weights to fine-tune from")
         settings = self.config.settings()
         with tempfile.TemporaryDirectory() as tmp:
             done: list[Candidate] = []
@@ -343,14 +391,19 @@ class Learner:
         pick = done.index(best) if best is not None else 0
         version, final_menu, reasons, metrics = versions[pick]
         if best is not None:
-            self._activate(version)
-            self._send_menu(final_menu)
+            if self.on_swap is not None:  # the network and its menu in one command
+                self._activate(version, notify=False)
+                self.menu = final_menu
+                self.on_swap(self.model, version.qnet_path, final_menu)
+            else:
+                self._activate(version)
+                self._send_menu(final_menu)
+            self._trained_inputs = x_new
+            if self.signal_holdout:
+                self.live_efficiency = best.efficiency
         else:
             log.warning("model %s rejected: %s", version.name, "; ".join(reasons))
             self._send_menu(self._calibrate(score(self.net, x_new, self.emulator)))
-        self.detector = self._detector(x_new)
-        self.replay.add(x_new)
-        self.state, self._new, self._lumi, self._drift_report = State.MONITORING, [], [], None
         result = AdaptationResult(
             version.name,
             best is not None,
@@ -358,9 +411,107 @@ class Learner:
             metrics,
             self.menu,
             tuple(v.name for v, *_ in versions),
+            "bitstream" if best is not None else "kept",
+            tuple(why),
         )
+        return self._finish(result, x_new)
+
+    def _finish(self, result: AdaptationResult, x_new: np.ndarray) -> AdaptationResult:
+        """The new conditions become the drift reference and join the replay buffer."""
+        self.detector = self._detector(x_new)
+        self.replay.add(x_new)
+        self.state, self._new, self._lumi, self._drift_report = State.MONITORING, [], [], None
         self.adaptations.append(result)
         return result
+
+    # ---- the run-time path (registers; no new bitstream) -----------------------------------
+    def _runtime_candidate(
+        self, index: int, change: RuntimeChange, x_fit: np.ndarray, x_hold: np.ndarray
+    ) -> Candidate:
+        """The acceptance checks of a run-time change, plus the efficiency bar of the live
+        configuration (``runtime_min_efficiency``)."""
+        cfg = self.config
+        metrics, reasons, efficiency = self._acceptance(change.net, x_fit, x_hold, cfg)
+        if self.signal_holdout and cfg.runtime_min_efficiency > 0:  # 0: no efficiency bar
+            bar = self.live_efficiency
+            if bar is None:
+                reasons.append(
+                    "no efficiency of the live configuration to hold (give reference_signal)"
+                )
+            elif efficiency < cfg.runtime_min_efficiency * bar:
+                reasons.append(
+                    f"held-out signal efficiency {efficiency:.4f} < "
+                    f"{cfg.runtime_min_efficiency:g} x {bar:.4f} of the live configuration on "
+                    "its own conditions"
+                )
+        return Candidate(
+            index=index,
+            cfg=cfg,
+            net=change.net,
+            weights=self.version.weights_path,
+            n_replay=0,
+            metrics=metrics,
+            reasons=tuple(reasons),
+            efficiency=efficiency,
+            provenance={"kind": "registers", "runtime": change.to_json(), "metrics": metrics},
+        )
+
+    def _apply_runtime(
+        self,
+        cand: Candidate,
+        change: RuntimeChange,
+        x_new: np.ndarray,
+        data: dict[str, object],
+        why: list[str],
+    ) -> AdaptationResult:
+        """Write what passed through the registers: the scaling (a registered version with the
+        parent's weights and the new IR) and the thresholds calibrated on all new events."""
+        final_menu = self._calibrate(score(cand.net, x_new))
+        names: tuple[str, ...] = ()
+        if change.offset is not None and change.shift is not None:
+            prov = self.version.provenance
+            version = self.registry.register(
+                cand.net,
+                {
+                    **cand.provenance,
+                    "model": self.model,
+                    "net_config": prov.get("net_config"),
+                    "training": prov.get("training", {}),
+                    "data": data,
+                    "drift": self._drift_report.to_json() if self._drift_report else None,
+                    "passed_checks": True,
+                    "accepted": True,
+                    "rejected_because": [],
+                    "path_why": why,
+                },
+                parent=self.version.name,
+                weights=self.version.weights_path,
+                menu=final_menu.to_json(),
+                activate=True,
+            )
+            self.registry.verify(version.name)
+            self._activate(version, notify=False)
+            if self.on_scaling is not None:
+                self.on_scaling(change.offset, change.shift)
+            elif self.on_model is not None:  # a daemon without set_scaling: the same network
+                self.on_model(self.model, version.qnet_path)
+            self._trained_inputs = x_new
+            names = (version.name,)
+        self._send_menu(final_menu)
+        if self.signal_holdout:
+            self.live_efficiency = cand.efficiency
+        log.info("adapted through the registers (%s)", change.kind)
+        result = AdaptationResult(
+            self.version.name,
+            True,
+            (),
+            cand.metrics,
+            self.menu,
+            names,
+            "registers",
+            tuple(why),
+        )
+        return self._finish(result, x_new)
 
     def _candidate(
         self,
@@ -466,11 +617,11 @@ class Learner:
             )
         return metrics, reasons, efficiency
 
-    def _activate(self, version: ModelVersion) -> None:
+    def _activate(self, version: ModelVersion, notify: bool = True) -> None:
         self.version = version
         self.net = version.load_net()
         self.emulator.close()
         self.emulator = Emulator(self.net)
-        if self.on_model is not None:
+        if notify and self.on_model is not None:
             self.on_model(self.model, version.qnet_path)
         log.info("model %s activated", version.name)

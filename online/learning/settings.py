@@ -18,6 +18,8 @@ from l1forge.config import Real, Section, check_fields, one_of
 from l1forge.errors import ConfigError
 from l1forge.online.learning.drift import DriftConfig
 
+RUNTIME_KINDS = ("thresholds", "offsets", "scaling")  # see online.learning.runtime
+
 NonNegative = Annotated[Real, Field(ge=0.0)]
 
 
@@ -67,6 +69,15 @@ class LearnerConfig(Section):
         {"reinit": True, "replay_fraction": 0.0, "seed": 2},
     )
     candidate_choice: Annotated[str, one_of(("first", "best"))] = "first"
+    # before any training, what the firmware changes at run time (``runtime``: thresholds, then
+    # input offsets, then offsets and shifts), checked like a candidate; one passes only if its
+    # held-out signal efficiency is also at least runtime_min_efficiency x the efficiency the
+    # live configuration had on its own conditions. Only when none passes is a new network
+    # (a new bitstream) trained.
+    runtime_first: bool = True
+    # the run-time changes the firmware offers (a bank built without input scaling: thresholds)
+    runtime_kinds: tuple[Annotated[str, one_of(RUNTIME_KINDS)], ...] = RUNTIME_KINDS
+    runtime_min_efficiency: Annotated[Real, Field(ge=0.0, le=1.0)] = 0.9
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
@@ -76,7 +87,7 @@ class LearnerConfig(Section):
         if self.adapt_events < self.check_events:
             raise ConfigError("learner.adapt_events must be >= learner.check_events")
         for over in self.candidates:
-            bad = set(over) - (_CANDIDATE_FIELDS - {"candidates", "drift"})
+            bad = set(over) - (_CANDIDATE_FIELDS - {"candidates", "drift", *_RUNTIME_FIELDS})
             if bad:
                 raise ConfigError(
                     f"learner.candidates: {sorted(bad)} cannot vary per candidate; use fields "
@@ -90,3 +101,4 @@ class LearnerConfig(Section):
 
 
 _CANDIDATE_FIELDS = {f.name for f in dataclasses.fields(LearnerConfig)}
+_RUNTIME_FIELDS = {"runtime_first", "runtime_min_efficiency", "runtime_kinds"}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from l1forge.sim.l1objects import to_hardware
+from l1forge.sim.l1objects import to_hardware, to_physical
 
 
 def zero_bias_like(n: int, seed: int) -> np.ndarray:
@@ -26,3 +28,28 @@ def zero_bias_like(n: int, seed: int) -> np.ndarray:
         phys[:, sl, 1] = np.where(pt > 0, rng.uniform(-2.5, 2.5, (n, k)), 0)
         phys[:, sl, 2] = np.where(pt > 0, rng.uniform(-np.pi, np.pi, (n, k)), 0)
     return to_hardware(phys).astype(np.int64)
+
+
+def signal_like(n: int, seed: int) -> np.ndarray:
+    """Anomalous events: the zero-bias shape with every pT four times higher."""
+    ev = zero_bias_like(n, seed).copy()
+    ev[..., 0] = np.minimum(ev[..., 0] * 4, 4095)
+    return ev
+
+
+def event_file(path: Path, objects_hw: np.ndarray) -> Path:
+    """An event HDF5 file (``sim.dataset``) of hardware-unit events, one process."""
+    from l1forge.sim.dataset import EventSet, write_events
+
+    n = len(objects_hw)
+    ev = EventSet(
+        objects_phys=to_physical(objects_hw).astype(np.float32),
+        objects_hw=objects_hw.astype(np.int32),
+        run=np.ones(n, dtype=np.uint64),
+        event=np.arange(1, n + 1, dtype=np.uint64),
+        label=np.zeros(n, dtype=np.int16),
+        weight=np.ones(n, dtype=np.float32),
+        processes=("zero_bias_like",),
+        provenance={"producer": "tests/online/learning/events.py"},
+    )
+    return write_events(path, ev)

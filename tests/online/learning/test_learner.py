@@ -1,15 +1,14 @@
 """Continual learner: replay buffer, recalibration on drift, a QAT fine-tune cycle whose IR is
 bit-exact and swapped into a running emulator backend, rejection, and the monitoring tap.
 
-A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` is the starting
-version; events are synthetic zero-bias-like hardware events (see events.py), the drift is a
-30 % calorimeter energy scale from ``l1forge.sim.faults``.
+A tiny VAE (57 -> 8 -> 2) trained for two epochs by ``l1forge.models.train`` (conftest.py) is
+the starting version; events are synthetic zero-bias-like hardware events (see events.py), the
+drift is a 30 % calorimeter energy scale from ``l1forge.sim.faults``.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from l1forge.online.learning.replay import ReplayBuffer
 from l1forge.online.learning.settings import LearnerConfig
 from l1forge.sim.faults import EnergyScale, inject
 
-from .events import zero_bias_like
+from .events import event_file, signal_like, zero_bias_like
 
 DRIFT = EnergyScale(0.30)
 CFG = LearnerConfig(
@@ -40,6 +39,7 @@ CFG = LearnerConfig(
     verify_vectors=1500,
     max_tpr_loss=1.0,  # any efficiency is accepted here; rejection is tested separately
     candidates=(),  # the fine-tune alone; candidates are tested separately
+    runtime_first=False,  # straight to training; the run-time path is tested separately
     drift=DriftConfig(min_events=1000),
 )
 
@@ -56,36 +56,6 @@ def test_replay_buffer_is_a_uniform_sample():
     counts = np.bincount(values // 1000, minlength=10)
     assert stats.chisquare(counts).pvalue > 1e-3
     assert len(np.unique(buf.sample(300))) == 300
-
-
-def _signal(n: int, seed: int) -> np.ndarray:
-    """Anomalous events: the zero-bias shape with every pT four times higher."""
-    ev = zero_bias_like(n, seed).copy()
-    ev[..., 0] = np.minimum(ev[..., 0] * 4, 4095)
-    return ev
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """A finished `l1forge train ad` folder of a tiny VAE (one epoch)."""
-    from l1forge.models.config import make_config
-    from l1forge.models.train import Inputs, train
-
-    out = tmp_path_factory.mktemp("train_ad")
-    raw = {
-        "network": {"kind": "ad", "hidden": [8], "latent": 2, "decoder": [8]},
-        "training": {
-            "epochs": 2,
-            "batch_size": 64,
-            "learning_rate": 0.01,
-            "seed": 1,
-            "beta_kl": 0.01,
-        },
-    }
-    bg = zero_bias_like(6000, seed=10).reshape(6000, -1)
-    sig = _signal(500, seed=11).reshape(500, -1)
-    train(make_config(raw), Inputs({"minbias": bg}), Inputs({"sig": sig}), out, rate_hz=4e5)
-    return out
 
 
 def _menu() -> Menu:
@@ -110,7 +80,7 @@ def _learner(tmp_path, trained_run, cfg, **kw):
         menu,
         ref,
         config=cfg,
-        signal_holdout={"sig": _signal(600, seed=21)},
+        signal_holdout={"sig": signal_like(600, seed=21)},
         transform_signal=lambda x: inject(DRIFT, x.reshape(len(x), 19, 3)),
         **kw,
     )
@@ -212,7 +182,7 @@ def test_a_candidate_worse_than_its_parent_is_kept_but_not_activated(tmp_path, t
         cfg,
         on_menu=menus.append,
         on_model=lambda *a: models.append(a),
-        reference_signal={"sig": _signal(600, seed=22)},
+        reference_signal={"sig": signal_like(600, seed=22)},
     )
     learner.force_adaptation()
     result = None
@@ -286,22 +256,80 @@ def test_learner_reads_the_zero_bias_tap(tmp_path, trained_run):
     assert out["events"] == learner.n_seen and out["rejected"] >= 1
 
 
-def _event_file(path: Path, objects_hw: np.ndarray) -> Path:
-    from l1forge.sim.dataset import EventSet, write_events
-    from l1forge.sim.l1objects import to_physical
+def test_the_tap_is_drained_while_the_learner_trains(tmp_path, trained_run):
+    """Training runs off the subscriber: zero-bias batches published while a network trains
+    all arrive (counted by the publisher here, not by the feed), the learner's backlog grows
+    meanwhile, and every event is observed before run_subscriber returns."""
+    import time
 
-    n = len(objects_hw)
-    ev = EventSet(
-        objects_phys=to_physical(objects_hw).astype(np.float32),
-        objects_hw=objects_hw.astype(np.int32),
-        run=np.ones(n, dtype=np.uint64),
-        event=np.arange(1, n + 1, dtype=np.uint64),
-        label=np.zeros(n, dtype=np.int16),
-        weight=np.ones(n, dtype=np.float32),
-        processes=("zero_bias_like",),
-        provenance={"producer": "tests/online/test_learner.py"},
+    import zmq
+
+    from l1forge.online.datapath.wire import ResultBatch, encode_results
+
+    _, _, learner = _learner(tmp_path, trained_run, CFG)
+
+    def frames(ev: np.ndarray, run: int) -> list:
+        n = len(ev)
+        b = ResultBatch(
+            run=run,
+            first_seq=0,
+            lumisection=1,
+            event=np.arange(n, dtype=np.uint64),
+            scores=np.zeros((n, 1)),
+            seed_bits=np.ones(n, dtype=np.uint32),
+            objects_hw=ev.astype(np.int32),
+            accepted_index=np.arange(n, dtype=np.uint32),
+            latency_s=0.0,
+            worker="w0",
+        )
+        return [b"zb", *encode_results(b)]
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    out: dict = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_subscriber(learner, f"tcp://127.0.0.1:{port}", stop, poll_ms=50, context=ctx)
+        )
     )
-    return write_events(path, ev)
+    t.start()
+    sent = 0
+    try:
+        warm = frames(zero_bias_like(1, seed=80), run=99)
+        for _ in range(500):  # the SUB joins asynchronously
+            pub.send_multipart(warm)
+            if learner.n_seen or stop.wait(0.02):
+                break
+        time.sleep(0.5)
+        n0 = learner.n_seen  # warm-up events that arrived, all observed by now
+        learner.force_adaptation()
+        drifted = inject(DRIFT, zero_bias_like(4000, seed=81))
+        for i in range(0, 4000, 500):  # enough new events to start a fine-tune
+            pub.send_multipart(frames(drifted[i : i + 500], run=1))
+            sent += 500
+        small = zero_bias_like(20, seed=82)
+        deadline = time.monotonic() + 300
+        while not learner.adaptations and time.monotonic() < deadline:
+            pub.send_multipart(frames(small, run=2))  # paced: the PUB's queue never fills
+            sent += len(small)
+            time.sleep(0.002)
+        for _ in range(50):
+            pub.send_multipart(frames(small, run=2))
+            sent += len(small)
+            time.sleep(0.002)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(timeout=120)
+        pub.close(linger=0)
+        ctx.term()
+    assert len(learner.adaptations) >= 1
+    assert out["events"] - n0 == sent, (out, n0, sent)
+    assert learner.n_seen == out["events"] and out["backlog_dropped_events"] == 0
+    assert out["max_backlog_events"] > 2000, out  # the subscriber queued while training ran
 
 
 @pytest.mark.slow
@@ -315,7 +343,7 @@ def test_end_to_end_with_the_daemon_pipeline(tmp_path, trained_run, zmq_ctx, run
 
     reg, v1, learner_proto = _learner(tmp_path, trained_run, CFG)
     menu = learner_proto.menu
-    drifted = _event_file(tmp_path / "drifted.h5", inject(DRIFT, zero_bias_like(6000, seed=80)))
+    drifted = event_file(tmp_path / "drifted.h5", inject(DRIFT, zero_bias_like(6000, seed=80)))
     seeds = [
         {
             "name": s.name,
@@ -434,7 +462,7 @@ def test_candidates_are_all_registered_and_the_best_passing_one_goes_live(tmp_pa
         tmp_path,
         trained_run,
         cfg,
-        reference_signal={"sig": _signal(600, seed=22)},
+        reference_signal={"sig": signal_like(600, seed=22)},
         on_model=lambda *a: models.append(a),
     )
     learner.force_adaptation()
@@ -457,3 +485,176 @@ def test_candidates_are_all_registered_and_the_best_passing_one_goes_live(tmp_pa
 
     assert efficiency(chosen) >= efficiency(other)
     assert {chosen["seeds"]["training"], other["seeds"]["training"]} == {0, 2}
+
+
+# ---- the run-time path: thresholds and input scaling through the registers, no training ------
+
+
+def _adapt_on_drift(learner, seed0: int = 60):
+    learner.force_adaptation()
+    result = None
+    for i in range(4):
+        result = learner.observe(inject(DRIFT, zero_bias_like(1000, seed=seed0 + i)))
+    assert result is not None
+    return result
+
+
+def test_matched_scaling_undoes_a_pedestal_and_a_doubling_exactly(tmp_path, trained_run):
+    """Inputs moved by an integer pedestal get offsets moved by it (shifts kept); inputs doubled
+    get one more shift and doubled offsets. Either way the network with the new registers gives
+    on the new inputs exactly (bit for bit) the outputs the old one gives on the old inputs."""
+    from l1forge.firmware.registers import split_scaling, with_scaling
+    from l1forge.online.learning.runtime import matched_scaling, runtime_changes
+
+    net = import_training_run(ModelRegistry(tmp_path / "reg"), trained_run).load_net()
+    scaling, _ = split_scaling(net)
+    assert scaling is not None
+    o_old, s_old = (scaling.scale.arrays[k].astype(np.int64) for k in ("offset", "shift"))
+    x = zero_bias_like(4000, seed=30).reshape(4000, -1).astype(np.int64) // 2
+    pedestal = np.random.default_rng(3).integers(-7, 8, x.shape[1])
+    offset, shift = matched_scaling(net, x, x + pedestal, keep_shift=True)
+    assert_array_equal(offset, o_old + pedestal)
+    assert_array_equal(shift, s_old)
+    with Emulator(net) as a, Emulator(with_scaling(net, offset, shift)) as b:
+        assert_array_equal(b.run(x + pedestal), a.run(x))
+    # doubled where the SHIFT register has room for one more (the others stay at their maximum)
+    room = (s_old < scaling.shift_hi) & (x.std(axis=0) > 0)
+    assert room.sum() >= 10
+    x2 = x.copy()
+    x2[:, room] *= 2
+    offset, shift = matched_scaling(net, x, x2)
+    assert_array_equal(shift, np.where(room, s_old + 1, s_old))
+    assert_array_equal(offset[room], 2 * o_old[room])
+    with Emulator(net) as a, Emulator(with_scaling(net, offset, shift)) as b:
+        assert_array_equal(b.run(x2), a.run(x))
+    full = matched_scaling(net, x, 2 * x)[1]  # where there is no room: clipped to the range
+    at_max = (s_old == scaling.shift_hi) & (x.std(axis=0) > 0)
+    assert full.max() <= scaling.shift_hi and np.all(full[at_max] == scaling.shift_hi)
+    kinds = [c.kind for c in runtime_changes(net, x, 2 * x)]
+    assert kinds == ["thresholds", "offsets", "scaling"]
+    assert [c.kind for c in runtime_changes(net, x, x)] == ["thresholds"]  # nothing to move
+    assert [c.kind for c in runtime_changes(net, x, 2 * x, ("thresholds",))] == ["thresholds"]
+
+
+def test_a_drift_the_thresholds_absorb_takes_the_register_path_without_training(
+    tmp_path, trained_run
+):
+    """Drifted events whose signal efficiency recalibrated thresholds keep: the thresholds go
+    out (set_menu), no network is trained or registered, set_model is never sent, and the new
+    thresholds give the target rates on fresh drifted events."""
+    import dataclasses
+
+    models, scalings, menus = [], [], []
+    cfg = dataclasses.replace(CFG, runtime_first=True)
+    reg, v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        reference_signal={"sig": signal_like(600, seed=22)},
+        on_model=lambda *a: models.append(a),
+        on_scaling=lambda *a: scalings.append(a),
+        on_menu=menus.append,
+    )
+    assert learner.live_efficiency is not None and learner.live_efficiency > 0.1
+    result = _adapt_on_drift(learner)
+    assert result.accepted and result.path == "registers", result.why
+    assert result.why[-1] == "thresholds: passed every check"
+    assert result.candidates == () and reg.names() == [v1.name] and reg.active_name == v1.name
+    assert models == [] and scalings == [] and menus[-1] is learner.menu
+    # the thresholds are those calibrated on the drifted events fed (recomputed here) ...
+    fed = np.concatenate([inject(DRIFT, zero_bias_like(1000, seed=60 + i)) for i in range(4)])
+    expect = Menu(tuple(s for s in _menu().seeds if s.model == "ad")).calibrate(
+        {"ad": score(v1.load_net(), fed)}
+    )
+    got = {s.name: s.threshold for s in learner.menu.seeds if s.model == "ad"}
+    assert got == {s.name: s.threshold for s in expect.seeds}
+    # ... and give the target rates on fresh drifted events, within 3 sigma of the calibration
+    # (4000 events) and test (20000) statistics together
+    s = score(v1.load_net(), inject(DRIFT, zero_bias_like(20000, seed=90)))
+    for seed in expect.seeds:
+        f = seed.target_rate_hz / expect.input_rate_hz
+        n_pass, n_exp = int(np.count_nonzero(s > seed.threshold)), f * len(s)
+        assert abs(n_pass - n_exp) <= 3 * np.sqrt(n_exp * (1 + len(s) / len(fed))), seed.name
+
+
+def test_an_input_scaling_change_is_written_as_registers_and_registered(tmp_path, trained_run):
+    """Only the offsets path allowed: the new offsets reach ``on_scaling`` (the daemon's
+    set_scaling), the registered version is the parent's IR with exactly those registers and
+    the parent's weights file, and it is the learner's live network."""
+    import dataclasses
+
+    from l1forge.firmware.registers import with_scaling
+
+    scalings, models = [], []
+    cfg = dataclasses.replace(
+        CFG, runtime_first=True, runtime_kinds=("offsets",), runtime_min_efficiency=0.0
+    )
+    reg, v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        on_scaling=lambda o, s: scalings.append((o.copy(), s.copy())),
+        on_model=lambda *a: models.append(a),
+    )
+    result = _adapt_on_drift(learner)
+    assert result.path == "registers" and result.why[-1] == "offsets: passed every check"
+    assert models == [] and len(scalings) == 1
+    offset, shift = scalings[0]
+    v2 = reg.get(result.version)
+    assert result.candidates == (v2.name,) and reg.active_name == v2.name
+    prov = v2.provenance
+    assert prov["kind"] == "registers" and prov["parent"] == v1.name
+    assert prov["runtime"] == {
+        "kind": "offsets",
+        "offset": offset.tolist(),
+        "shift": shift.tolist(),
+    }
+    assert prov["sha256"]["keras.weights.h5"] == v1.provenance["sha256"]["keras.weights.h5"]
+    expect = with_scaling(v1.load_net(), offset, shift)
+    got = v2.load_net()
+    assert [lay.arrays.keys() for lay in got.layers] == [lay.arrays.keys() for lay in expect.layers]
+    for a, b in zip(got.layers, expect.layers, strict=True):
+        for k in a.arrays:
+            assert_array_equal(a.arrays[k], b.arrays[k])
+    assert not np.array_equal(offset, v1.load_net().layers[0].arrays["offset"])
+
+
+def test_when_no_register_change_holds_the_efficiency_a_network_is_trained(tmp_path, trained_run):
+    """The live configuration's efficiency comes from a strong reference signal; the new
+    conditions' signal is zero-bias-like, so no run-time change reaches 0.9 of it: every one is
+    named with the reason, and the fine-tune (a new bitstream) goes live."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, runtime_first=True, max_old_tpr_loss=1.0)
+    reg, _v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        cfg,
+        reference_signal={"sig": signal_like(600, seed=22)},
+    )
+    learner.signal_holdout = {"weak": zero_bias_like(600, seed=23)}
+    result = _adapt_on_drift(learner)
+    assert result.path == "bitstream" and result.accepted, (result.why, result.reasons)
+    kinds = [w.split(":")[0] for w in result.why]  # "scaling" is left out when equal to "offsets"
+    assert kinds in (["thresholds", "offsets"], ["thresholds", "offsets", "scaling"]), kinds
+    assert all("of the live configuration" in w for w in result.why)
+    assert reg.get(result.version).provenance["kind"] == "fine_tune"
+
+
+def test_a_trained_network_goes_live_with_its_menu_in_one_swap(tmp_path, trained_run):
+    """With ``on_swap`` (the daemon's swap command) the accepted network and the thresholds
+    calibrated for it are sent together, and neither set_model nor set_menu is used."""
+    swaps, models, menus = [], [], []
+    reg, _v1, learner = _learner(
+        tmp_path,
+        trained_run,
+        CFG,
+        on_swap=lambda *a: swaps.append(a),
+        on_model=lambda *a: models.append(a),
+        on_menu=menus.append,
+    )
+    result = _adapt_on_drift(learner)
+    assert result.accepted and result.path == "bitstream"
+    assert models == [] and menus == []
+    assert swaps == [("ad", reg.get(result.version).qnet_path, learner.menu)]
+    assert learner.menu.to_json() == reg.get(result.version).menu()
