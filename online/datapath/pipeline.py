@@ -185,7 +185,8 @@ class Pipeline:
             monitor_fraction=cfg.monitor.fraction,
             is_alive=self.workers.is_alive,
             metrics=self.metrics,
-            curve_keys=keys,
+            # local ipc workers get no keys (workerpool): CURVE only where it leaves the machine
+            curve_keys=keys if worker_ep.startswith("tcp://") else None,
         )
         self.worker_endpoint = self.dispatcher.worker_endpoint
         self.source_endpoint = f"inproc://source-{tag}"
@@ -212,7 +213,7 @@ class Pipeline:
         # remote hosts announced in the config count too
         self.workers.wait_configured(self.dispatcher, n_local + len(cfg.workers.hosts))
         if self._source is None:
-            self._source = make_source(cfg.source, ctx=ctx)
+            self._source = make_source(cfg.source, ctx=ctx, curve_keys=cfg.network.curve_keys)
         self._t_start = time.perf_counter()
         self._thread(
             "source", functools.partial(self.pump.run, ctx, self.source_endpoint, self._source)
