@@ -163,6 +163,12 @@ class WorkersConfig(Section):
                 "timeout_s",
                 f"must exceed twice workers.heartbeat_s ({self.heartbeat_s}), got {self.timeout_s}",
             )
+        if self.hosts and self.transport != "tcp":
+            raise KeyedError("transport", "remote workers (workers.hosts) need tcp, got 'ipc'")
+        if self.n == 0 and not self.hosts:
+            raise KeyedError(
+                "hosts", "workers.n is 0: list the remote hosts whose workers serve the run"
+            )
         return self
 
 
@@ -227,6 +233,8 @@ class NetworkConfig(Section):
     control_port: Port = 0  # 0: a free port, written to <state_dir>/endpoints.json
     metrics_port: Port = 0
     monitor_port: Port = 0
+    # workers.transport tcp: the dispatcher's port; fixed, remote workers serve run after run
+    worker_port: Port = 0
     curve_keys: Folder | None = None  # folder made by `l1forge online keys`
     web_max_connections: Annotated[Int, Field(ge=1, le=4096)] = 64  # HTTP requests at once
     web_timeout_s: Annotated[Positive, Field(le=600.0)] = 5.0  # to send a whole HTTP request

@@ -167,7 +167,7 @@ class Pipeline:
         if cfg.workers.transport == "ipc":
             worker_ep = f"ipc://{tmp}/workers"
         else:
-            worker_ep = f"tcp://{host}:0"
+            worker_ep = f"tcp://{host}:{cfg.network.worker_port}"
         n_local = cfg.workers.n
         setup = WorkerSetup(
             self.run, _backend_settings(cfg, n_local), self.models, json.dumps(self.menu.to_json())
