@@ -358,6 +358,7 @@ class Pipeline:
             "source_done": self.source_done.is_set(),
             "source_blocked_s": self.source_blocked_s,
             "rejected": self._source.rejected() if self._source is not None else {},
+            "source_refused": getattr(self._source, "refused", 0),
             "seconds": elapsed,
             "events_per_s": processed / elapsed if elapsed else 0.0,
             "monitor_endpoint": self.monitor_endpoint,

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_EVENTS = 65536
 REPLAY_CACHE_MB = 1024.0  # a looped replay keeps files up to this size in memory
 IDLE_TICK_S = 0.1  # an idle source yields an empty chunk this often (lets callers flush, stop)
+CURVE_RETRY_S = 1.0  # a connected CURVE source connects again this long after a refusal
 DISCONNECT_FACTOR = 4  # ZeroMQ's own frame limit, in units of a zmq source's max_message_bytes
 INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
 
@@ -222,6 +223,8 @@ class ZmqInputSource:
         self.ctx = zmq.Context() if self._own_ctx else (ctx or zmq.Context.instance())
         self.sock = self.ctx.socket(zmq.PULL)
         self._monitor: zmq.Socket | None = None
+        self._bind = bind
+        self._retry_at: float | None = None  # when to connect again after a refused handshake
         self.refused = 0
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -271,8 +274,8 @@ class ZmqInputSource:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while not stop.is_set():
+            self._count_refusals()
             if not poller.poll(int(IDLE_TICK_S * 1000)):
-                self._count_refusals()
                 yield EMPTY
                 continue
             frames = self.sock.recv_multipart(copy=False)
@@ -291,9 +294,25 @@ class ZmqInputSource:
                 yield chunk
 
     def _count_refusals(self) -> None:
-        """Log and count the senders (or DAQ) refused at the CURVE handshake so far."""
-        if self._monitor is not None:
-            self.refused += log_refusals(self._monitor, f"zmq source {self.endpoint}")
+        """Log and count the senders (or DAQ) refused at the CURVE handshake so far.
+
+        Connected, the source connects again a while after a failed handshake: ZeroMQ gives
+        up on an endpoint whose server refused our key, and the DAQ may authorize it later.
+        """
+        if self._monitor is None:
+            return
+        n = log_refusals(self._monitor, f"zmq source {self.endpoint}")
+        self.refused += n
+        now = time.monotonic()
+        if n and not self._bind and self._retry_at is None:
+            self._retry_at = now + CURVE_RETRY_S
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            try:
+                self.sock.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass  # ZeroMQ already dropped it
+            self.sock.connect(self.endpoint)
 
     def rejected(self) -> dict[str, int]:
         with self._lock:

@@ -355,8 +355,7 @@ def test_a_bound_curve_source_takes_events_only_from_authorized_senders(
         for frames in _daq_batches(ev, 400, 100, first=1000):  # would be events 0..399
             intruder.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
             keyless.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-        src = pipe._source
-        wait_for(lambda: src.refused >= 2, what="both refused handshakes")
+        wait_for(lambda: pipe.status()["source_refused"] >= 2, what="both refused handshakes")
         assert pipe.status()["events_in"] == 0
         n_good = 1000
         for frames in _daq_batches(ev, n_good, 200):
@@ -441,3 +440,43 @@ def test_a_zmq_source_off_loopback_needs_curve_keys(tmp_path, run_cfg, bind):
         network={"curve_keys": str(keys.folder)},
     )
     assert cfg.source.curve_keys is None  # the network keys serve the source too
+
+
+def test_a_connecting_curve_source_retries_once_the_daq_authorizes_its_key(
+    tmp_path, events_h5, models, run_cfg, running_pipeline
+):
+    """The DAQ first refuses the daemon's client key (ZeroMQ then stops retrying by itself);
+    once the DAQ authorizes it, the source's own retry gets the events through."""
+    daq_keys = security.generate_keys(tmp_path / "daq")
+    shutil.move(daq_keys.authorized_dir / "client.key", tmp_path / "client.key")
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cfg = run_cfg(
+        source={
+            "kind": "zmq",
+            "endpoint": endpoint,
+            "loop": False,
+            "curve_keys": str(daq_keys.folder),
+        }
+    )
+    ev = read_events(events_h5)
+    ctx = zmq.Context()
+    daq = _push(ctx, endpoint, daq_keys, bind=True)
+    try:
+        pipe = running_pipeline(cfg, 23)
+        wait_for(lambda: pipe.status()["source_refused"] >= 1, what="the refused handshake")
+        assert pipe.status()["events_in"] == 0
+        shutil.move(tmp_path / "client.key", daq_keys.authorized_dir / "client.key")
+        security.authenticator(ctx, daq_keys).configure_curve(
+            domain="*", location=str(daq_keys.authorized_dir)
+        )
+        n_good = 600
+        for frames in _daq_batches(ev, n_good, 200):
+            daq.send_multipart(frames, copy=False)
+        wait_for(lambda: pipe.status()["events_processed"] == n_good, what="the good events")
+        summary = pipe.stop()
+    finally:
+        daq.close(0)
+        security.stop_authenticator(ctx)
+        ctx.term()
+    assert summary.n_processed == summary.n_events_in == n_good
+    assert_run_matches_emulator(summary, pipe, events_h5, models, n_good)
