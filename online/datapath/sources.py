@@ -381,8 +381,8 @@ class PythiaSource:
 def make_source(
     cfg, ctx: zmq.Context | None = None, curve_keys: str | Path | None = None
 ) -> Source:
-    """The source a `config.SourceConfig` describes (`curve_keys`: the zmq link's key folder,
-    default the source's own ``curve_keys``)."""
+    """The source a `config.SourceConfig` describes. A zmq source uses the config's own
+    ``curve_keys`` folder, else `curve_keys` (the daemon passes ``network.curve_keys``)."""
     curve_keys = getattr(cfg, "curve_keys", None) or curve_keys
     if cfg.kind == "replay":
         return ReplaySource(cfg.paths, rate_hz=cfg.rate_hz, loop=cfg.loop)
