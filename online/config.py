@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, mod
 from l1forge.config import Flag, Int, KeyedError, Real, Section, Text, one_of, parse_yaml, validate
 from l1forge.errors import ConfigError
 from l1forge.firmware.sim import SIMULATORS
-from l1forge.online.security import is_loopback
+from l1forge.online.security import endpoint_host, is_loopback
 from l1forge.records import record_json
 from l1forge.sim.l1objects import LHC_INPUT_RATE_HZ
 
@@ -81,7 +81,10 @@ class SourceConfig(Section):
     processes: Texts = ("minbias",)  # pythia
     pileup: Annotated[Real, Field(ge=0.0, le=1000.0)] = 20.0  # pythia
     seed: Annotated[Int, Field(ge=0, le=(1 << 31) - 1)] = 1  # pythia
-    endpoint: Text | None = None  # zmq: where to connect (a PUSH/PUB of wire-format batches)
+    endpoint: Text | None = None  # zmq: the DAQ's PUSH to connect to (or, with bind, ours)
+    bind: Flag = False  # zmq: the daemon binds `endpoint` and DAQ senders connect to it
+    # zmq: CURVE key folder of the input link (null: network.curve_keys); see docs/online.md
+    curve_keys: Folder | None = None
 
     @property
     def path(self) -> str | None:
@@ -160,6 +163,12 @@ class WorkersConfig(Section):
                 "timeout_s",
                 f"must exceed twice workers.heartbeat_s ({self.heartbeat_s}), got {self.timeout_s}",
             )
+        if self.hosts and self.transport != "tcp":
+            raise KeyedError("transport", "remote workers (workers.hosts) need tcp, got 'ipc'")
+        if self.n == 0 and not self.hosts:
+            raise KeyedError(
+                "hosts", "workers.n is 0: list the remote hosts whose workers serve the run"
+            )
         return self
 
 
@@ -224,6 +233,8 @@ class NetworkConfig(Section):
     control_port: Port = 0  # 0: a free port, written to <state_dir>/endpoints.json
     metrics_port: Port = 0
     monitor_port: Port = 0
+    # workers.transport tcp: the dispatcher's port; fixed, remote workers serve run after run
+    worker_port: Port = 0
     curve_keys: Folder | None = None  # folder made by `l1forge online keys`
     web_max_connections: Annotated[Int, Field(ge=1, le=4096)] = 64  # HTTP requests at once
     web_timeout_s: Annotated[Positive, Field(le=600.0)] = 5.0  # to send a whole HTTP request
@@ -291,11 +302,25 @@ class RunConfig(Section):
                     f"zero bias, got {seed.model!r}",
                 )
         src = self.source
+        if src.kind == "zmq" and source_keys(self) is None:
+            host = endpoint_host(src.endpoint or "")
+            if host is not None and not is_loopback(host):
+                raise KeyedError(
+                    "source.curve_keys",
+                    f"required for a zmq source on a non-loopback endpoint ({src.endpoint!r}); "
+                    "set source.curve_keys or network.curve_keys (`l1forge online keys --out "
+                    "DIR`)",
+                )
         if src.kind == "replay" and src.loop and src.n_events is None and self.duration_s is None:
             raise KeyedError(
                 "source.loop", "a looping replay never ends; set source.n_events or duration_s"
             )
         return self
+
+
+def source_keys(cfg: RunConfig) -> str | None:
+    """The CURVE key folder of a zmq source: its own, else the daemon's network keys."""
+    return cfg.source.curve_keys or cfg.network.curve_keys
 
 
 def run_config_from_dict(raw: Any, base_dir: str | Path = ".") -> RunConfig:

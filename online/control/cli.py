@@ -97,6 +97,9 @@ def register(subparsers: Any) -> None:
     wk.add_argument("--heartbeat-s", type=float, default=0.5)
     wk.add_argument("--curve-keys", help="CURVE key folder with the client key pair")
     wk.add_argument("--give-up-s", type=float, help="exit after this long without the daemon")
+    wk.add_argument(
+        "--runs", type=int, help="exit after serving this many runs (default 0: every run)"
+    )
     wk.set_defaults(func=_worker)
 
     keys = sub.add_parser("keys", help="generate CURVE keys (server, client, authorized clients)")
@@ -229,6 +232,7 @@ def _worker(args: argparse.Namespace) -> int:
         ("--name", args.name),
         ("--curve-keys", args.curve_keys),
         ("--give-up-s", args.give_up_s),
+        ("--runs", args.runs),
     ):
         if value is not None:
             argv += [flag, str(value)]

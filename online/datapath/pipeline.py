@@ -167,7 +167,7 @@ class Pipeline:
         if cfg.workers.transport == "ipc":
             worker_ep = f"ipc://{tmp}/workers"
         else:
-            worker_ep = f"tcp://{host}:0"
+            worker_ep = f"tcp://{host}:{cfg.network.worker_port}"
         n_local = cfg.workers.n
         setup = WorkerSetup(
             self.run, _backend_settings(cfg, n_local), self.models, json.dumps(self.menu.to_json())
@@ -185,7 +185,8 @@ class Pipeline:
             monitor_fraction=cfg.monitor.fraction,
             is_alive=self.workers.is_alive,
             metrics=self.metrics,
-            curve_keys=keys,
+            # local ipc workers get no keys (workerpool): CURVE only where it leaves the machine
+            curve_keys=keys if worker_ep.startswith("tcp://") else None,
         )
         self.worker_endpoint = self.dispatcher.worker_endpoint
         self.source_endpoint = f"inproc://source-{tag}"
@@ -212,7 +213,7 @@ class Pipeline:
         # remote hosts announced in the config count too
         self.workers.wait_configured(self.dispatcher, n_local + len(cfg.workers.hosts))
         if self._source is None:
-            self._source = make_source(cfg.source, ctx=ctx)
+            self._source = make_source(cfg.source, ctx=ctx, curve_keys=cfg.network.curve_keys)
         self._t_start = time.perf_counter()
         self._thread(
             "source", functools.partial(self.pump.run, ctx, self.source_endpoint, self._source)
@@ -357,6 +358,7 @@ class Pipeline:
             "source_done": self.source_done.is_set(),
             "source_blocked_s": self.source_blocked_s,
             "rejected": self._source.rejected() if self._source is not None else {},
+            "source_refused": getattr(self._source, "refused", 0),
             "seconds": elapsed,
             "events_per_s": processed / elapsed if elapsed else 0.0,
             "monitor_endpoint": self.monitor_endpoint,

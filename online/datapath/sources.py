@@ -27,6 +27,17 @@ import zmq
 
 from l1forge.errors import ConfigError, DataFormatError, L1ForgeError
 from l1forge.online.datapath.wire import EventBatch, WireError, decode_batch, encode_batch
+from l1forge.online.security import (
+    CurveKeys,
+    SecurityError,
+    endpoint_host,
+    is_loopback,
+    log_refusals,
+    secure_client,
+    secure_server,
+    stop_authenticator,
+    watch_handshakes,
+)
 from l1forge.sim.dataset import event_file_length
 from l1forge.sim.l1objects import N_FEATURES, N_OBJECTS
 
@@ -35,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_EVENTS = 65536
 REPLAY_CACHE_MB = 1024.0  # a looped replay keeps files up to this size in memory
 IDLE_TICK_S = 0.1  # an idle source yields an empty chunk this often (lets callers flush, stop)
+CURVE_RETRY_S = 1.0  # a connected CURVE source connects again this long after a refusal
 DISCONNECT_FACTOR = 4  # ZeroMQ's own frame limit, in units of a zmq source's max_message_bytes
 INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
 
@@ -177,6 +189,13 @@ class ZmqInputSource:
     sender stays connected; only a frame over `DISCONNECT_FACTOR` times that limit makes ZeroMQ
     itself drop the sender (it would otherwise allocate whatever a forged length announces).
     The DAQ's run and sequence numbers are replaced by the daemon's.
+
+    With `curve_keys` (a key folder, `online.security`) the link is CURVE: bound, the source is
+    a CURVE server that admits only the senders whose public keys are in the folder's
+    ``authorized_clients`` (others are refused at the handshake and deliver nothing; the
+    refusals are counted in `refused`); connected, it is a CURVE client that talks only to
+    the DAQ holding the secret of the folder's ``server.key`` (the DAQ's public key). Without
+    keys a non-loopback endpoint is refused.
     """
 
     kind = "zmq"
@@ -189,9 +208,24 @@ class ZmqInputSource:
         ctx: zmq.Context | None = None,
         rcvhwm: int = 64,
         max_message_bytes: int = 256 << 20,
+        curve_keys: str | Path | CurveKeys | None = None,
     ):
-        self.ctx = ctx or zmq.Context.instance()
+        host = endpoint_host(endpoint)
+        if curve_keys is None and host is not None and not is_loopback(host):
+            raise SecurityError(
+                f"refusing to {'bind' if bind else 'connect'} the zmq source to {endpoint} "
+                "without CURVE keys: a non-loopback endpoint needs source.curve_keys or "
+                "network.curve_keys (make them with `l1forge online keys --out DIR`)"
+            )
+        # a bound CURVE source has a context of its own: its authenticator admits the keys of
+        # its own folder (ZeroMQ allows one authenticator per context)
+        self._own_ctx = bind and curve_keys is not None
+        self.ctx = zmq.Context() if self._own_ctx else (ctx or zmq.Context.instance())
         self.sock = self.ctx.socket(zmq.PULL)
+        self._monitor: zmq.Socket | None = None
+        self._bind = bind
+        self._retry_at: float | None = None  # when to connect again after a refused handshake
+        self.refused = 0
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         if max_message_bytes < 1:
@@ -199,14 +233,22 @@ class ZmqInputSource:
         self.max_message_bytes = max_message_bytes
         self.sock.setsockopt(zmq.MAXMSGSIZE, DISCONNECT_FACTOR * max_message_bytes)
         try:
+            if curve_keys is not None:
+                self._monitor = watch_handshakes(self.sock)
+                if bind:
+                    secure_server(self.sock, curve_keys)
+                else:
+                    secure_client(self.sock, curve_keys)
             if bind:
                 self.sock.bind(endpoint)
             else:
                 self.sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            self.sock.close(0)
+        except (zmq.ZMQError, SecurityError) as exc:
+            self.close()
+            if isinstance(exc, SecurityError):
+                raise
             raise ConfigError(f"source.endpoint: cannot use {endpoint!r}: {exc}") from exc
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode() if bind else endpoint
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
         self._lock = threading.Lock()
         self._rejected: dict[str, int] = {}
         self.n_messages = 0
@@ -232,6 +274,7 @@ class ZmqInputSource:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while not stop.is_set():
+            self._count_refusals()
             if not poller.poll(int(IDLE_TICK_S * 1000)):
                 yield EMPTY
                 continue
@@ -250,12 +293,41 @@ class ZmqInputSource:
             if chunk is not None and len(chunk):
                 yield chunk
 
+    def _count_refusals(self) -> None:
+        """Log and count the senders (or DAQ) refused at the CURVE handshake so far.
+
+        Connected, the source connects again a while after a failed handshake: ZeroMQ gives
+        up on an endpoint whose server refused our key, and the DAQ may authorize it later.
+        """
+        if self._monitor is None:
+            return
+        n = log_refusals(self._monitor, f"zmq source {self.endpoint}")
+        self.refused += n
+        now = time.monotonic()
+        if n and not self._bind and self._retry_at is None:
+            self._retry_at = now + CURVE_RETRY_S
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            try:
+                self.sock.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass  # ZeroMQ already dropped it
+            self.sock.connect(self.endpoint)
+
     def rejected(self) -> dict[str, int]:
         with self._lock:
             return dict(self._rejected)
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         self.sock.close(0)
+        if self._own_ctx:
+            stop_authenticator(self.ctx)
+            self.ctx.term()
+            self._own_ctx = False
 
 
 class PythiaSource:
@@ -306,14 +378,18 @@ class PythiaSource:
         Path(self._dir).rmdir()
 
 
-def make_source(cfg, ctx: zmq.Context | None = None) -> Source:
-    """The source a `config.SourceConfig` describes."""
+def make_source(
+    cfg, ctx: zmq.Context | None = None, curve_keys: str | Path | None = None
+) -> Source:
+    """The source a `config.SourceConfig` describes. A zmq source uses the config's own
+    ``curve_keys`` folder, else `curve_keys` (the daemon passes ``network.curve_keys``)."""
+    curve_keys = getattr(cfg, "curve_keys", None) or curve_keys
     if cfg.kind == "replay":
         return ReplaySource(cfg.paths, rate_hz=cfg.rate_hz, loop=cfg.loop)
     if cfg.kind == "pythia":
         return PythiaSource(cfg.processes, pileup=cfg.pileup, seed=cfg.seed, ctx=ctx)
-    if cfg.kind == "zmq":  # the DAQ binds, the daemon connects (source.endpoint)
-        return ZmqInputSource(cfg.endpoint, bind=False, ctx=ctx)
+    if cfg.kind == "zmq":  # the DAQ binds, the daemon connects (or, with bind, the other way)
+        return ZmqInputSource(cfg.endpoint, bind=cfg.bind, ctx=ctx, curve_keys=curve_keys)
     raise ConfigError(f"source.kind: unknown source {cfg.kind!r}")
 
 

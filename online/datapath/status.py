@@ -73,6 +73,7 @@ class PipelineStatus(TypedDict):
     source_done: bool
     source_blocked_s: float
     rejected: dict[str, int]  # source messages rejected, by reason
+    source_refused: int  # failed CURVE handshakes on a zmq source's link
     seconds: float
     events_per_s: float
     monitor_endpoint: str

@@ -262,8 +262,15 @@ def serve(
     curve_keys: str | None = None,
     work_dir: str | None = None,
     ctx: zmq.Context | None = None,
+    runs: int = 1,
 ) -> int:
-    """The worker loop: returns 0 on STOP, 1 when the parent died or the dispatcher vanished."""
+    """The worker loop: returns 0 after the STOP of its `runs`-th run (0: serve every run until
+    killed), 1 when the parent died or the dispatcher vanished.
+
+    Between runs it keeps its connection (ZeroMQ reconnects it when the daemon binds the
+    worker endpoint again, at the next run or after a daemon restart) and registers again as
+    soon as a dispatcher answers its heartbeats with WHO.
+    """
     ctx = ctx or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -273,6 +280,8 @@ def serve(
     hello = {"name": name, "pid": os.getpid(), "host": socket.gethostname(), "credits": credits}
     sock.send_multipart([msg.W_READY, json.dumps(hello).encode()])
     awaiting_config = True
+    ready_sent = time.monotonic()
+    served = 0
     tmp = Path(tempfile.mkdtemp(prefix="l1f-worker-", dir=work_dir))
     worker = TriggerWorker(name, tmp)
     last_heard = last_sent = time.monotonic()
@@ -307,11 +316,23 @@ def serve(
                 elif kind in (msg.D_SET_MODEL, msg.D_SET_MENU, msg.D_SWAP, msg.D_SET_SCALING):
                     _update(sock, worker, kind, frames)
                 elif kind == msg.D_STOP:
-                    code = 0
-                    break
-                elif kind == msg.D_WHO and not awaiting_config:  # declared dead: register again
+                    served += 1
+                    if runs and served >= runs:
+                        code = 0
+                        break
+                    # the run is over: drop its setup and wait for the daemon's next run
+                    log.info("worker %s: run over (%d served), waiting for the next", name, served)
+                    worker.close()
+                    worker = TriggerWorker(name, tmp)
                     sock.send_multipart([msg.W_READY, json.dumps(hello).encode()])
-                    awaiting_config = True
+                    awaiting_config, ready_sent = True, time.monotonic()
+                elif kind == msg.D_WHO and (
+                    not awaiting_config or time.monotonic() - ready_sent > 2 * heartbeat_s
+                ):
+                    # declared dead, or a new dispatcher (next run, restarted daemon) that never
+                    # got our READY: register again
+                    sock.send_multipart([msg.W_READY, json.dumps(hello).encode()])
+                    awaiting_config, ready_sent = True, time.monotonic()
                 elif kind != msg.D_HEARTBEAT:
                     log.warning("worker %s: unknown message %r", name, kind[:16])
             now = time.monotonic()
@@ -418,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--give-up-s", type=float, default=None)
     ap.add_argument("--curve-keys", default=None, help="key folder (tcp to a remote daemon)")
     ap.add_argument("--work-dir", default=None, help="folder for the received IR files")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="exit after serving this many runs (0: every run until killed; default 1 for a "
+        "worker started by the daemon, 0 for a remote one)",
+    )
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr)
@@ -431,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         give_up_s=args.give_up_s,
         curve_keys=args.curve_keys,
         work_dir=args.work_dir,
+        runs=(1 if args.parent_pid else 0) if args.runs is None else max(0, args.runs),
     )
 
 

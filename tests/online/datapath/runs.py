@@ -60,7 +60,7 @@ def make_cfg(tmp: Path, events_h5: Path, models: dict[str, Path], **over) -> obj
         "state_dir": str(tmp / "state"),
     }
     for key, value in over.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return run_config_from_dict(raw, tmp)
 
 

@@ -4,8 +4,13 @@ running pipeline), and the sequencer's numbering."""
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
+import shutil
+import socket
 import struct
 import threading
+import time
 import zlib
 
 import h5py
@@ -15,6 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from l1forge.errors import ConfigError, DataFormatError
+from l1forge.online import security
 from l1forge.online.config import SourceConfig
 from l1forge.online.datapath.sources import (
     Chunk,
@@ -300,3 +306,177 @@ def test_an_oversized_message_is_rejected_and_its_sender_stays_connected(events_
         events.close(0)
         daq.close(0)
         src.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _daq_batches(ev, n: int, per_msg: int, first: int = 0) -> list[list]:
+    return [
+        encode_batch(EventBatch(7, s, 0, ev.event[s : s + per_msg], ev.objects_hw[s : s + per_msg]))
+        for s in range(first, first + n, per_msg)
+    ]
+
+
+def _push(ctx: zmq.Context, endpoint: str, keys, *, bind: bool = False) -> zmq.Socket:
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 30_000)
+    if bind:
+        security.bind_server(sock, endpoint, keys)
+    else:
+        security.connect_client(sock, endpoint, keys)
+    return sock
+
+
+def test_a_bound_curve_source_takes_events_only_from_authorized_senders(
+    tmp_path, events_h5, models, run_cfg, running_pipeline
+):
+    """The daemon binds the input (source.bind) as a CURVE server with network.curve_keys: the
+    authorized sender's events are stored, a sender with a key not in authorized_clients (and
+    one without keys) delivers nothing, and the run goes on."""
+    keys = security.generate_keys(tmp_path / "keys")
+    stranger = security.generate_keys(tmp_path / "stranger")
+    forged = dataclasses.replace(stranger, server_public=keys.server_public)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cfg = run_cfg(
+        source={"kind": "zmq", "endpoint": endpoint, "bind": True, "loop": False},
+        network={"curve_keys": str(keys.folder)},
+    )
+    ev = read_events(events_h5)
+    pipe = running_pipeline(cfg, 21)
+    ctx = zmq.Context()
+    senders = [_push(ctx, endpoint, k) for k in (forged, None, keys)]
+    intruder, keyless, daq = senders
+    try:
+        for frames in _daq_batches(ev, 400, 100, first=1000):  # would be events 0..399
+            intruder.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            keyless.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        wait_for(lambda: pipe.status()["source_refused"] >= 2, what="both refused handshakes")
+        assert pipe.status()["events_in"] == 0
+        n_good = 1000
+        for frames in _daq_batches(ev, n_good, 200):
+            daq.send_multipart(frames, copy=False)
+        wait_for(lambda: pipe.status()["events_processed"] == n_good, what="the good events")
+        status = pipe.status()
+        assert status["state"] == "running" and status["error"] is None
+        assert status["rejected"] == {}
+        summary = pipe.stop()
+    finally:
+        for s in senders:
+            s.close(0)
+        security.stop_authenticator(ctx)
+        ctx.term()
+    assert summary.n_processed == summary.n_events_in == n_good
+    assert_run_matches_emulator(summary, pipe, events_h5, models, n_good)
+
+
+def test_a_connecting_curve_source_talks_only_to_the_daq_with_the_expected_key(
+    tmp_path, events_h5, models, run_cfg, running_pipeline
+):
+    """The DAQ binds (the default topology) as a CURVE server; the daemon connects with
+    source.curve_keys (the DAQ's public key and an authorized client pair): a DAQ impostor on
+    the same endpoint delivers nothing, the real DAQ then delivers every event."""
+    daq_keys = security.generate_keys(tmp_path / "daq")
+    daemon_side = tmp_path / "daemon-side"  # what the DAQ hands the daemon: no server secret
+    shutil.copytree(daq_keys.folder, daemon_side)
+    (daemon_side / "server.key_secret").unlink()
+    impostor_keys = security.generate_keys(tmp_path / "impostor")
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cfg = run_cfg(
+        source={"kind": "zmq", "endpoint": endpoint, "loop": False, "curve_keys": str(daemon_side)}
+    )
+    ev = read_events(events_h5)
+    ctx, impostor_ctx = zmq.Context(), zmq.Context()  # one authenticator per context
+    impostor = _push(impostor_ctx, endpoint, impostor_keys, bind=True)
+    failed = security.watch_handshakes(impostor)
+    pipe = running_pipeline(cfg, 22)
+    daq = None
+    try:
+        for frames in _daq_batches(ev, 400, 100, first=1000):
+            with contextlib.suppress(zmq.Again):
+                impostor.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        wait_for(lambda: failed.poll(100) != 0, what="the impostor's failed handshake")
+        assert pipe.status()["events_in"] == 0
+        impostor.disable_monitor()
+        failed.close(0)
+        impostor.close(0)
+        while daq is None:  # ZeroMQ frees the impostor's port in its I/O thread, a bit later
+            try:
+                daq = _push(ctx, endpoint, daq_keys, bind=True)  # the daemon reconnects
+            except zmq.ZMQError as exc:
+                assert exc.errno == zmq.EADDRINUSE
+                time.sleep(0.05)
+        n_good = 1000
+        for frames in _daq_batches(ev, n_good, 200):
+            daq.send_multipart(frames, copy=False)
+        wait_for(lambda: pipe.status()["events_processed"] == n_good, what="the good events")
+        status = pipe.status()
+        assert status["state"] == "running" and status["error"] is None
+        summary = pipe.stop()
+    finally:
+        if daq is not None:
+            daq.close(0)
+        for c in (ctx, impostor_ctx):
+            security.stop_authenticator(c)
+            c.destroy(linger=0)
+    assert summary.n_processed == summary.n_events_in == n_good
+    assert_run_matches_emulator(summary, pipe, events_h5, models, n_good)
+
+
+@pytest.mark.parametrize("bind", [False, True])
+def test_a_zmq_source_off_loopback_needs_curve_keys(tmp_path, run_cfg, bind):
+    endpoint = "tcp://192.0.2.7:5555"  # TEST-NET-1: never reached
+    with pytest.raises(ConfigError, match=r"source\.curve_keys: required for a zmq source"):
+        run_cfg(source={"kind": "zmq", "endpoint": endpoint, "bind": bind, "loop": False})
+    with pytest.raises(security.SecurityError, match="without CURVE keys"):
+        ZmqInputSource(endpoint, bind=bind)
+    keys = security.generate_keys(tmp_path / "keys")
+    cfg = run_cfg(
+        source={"kind": "zmq", "endpoint": endpoint, "bind": False, "loop": False},
+        network={"curve_keys": str(keys.folder)},
+    )
+    assert cfg.source.curve_keys is None  # the network keys serve the source too
+
+
+def test_a_connecting_curve_source_retries_once_the_daq_authorizes_its_key(
+    tmp_path, events_h5, models, run_cfg, running_pipeline
+):
+    """The DAQ first refuses the daemon's client key (ZeroMQ then stops retrying by itself);
+    once the DAQ authorizes it, the source's own retry gets the events through."""
+    daq_keys = security.generate_keys(tmp_path / "daq")
+    shutil.move(daq_keys.authorized_dir / "client.key", tmp_path / "client.key")
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    cfg = run_cfg(
+        source={
+            "kind": "zmq",
+            "endpoint": endpoint,
+            "loop": False,
+            "curve_keys": str(daq_keys.folder),
+        }
+    )
+    ev = read_events(events_h5)
+    ctx = zmq.Context()
+    daq = _push(ctx, endpoint, daq_keys, bind=True)
+    try:
+        pipe = running_pipeline(cfg, 23)
+        wait_for(lambda: pipe.status()["source_refused"] >= 1, what="the refused handshake")
+        assert pipe.status()["events_in"] == 0
+        shutil.move(tmp_path / "client.key", daq_keys.authorized_dir / "client.key")
+        security.authenticator(ctx, daq_keys).configure_curve(
+            domain="*", location=str(daq_keys.authorized_dir)
+        )
+        n_good = 600
+        for frames in _daq_batches(ev, n_good, 200):
+            daq.send_multipart(frames, copy=False)
+        wait_for(lambda: pipe.status()["events_processed"] == n_good, what="the good events")
+        summary = pipe.stop()
+    finally:
+        daq.close(0)
+        security.stop_authenticator(ctx)
+        ctx.term()
+    assert summary.n_processed == summary.n_events_in == n_good
+    assert_run_matches_emulator(summary, pipe, events_h5, models, n_good)

@@ -3,8 +3,10 @@ swapping a model and its menu together."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import pytest
 from l1forge.errors import ConfigError
 from l1forge.models import qnet
 from l1forge.models.build import random_mlp
+from l1forge.online import security
 from l1forge.online.datapath.backends import ModelSwapError, make_backend, outputs_float
 from l1forge.online.datapath.menu import Menu
 from l1forge.online.datapath.pipeline import Pipeline, PipelineError
@@ -24,6 +27,8 @@ from l1forge.online.datapath.wire import EventBatch, encode_batch
 from l1forge.online.datapath.worker import TriggerWorker
 from l1forge.sim.dataset import read_events
 from l1forge.sim.l1objects import N_INPUTS
+
+from .runs import BATCH, assert_run_matches_emulator, wait_for
 
 
 def test_worker_on_another_host_connects_over_tcp(run_cfg, running_pipeline):
@@ -46,7 +51,7 @@ def test_worker_on_another_host_connects_over_tcp(run_cfg, running_pipeline):
         "--connect",
         pipe.worker_endpoint,
     ]
-    cmd += ["--name", "remote-1", "--credits", "2", "--give-up-s", "60"]
+    cmd += ["--name", "remote-1", "--credits", "2", "--give-up-s", "60", "--runs", "1"]
     remote = subprocess.Popen(cmd)
     try:
         started.join(120)
@@ -125,3 +130,58 @@ def test_worker_swap_installs_both_or_neither(tmp_path, events_h5, tiny_ir_path)
         assert (w.models[0].sha256, w.menu_sha256) == (sha, menu_sha)
     finally:
         w.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_remote_worker_alone_serves_run_after_run(tmp_path, events_h5, models, run_cfg):
+    """`workers.n: 0` and a fixed `network.worker_port` with CURVE: one worker process started
+    as a remote host starts it (`python -m l1forge.cli online worker --connect tcp://...`)
+    processes every event of run 1, outlives the end of the run, and processes every event of
+    run 2 of the same daemon; both runs' files hold each event exactly once."""
+    keys = security.generate_keys(tmp_path / "keys")
+    port = _free_port()
+    n = 3000
+    cfg = run_cfg(
+        workers={"n": 0, "transport": "tcp", "hosts": ["127.0.0.1"]},
+        network={"worker_port": port, "curve_keys": str(keys.folder)},
+        source={"n_events": n},
+    )
+    cmd = [sys.executable, "-m", "l1forge.cli", "online", "worker"]
+    cmd += ["--connect", f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys.folder)]
+    cmd += ["--name", "remote-a", "--credits", "2", "--heartbeat-s", "0.2"]
+    remote = subprocess.Popen(cmd)  # before the daemon binds: ZeroMQ connects when it does
+    try:
+        for run in (31, 32):
+            pipe = Pipeline(cfg, run, tmp_path / f"run{run}")
+            try:
+                pipe.start()  # returns once the remote worker loaded this run's setup
+                assert pipe.worker_endpoint == f"tcp://127.0.0.1:{port}"
+                assert pipe.wait_source_done(120)
+                wait_for(lambda p=pipe: p.status()["events_processed"] == n, what="the run")
+                workers = pipe.status()["workers"]
+                assert list(workers) == ["remote-a"]
+                assert workers["remote-a"]["pid"] == remote.pid
+                assert workers["remote-a"]["batches_done"] == -(-n // BATCH)
+                summary = pipe.stop()
+            finally:
+                if pipe.state not in ("created", "stopped"):
+                    with contextlib.suppress(PipelineError):
+                        pipe.stop()
+            assert summary.n_processed == summary.n_events_in == n
+            assert_run_matches_emulator(summary, pipe, events_h5, models, n)
+            assert remote.poll() is None  # told to stop at the end of the run, still serving
+    finally:
+        remote.terminate()
+        remote.wait(30)
+
+
+def test_remote_worker_settings_are_checked(run_cfg):
+    with pytest.raises(ConfigError, match=r"workers\.hosts: workers\.n is 0"):
+        run_cfg(workers={"n": 0})
+    with pytest.raises(ConfigError, match=r"workers\.transport: remote workers"):
+        run_cfg(workers={"hosts": ["elsewhere"], "transport": "ipc"})
