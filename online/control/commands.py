@@ -483,6 +483,18 @@ def read_token_file(path: str | Path) -> str:
     return text
 
 
+def client_from_args(args: Any) -> ControlClient:
+    """``daemon_client`` from a CLI namespace (``--state-dir``, ``--control``, ``--keys``,
+    ``--token-file``, ``--timeout``), the one the `online` and `online model` commands share."""
+    return daemon_client(
+        args.state_dir,
+        control=args.control,
+        keys=args.keys,
+        token_file=args.token_file,
+        timeout_s=args.timeout,
+    )
+
+
 def daemon_client(
     state_dir: str | Path,
     *,

@@ -52,15 +52,9 @@ def _summary(v: Any, active: str | None) -> dict[str, Any]:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from l1forge.online.control.commands import daemon_client
+    from l1forge.online.control.commands import client_from_args
 
-    return daemon_client(
-        args.state_dir,
-        control=args.control,
-        keys=args.keys,
-        token_file=args.token_file,
-        timeout_s=args.timeout,
-    )
+    return client_from_args(args)
 
 
 def _apply(args: argparse.Namespace, version: Any) -> dict[str, Any]:
