@@ -101,6 +101,7 @@ class Dispatcher:
         timeout_s: float,
         monitor_fraction: float = 0.0,
         is_alive: Callable[[str], bool | None] | None = None,
+        reap: Callable[[], int] | None = None,
         metrics: PipelineMetrics | None = None,
         curve_keys: str | None = None,
     ):
@@ -115,6 +116,7 @@ class Dispatcher:
         self.timeout_s = timeout_s
         self.monitor_fraction = monitor_fraction
         self.is_alive = is_alive or (lambda name: None)
+        self.reap = reap or (lambda: 0)  # restarts local workers gone while not registered
         self.metrics = metrics
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -497,6 +499,7 @@ class Dispatcher:
                 b.done.set()
 
     def _heartbeat(self, now: float) -> None:
+        self.reap()
         for w in list(self.workers.values()):
             alive = self.is_alive(w.name)
             if alive is False:

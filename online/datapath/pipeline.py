@@ -184,6 +184,7 @@ class Pipeline:
             timeout_s=cfg.workers.timeout_s,
             monitor_fraction=cfg.monitor.fraction,
             is_alive=self.workers.is_alive,
+            reap=self.workers.reap,
             metrics=self.metrics,
             # local ipc workers get no keys (workerpool): CURVE only where it leaves the machine
             curve_keys=keys if worker_ep.startswith("tcp://") else None,

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_START_TIMEOUT_S = 120.0
-MAX_RESTARTS_PER_WORKER = 3
+MAX_RESTARTS_PER_WORKER = 3  # within RESTART_WINDOW_S: a crash loop stops, a long run goes on
+RESTART_WINDOW_S = 600.0
 
 
 class WorkerStartError(L1ForgeError, RuntimeError):
@@ -48,7 +49,9 @@ class WorkerPool:
         self.stopping = stopping  # once set, a dead worker is not restarted
         self.endpoint = ""
         self.procs: dict[str, subprocess.Popen] = {}
+        self.exited: set[str] = set()  # workers whose exit was seen (restarted or given up on)
         self.restarts = 0
+        self._restart_times: list[float] = []
 
     def start(self, endpoint: str, n: int, work_dir: str) -> None:
         """Spawn ``n`` local workers (``local-0`` ...) connecting to the dispatcher at ``endpoint``,
@@ -76,13 +79,41 @@ class WorkerPool:
             return None
         if proc.poll() is None:
             return True
-        log.error("worker %s (pid %d) exited with %s", name, proc.pid, proc.returncode)
-        if not self.stopping.is_set() and self.restarts < MAX_RESTARTS_PER_WORKER * max(
-            1, self.cfg.n
-        ):
-            self.restarts += 1
-            self.spawn(f"{name.split('~')[0]}~{self.restarts}")
+        self._exited(name, proc)
         return False
+
+    def reap(self) -> int:
+        """Restart the local workers that exited while the dispatcher no longer counted them
+        (declared dead for silence, e.g. frozen, then gone before they registered again);
+        returns how many exits were new. Called with every dispatcher heartbeat."""
+        new = [(n, p) for n, p in list(self.procs.items()) if n not in self.exited]
+        gone = [(n, p) for n, p in new if p.poll() is not None]
+        for name, proc in gone:
+            self._exited(name, proc)
+        return len(gone)
+
+    def _exited(self, name: str, proc: subprocess.Popen) -> None:
+        """Handle one worker's exit once: log it and start a replacement while the run lasts."""
+        if name in self.exited:
+            return
+        self.exited.add(name)
+        if self.stopping.is_set():
+            log.info("worker %s (pid %d) exited with %s", name, proc.pid, proc.returncode)
+            return
+        log.error("worker %s (pid %d) exited with %s", name, proc.pid, proc.returncode)
+        now = time.monotonic()
+        self._restart_times = [t for t in self._restart_times if now - t < RESTART_WINDOW_S]
+        if len(self._restart_times) >= MAX_RESTARTS_PER_WORKER * max(1, self.cfg.n):
+            log.error(
+                "worker %s not restarted: %d restarts in the last %.0f s",
+                name,
+                len(self._restart_times),
+                RESTART_WINDOW_S,
+            )
+            return
+        self._restart_times.append(now)
+        self.restarts += 1
+        self.spawn(f"{name.split('~')[0]}~{self.restarts}")
 
     def wait_configured(
         self, dispatcher: Dispatcher, expected: int, timeout_s: float = WORKER_START_TIMEOUT_S

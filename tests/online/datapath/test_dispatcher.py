@@ -112,6 +112,36 @@ def test_silent_worker_is_declared_dead_and_its_late_results_are_suppressed(
     assert_run_matches_emulator(summary, pipe, events_h5, models, n)
 
 
+def test_worker_killed_after_it_was_declared_dead_is_replaced(
+    events_h5, models, run_cfg, running_pipeline
+):
+    """Frozen past the timeout, the dispatcher forgets the worker; killed then, only the pool
+    can see the exit. Its replacement must connect and serve the rest of the run."""
+    n = 12000
+    cfg = run_cfg(
+        source={"n_events": n, "rate_hz": 3000.0},
+        workers={"heartbeat_s": 0.2, "timeout_s": 1.5},
+    )
+    pipe = running_pipeline(cfg, 13)
+    pid = worker_pid(pipe, "local-0")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "local-0" in pipe.status()["dead_workers"], what="timeout")
+        assert "local-0" not in pipe.status()["workers"]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: [w for w in pipe.status()["workers"] if w.startswith("local-0~")],
+        what="a replacement for local-0",
+    )
+    assert pipe.wait_source_done(120)
+    served = pipe.status()["workers"][replaced[0]]
+    summary = pipe.stop()
+    assert served["pid"] != pid
+    assert summary.n_processed == summary.n_events_in == n
+    assert_run_matches_emulator(summary, pipe, events_h5, models, n)
+
+
 class SlowWriter(AcceptedWriter):
     """Real storage behind a slow link: every write waits first."""
 
