@@ -223,6 +223,9 @@ class StorageConfig(Section):
     # lumisection = seq // events_per_lumisection
     events_per_lumisection: Annotated[Int, Field(ge=1)] = 100_000
     min_free_mb: Annotated[Real, Field(ge=0.0)] = 100.0
+    # disk full: hold the data (back-pressure to the source) and retry this long before the
+    # run goes to error; 0: error at once
+    full_wait_s: Annotated[Real, Field(ge=0.0, le=86400.0)] = 0.0
 
 
 @dataclass(frozen=True)

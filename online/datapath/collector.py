@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import zmq
@@ -33,7 +33,12 @@ from l1forge.online.datapath.protocol import (
     U64,
 )
 from l1forge.online.datapath.status import CollectorStatus
-from l1forge.online.datapath.storage import AcceptedWriter, FileRecord, StorageError
+from l1forge.online.datapath.storage import (
+    AcceptedWriter,
+    DiskFullError,
+    FileRecord,
+    StorageError,
+)
 from l1forge.online.datapath.wire import (
     TOPIC_MONITOR,
     TOPIC_ZERO_BIAS,
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
     from l1forge.online.web.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 LATENCY_WINDOW = 100_000  # batch latencies kept for percentiles
 TAP_LINGER_MS = 2000  # at the end of a run, queued tap messages still go out for this long
@@ -99,6 +105,7 @@ class Collector:
         menu: Menu,
         model_names: tuple[str, ...],
         events_per_lumisection: int,
+        full_wait_s: float = 0.0,
         metrics: PipelineMetrics | None = None,
         on_error: Callable[[str], None] | None = None,
         curve_keys: str | None = None,
@@ -110,6 +117,9 @@ class Collector:
         self.menu = menu
         self.model_names = model_names
         self.per_ls = events_per_lumisection
+        self.full_wait_s = full_wait_s
+        self.full_waits = 0
+        self.waiting_since: float | None = None
         self.metrics = metrics
         self.on_error = on_error or (lambda msg: None)
         self.pair = ctx.socket(zmq.PAIR)
@@ -275,9 +285,37 @@ class Collector:
         if self.error is None and self.ls_events[ls] >= self.per_ls:
             self._end_lumisection(ls)
 
+    def _until_space(self, write: Callable[[], _T]) -> _T:
+        """``write()``, retried every second for up to ``full_wait_s`` while the disk is full.
+        Meanwhile nothing is acknowledged, so the workers' credits fill and the source blocks:
+        the data waits upstream instead of being lost or failing the run."""
+        deadline: float | None = None
+        while True:
+            try:
+                out = write()
+            except DiskFullError as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    if self.full_wait_s <= 0:
+                        raise
+                    deadline = now + self.full_wait_s
+                    with self._lock:
+                        self.full_waits += 1
+                        self.waiting_since = now
+                    log.warning("%s; waiting up to %.0f s for space", exc, self.full_wait_s)
+                if now >= deadline:
+                    raise
+                time.sleep(min(1.0, deadline - now))
+                continue
+            if deadline is not None:
+                log.warning("storage has space again: the run goes on")
+                with self._lock:
+                    self.waiting_since = None
+            return out
+
     def _end_lumisection(self, ls: int) -> None:
         try:
-            rec = self.writer.end_lumisection(ls)
+            rec = self._until_space(lambda: self.writer.end_lumisection(ls))
         except StorageError as exc:
             self._fail(str(exc))
             return
@@ -353,7 +391,7 @@ class Collector:
         """Close storage (unless it failed) and prove completeness over [first_seq, end_seq)."""
         if self.error is None:
             try:
-                for rec in self.writer.close():
+                for rec in self._until_space(self.writer.close):
                     if rec not in self.records:
                         self.records.append(rec)
             except StorageError as exc:
@@ -417,6 +455,10 @@ class Collector:
                 "tap_batches": self.tap_batches,
                 "tap_events": self.tap_events,
                 "storage_error": self.error,
+                "storage_full_waits": self.full_waits,
+                "storage_waiting_s": (
+                    0.0 if self.waiting_since is None else time.monotonic() - self.waiting_since
+                ),
             }
         if n_lat:
             p50, p99 = np.percentile(lat, [50, 99])

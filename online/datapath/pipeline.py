@@ -200,6 +200,7 @@ class Pipeline:
             menu=self.menu,
             model_names=self.model_names,
             events_per_lumisection=cfg.storage.events_per_lumisection,
+            full_wait_s=cfg.storage.full_wait_s,
             metrics=self.metrics,
             on_error=self._on_storage_error,
             curve_keys=keys,

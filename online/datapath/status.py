@@ -59,6 +59,8 @@ class CollectorStatus(TypedDict):
     tap_batches: int
     tap_events: int
     storage_error: str | None
+    storage_full_waits: int  # times the disk was full and the collector waited for space
+    storage_waiting_s: float  # how long the current wait has lasted (0: not waiting)
     latency_ms: NotRequired[LatencyPercentiles]  # once a batch was timed
 
 

@@ -39,6 +39,11 @@ class StorageError(L1ForgeError, OSError):
     """The output disk is full or unwritable: the daemon must stop taking data."""
 
 
+class DiskFullError(StorageError):
+    """No room for the next file: below ``storage.min_free_mb`` or the write hit ENOSPC. The
+    accepted events stay pending, so the same call can be retried once space is back."""
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """One finished lumisection file."""
@@ -208,7 +213,7 @@ class AcceptedWriter:
     def _check_free_space(self) -> None:
         free_mb = shutil.disk_usage(self.out_dir).free / 2**20
         if free_mb < self.min_free_mb:
-            raise StorageError(
+            raise DiskFullError(
                 f"{self.out_dir} has {free_mb:.1f} MB free, below storage.min_free_mb = "
                 f"{self.min_free_mb}: free disk space or point storage.out_dir elsewhere"
             )
@@ -227,8 +232,9 @@ class AcceptedWriter:
             os.replace(tmp, final)
         except OSError as exc:
             _remove(tmp)
-            why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise StorageError(
+            full = exc.errno == errno.ENOSPC
+            why = "the disk is full" if full else (exc.strerror or str(exc))
+            raise (DiskFullError if full else StorageError)(
                 f"cannot write {final} ({why}); {self.pending_count()} accepted events are "
                 "kept in memory: stop the run, free space, then end the lumisection again"
             ) from exc

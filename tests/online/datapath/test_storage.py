@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ from l1forge.online.datapath.storage import (
 )
 from l1forge.sim.dataset import read_events
 from l1forge.sim.l1objects import to_physical
+
+from .runs import BATCH, assert_run_matches_emulator, wait_for
 
 RUN = 42
 SEEDS = ("AD_Loose", "AD_Tight", "ZeroBias")
@@ -249,3 +253,39 @@ def test_a_failed_manifest_update_keeps_the_events_pending(tmp_path):
     blocker.rmdir()
     w.close()
     assert verify_run_files(tmp_path, RUN, expected_seqs=cols["seqs"]).ok
+
+
+def _fill(mnt: Path, leave_mb: float) -> Path:
+    """A file that takes all but ``leave_mb`` of the filesystem's free space."""
+    filler = mnt / "filler.bin"
+    free = shutil.disk_usage(mnt).free
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, int(free - leave_mb * 2**20)))
+    return filler
+
+
+def test_a_full_disk_holds_the_run_until_space_returns(
+    tmp_path, events_h5, models, run_cfg, running_pipeline
+):
+    """storage.full_wait_s: the run waits (the source blocks, nothing is acknowledged) while the
+    disk is full, and goes on when space is freed: every event stored once, read back."""
+    n = 6000
+    cfg = run_cfg(
+        source={"n_events": n, "rate_hz": 3000.0},
+        storage={"min_free_mb": 2, "full_wait_s": 120.0},
+    )
+    with small_tmpfs(tmp_path / "small", "24m") as mnt:
+        filler = _fill(mnt, leave_mb=1)
+        pipe = running_pipeline(cfg, 21, mnt / "run21")
+        waiting = wait_for(lambda: pipe.status()["storage_waiting_s"] > 1.0, what="a wait")
+        held = pipe.status()
+        time.sleep(1.0)
+        still = pipe.status()
+        assert waiting and held["storage_full_waits"] == still["storage_full_waits"] == 1
+        assert still["events_in"] - held["events_in"] <= 2 * BATCH  # blocked: at most in transit
+        assert still["state"] == "running" and still["storage_error"] is None
+        filler.unlink()
+        assert pipe.wait_source_done(120)
+        summary = pipe.stop()
+        assert summary.error is None
+        assert_run_matches_emulator(summary, pipe, events_h5, models, n)
