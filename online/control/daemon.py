@@ -118,6 +118,7 @@ class Daemon:
     # ---- lifecycle ----
 
     def _open(self) -> None:
+        from l1forge.online.web.metrics import AccessCollector
         from l1forge.online.web.server import WebServer
 
         o = self.options
@@ -134,6 +135,7 @@ class Daemon:
             max_connections=o.web_max_connections,
             read_timeout_s=o.web_timeout_s,
         ).start()
+        self.metrics.registry.register(AccessCollector(self._control.counters, self._web.stats))
         control = self._control.endpoint
         if o.host in ("0.0.0.0", "*", "::"):
             control = control.replace(f"//{o.host}:", "//127.0.0.1:", 1)

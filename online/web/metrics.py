@@ -5,9 +5,11 @@ The pipeline increments them; `online.webserver.WebServer` serves the registry a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 RUN_STATES = ("idle", "configured", "running", "stopped", "error")
 # Batch latencies of the emulator (~ms) up to a slow RTL simulation (~minutes).
@@ -88,3 +90,48 @@ def make_metrics(registry: CollectorRegistry | None = None) -> PipelineMetrics:
         ),
         run_number=Gauge("l1forge_run_number", "Current or last run number", registry=reg),
     )
+
+
+class AccessCollector:
+    """The daemon's access counters, read at each scrape: control requests by outcome
+    (``l1forge_control_requests_total``) and web connections by outcome
+    (``l1forge_web_connections_total``: served, over_cap = answered 503, evicted, timed_out)
+    with those open now (``l1forge_web_connections_open``: active, pending)."""
+
+    WEB_OUTCOMES = ("served", "over_cap", "evicted", "timed_out")
+
+    def __init__(
+        self,
+        control: Callable[[], Mapping[str, int]],
+        web: Callable[[], Mapping[str, int]],
+    ):
+        self.control = control
+        self.web = web
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "l1forge_control_requests",
+            "Control socket requests by outcome (requests = all answered; unauthorized = no "
+            "or wrong token; malformed; refused_handshakes = failed CURVE handshakes)",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self.control().items()):
+            requests.add_metric([outcome], n)
+        yield requests
+        stats = self.web()
+        conns = CounterMetricFamily(
+            "l1forge_web_connections",
+            "Web endpoint connections by outcome (over_cap: answered 503)",
+            labels=["outcome"],
+        )
+        for outcome in self.WEB_OUTCOMES:
+            conns.add_metric([outcome], stats.get(outcome, 0))
+        yield conns
+        open_now = GaugeMetricFamily(
+            "l1forge_web_connections_open",
+            "Web connections open now: active (being answered), pending (still sending)",
+            labels=["state"],
+        )
+        for state in ("active", "pending"):
+            open_now.add_metric([state], stats.get(state, 0))
+        yield open_now

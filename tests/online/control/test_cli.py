@@ -73,6 +73,9 @@ def test_run_then_status_and_stop_through_the_cli(
         web_status = resp.read().decode()
     assert json.loads(web_status)["state"] == "running"
     _check_strangers_are_refused(tmp_path / "state", tiny_ir_path, web_status)
+    with urllib.request.urlopen(status["endpoints"]["metrics"], timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert 'l1forge_control_requests_total{outcome="unauthorized"} 12.0' in metrics
     stop = cli("online", "stop", *state)
     assert stop.returncode == 0, stop.stderr
     stopped = json.loads(stop.stdout)

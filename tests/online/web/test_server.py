@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from l1forge.errors import ConfigError
 from l1forge.online.security import is_loopback
 from l1forge.online.web import server as server_module
+from l1forge.online.web.metrics import AccessCollector
 from l1forge.online.web.server import RemoteBindError, WebServer
 
 TIMEOUT_S = 10
@@ -338,7 +339,13 @@ def test_requests_over_the_cap_get_503_and_are_counted(registry):
             t.join(TIMEOUT_S)
         assert first[0][0] == 200
         _wait(lambda: w.stats()["active"] == 0, "the slot to be free")
-        assert _get(w, "/metrics")[0] == 200
+        registry.register(AccessCollector(lambda: {"unauthorized": 3}, w.stats))
+        status, _, body = _get(w, "/metrics")
+        assert status == 200
+        text = body.decode()
+        assert 'l1forge_web_connections_total{outcome="over_cap"} 1.0' in text
+        assert 'l1forge_web_connections_total{outcome="served"}' in text
+        assert 'l1forge_control_requests_total{outcome="unauthorized"} 3.0' in text
 
 
 def test_a_flood_of_waiting_connections_closes_the_oldest(registry):
