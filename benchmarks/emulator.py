@@ -3,8 +3,10 @@
 By default the reference encoder (``l1forge.models.reference``: the default 57 -> 32 -> 16 -> 3
 anomaly detector, score = sum(mu**2), trained on a fixed-seed Pythia sample, cached under
 ``out/reference``; a few minutes to build on first use); ``--random`` takes the same shape with
-weights from one epoch on Gaussian noise. Every compared output must be equal. Prints one JSON
-object.
+weights from one epoch on Gaussian noise. Every compared output must be equal. Also: the
+emulator on one thread, its kernel plan (`Emulator.plan`), and numpy's float32 matrix-product
+peak in the same run, from which ``roofline_fraction`` = the emulator's useful GFLOP/s
+(2 x multiply-accumulates x events/s) over that peak. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ def _rate(fn, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
         fn(x)
         best = min(best, time.perf_counter() - t0)
     return len(x) / best, y
+
+
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """numpy's float32 matrix product on (n, n) operands with ``threads`` BLAS threads: the
+    best of ``repeats`` in GFLOP/s (2 n**3 operations each), the roofline of a dense kernel."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, n, n)).astype(np.float32)
+    with threadpool_limits(threads, user_api="blas"):
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def multiply_accumulates(net) -> int:
+    """Multiply-accumulates per event of the dense layers (2,384 for the default encoder)."""
+    return sum(int(np.prod(lay.arrays["weight"].shape)) for lay in net.layers if lay.op == "dense")
 
 
 def _random_network():
@@ -77,7 +101,14 @@ def main() -> int:
     print("measuring emulator", file=sys.stderr)
     emu_rate, _ = _rate(emu.run_float, x_big, 3)
     y_emu = emu.run_float(x_cmp)
+    plan = emu.plan()
     emu.close()
+    with Emulator(net, threads=1) as emu1:
+        emu1_rate, _ = _rate(emu1.run_float, x_big[:1_000_000], 2)
+    print("measuring the float32 matrix-product peak", file=sys.stderr)
+    peak = matmul_peak_gflops(threads=emu.threads)
+    macs = multiply_accumulates(net)
+    gflops = emu_rate * 2 * macs / 1e9
     bit_exact = bool(np.array_equal(y_emu, y_hls) and np.array_equal(y_emu, y_qk))
     result = {
         "network": description,
@@ -87,6 +118,14 @@ def main() -> int:
         "qkeras_events_per_s": qk_rate,
         "speedup_vs_hls4ml": emu_rate / hls_rate,
         "speedup_vs_qkeras": emu_rate / qk_rate,
+        "emulator_1thread_events_per_s": emu1_rate,
+        "threads": emu.threads,
+        "multiply_accumulates_per_event": macs,
+        "emulator_gflops": gflops,
+        "matmul_peak_gflops_f32": peak,
+        "roofline_fraction": gflops / peak,
+        "events_per_s_at_f32_peak": peak * 1e9 / (2 * macs),
+        "kernel_plan": plan,
         "n_emulator_events": len(x_big),
         "n_compared": len(x_cmp),
         "bit_exact": bit_exact,

@@ -12,6 +12,12 @@ and compared with a separate emulator + menu pass over the events the replay sen
 number ``seq`` carries event ``seq % N`` of the N-event file): exactly the events that pass
 the menu must be stored, once each, with the same scores, seed bits, event numbers and
 objects. A third run kills one of 2 workers with SIGKILL at full speed in mid-run (``chaos``).
+CPU is measured per part (the worker processes, the daemon process, and within it the
+dispatcher and collector threads by their own thread clocks): ``*_cpu_s_per_mevent``, and
+from their sum ``hosts_for_40mhz`` = 40e6 / (cores / CPU seconds per event), the number of
+hosts of this kind a 40 MHz stream needs when its parts share the cores (beside it,
+``hosts_for_40mhz_measured_rate`` from the measured events/s, and ``one_broker_max_events_per_s``,
+the stream one dispatcher thread can broker before the stream must be split).
 Prints one JSON object; exits 1 unless every run verifies with 0 lost, duplicated, mismatched.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -277,6 +284,8 @@ def _run(
         "source_blocked_s": summary.source_blocked_s,
         "cpu_s_daemon": cpu1[me] - cpu0[me],
         "cpu_s_workers": sum(v - cpu0.get(p, 0.0) for p, v in cpu1.items() if p != me),
+        "cpu_s_broker": pipe.dispatcher.cpu_s,  # the dispatcher thread alone
+        "cpu_s_collector": pipe.collector.cpu_s,  # the collector thread (menu counts, ROOT)
         "error": summary.error,
     }
     # the replay sent seq 0 .. n_events-1 unless the source stopped early (then those are lost)
@@ -334,6 +343,15 @@ def main(argv: list[str] | None = None) -> int:
             chaos = _run(tmp, h5, ir, menu, expected, 2, args.events, run=3, chaos=True)
         n_dataset = expected.n
     best = max(runs, key=lambda r: r["events_per_s"])
+    per_mevent = {  # CPU seconds per million events of the best run, by part
+        part: best[f"cpu_s_{part}"] / (best["events"] / 1e6)
+        for part in ("workers", "broker", "collector", "daemon")
+    }
+    # A host of this kind (os.cpu_count() cores) processes cores / (CPU s per event) events/s
+    # when the parts share its cores; a 40 MHz stream then needs 40e6 / that many hosts. The
+    # daemon's CPU includes the broker and the collector threads (and the source).
+    cpu_per_event = (per_mevent["workers"] + per_mevent["daemon"]) / 1e6
+    host_rate = (os.cpu_count() or 1) / cpu_per_event
     keys = ("verified_lost", "verified_duplicated", "verified_mismatched", "lost", "duplicated")
     result = {
         "chain": "replay -> dispatcher -> workers (emulator) -> menu -> collector -> ROOT",
@@ -354,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         "emulator_alone_events_per_s": emu2,
         "emulator_alone_1thread_events_per_s": emu1,
         "ratio_to_emulator_alone": best["events_per_s"] / emu2,
+        "broker_cpu_s_per_mevent": per_mevent["broker"],
+        "collector_cpu_s_per_mevent": per_mevent["collector"],
+        "workers_cpu_s_per_mevent": per_mevent["workers"],
+        "daemon_cpu_s_per_mevent": per_mevent["daemon"],
+        "host_events_per_s_cpu_bound": host_rate,
+        "hosts_for_40mhz": math.ceil(40e6 / host_rate),
+        "hosts_for_40mhz_measured_rate": math.ceil(40e6 / best["events_per_s"]),
+        "one_broker_max_events_per_s": 1e6 / per_mevent["broker"] if per_mevent["broker"] else None,
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
         "seconds": time.perf_counter() - t_start,

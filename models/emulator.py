@@ -1,16 +1,19 @@
 """The bit-exact, vectorized emulator of a qnet IR.
 
-Every tensor is held as integer values in float64 (or float32 for a matrix product whose sums
-provably stay below 2**24), which is exact because every intermediate is checked, when the
-emulator is built, to stay below 2**52 in magnitude. Layers whose bounds do not allow that run
-in int64 instead. A chain of element-wise layers (scale, affine, quantize, relu) that starts from a
-tensor of at most 16 bits is replaced by a per-feature lookup table computed with the very same
-layer code over every possible input value. Batches are cut into cache-sized chunks that run
-on a thread pool (with the BLAS library held to one thread each, so the two do not compete).
+Every tensor is held as integer values in float32 (when its format fits 24 bits) or float64,
+which is exact because every intermediate is checked, when the emulator is built, to stay
+below 2**52 in magnitude (2**24 for a float32 matrix product). The layers run as a plan of
+fused steps (`Emulator.plan`): a dense layer is one matrix product (float32 BLAS when its sums
+provably stay below 2**24, float64 below 2**52) whose bias, re-quantization and the ReLU /
+quantize layers after it run in one compiled pass (`models.kernels`); a scale, affine, quantize
+or ReLU layer and those after it are one such pass too. Layers whose bounds do not allow that
+run in int64, layer by layer. Batches are cut into cache-sized chunks that run on a thread pool
+(with the BLAS library held to one thread each, so the two do not compete).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,46 +23,56 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from l1forge.errors import DataFormatError
+from l1forge.models import kernels
 from l1forge.models.build import affine_range, dense_range, scale_range, sum_squares_range
 from l1forge.models.fixed import FLOAT64_EXACT, Fixed, requantize
 from l1forge.models.qnet import Layer, QNet
 
 FLOAT32_EXACT = 2**24
-ELEMENTWISE_OPS = ("scale", "affine", "quantize", "relu")
-LUT_MAX_INPUT_BITS = 16
+FUSABLE_TAIL_OPS = ("quantize", "relu")  # run in the epilogue of the step before them
 Step = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class _PlanStep:
-    """One step of the fused execution plan: ``fn`` maps tensor ``src`` to tensor ``dst``."""
+    """One step of the execution plan: ``fn`` maps tensor ``src`` to tensor ``dst``."""
 
     src: str
     dst: str
     fn: Step
-    takes_int: bool  # a lookup table indexes with the integers themselves
+    kernel: str  # what runs it (see `Emulator.plan`)
+    layers: tuple[str, ...]
 
 
-def _lookup_step(src: Fixed, size: int, fns: list[Step]) -> Step:
-    """A per-feature table of ``fns`` applied in turn to every value of ``src``."""
-    values = np.arange(src.min_int, src.max_int + 1, dtype=np.float64)
-    table = np.repeat(values[:, None], size, axis=1)
-    for fn in fns:
-        table = fn(table)
-    flat = np.ascontiguousarray(table, dtype=np.float64).ravel()
-    column = np.arange(size, dtype=np.intp)
-    base = src.min_int
+@dataclass(frozen=True)
+class _Head:
+    """The first layer of a fused step: what it computes before its element-wise pass
+    (``pre``: a matrix product or a sum of squares, or nothing), the pass's per-feature
+    ``x * a + b`` and its own re-quantization."""
 
-    def step(x: np.ndarray) -> np.ndarray:
-        idx = (x - base).astype(np.intp, copy=False) if x.dtype != np.intp else x - base
-        idx *= size
-        idx += column
-        return flat.take(idx)
-
-    return step
+    kernel: str
+    pre: Step | None
+    a: np.ndarray
+    b: np.ndarray
+    stage: kernels.Stage
 
 
-def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+def _fits_float32(fmt: Fixed) -> bool:
+    return max(abs(fmt.min_int), abs(fmt.max_int)) <= FLOAT32_EXACT
+
+
+@dataclass(frozen=True)
+class _DenseParams:
+    """A dense layer in integers: ``x @ weight + bias`` at ``frac`` fraction bits."""
+
+    frac: int
+    weight: np.ndarray  # int64, scaled to frac
+    bias: np.ndarray  # int64, scaled to frac
+    bound: int  # |accumulator| < bound
+    bounds: tuple[int, int]  # the accumulator's proven range
+
+
+def _dense_params(lay: Layer, src: Fixed) -> _DenseParams:
     w_fmt, b_fmt = lay.array_formats["weight"], lay.array_formats["bias"]
     w = lay.arrays["weight"].astype(np.int64)
     frac = max(src.frac_bits + w_fmt.frac_bits, b_fmt.frac_bits)
@@ -70,17 +83,23 @@ def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
     lo, hi, _ = dense_range(src, lay.arrays["weight"], w_fmt, lay.arrays["bias"], b_fmt)
     if bound >= 2**62:
         raise DataFormatError(f"layer {lay.name!r}: accumulator needs more than 62 bits")
+    return _DenseParams(frac, w_scaled, bias, bound, (lo, hi))
+
+
+def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+    d = _dense_params(lay, src)
+    frac, bounds = d.frac, d.bounds
     rounding, overflow = lay.rounding, lay.overflow
-    if bound < FLOAT32_EXACT:
-        w32, b64 = w_scaled.astype(np.float32), bias.astype(np.float64)
+    if d.bound < FLOAT32_EXACT:
+        w32, b64 = d.weight.astype(np.float32), d.bias.astype(np.float64)
 
         def step(x: np.ndarray) -> np.ndarray:
             acc = (x.astype(np.float32) @ w32).astype(np.float64)
             acc += b64
             return requantize(acc, frac, dst, rounding, overflow, bounds=bounds)
 
-    elif bound < FLOAT64_EXACT:
-        w64, b64 = w_scaled.astype(np.float64), bias.astype(np.float64)
+    elif d.bound < FLOAT64_EXACT:
+        w64, b64 = d.weight.astype(np.float64), d.bias.astype(np.float64)
 
         def step(x: np.ndarray) -> np.ndarray:
             acc = x @ w64
@@ -88,12 +107,12 @@ def _dense_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
             return requantize(acc, frac, dst, rounding, overflow, bounds=bounds)
 
     else:
+        w_scaled, bias = d.weight, d.bias
 
         def step(x: np.ndarray) -> np.ndarray:
             acc = x.astype(np.int64) @ w_scaled + bias
             return _requantize_int(acc, frac, dst, rounding, overflow, lay.name)
 
-    bounds = (lo, hi)
     return step
 
 
@@ -122,7 +141,20 @@ def _requantize_int(
     return q.astype(np.float64)  # within dst (<= 62 bits) and used as integers from here on
 
 
-def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+@dataclass(frozen=True)
+class _PerFeature:
+    """A scale or affine layer as ``x * mult + add`` per feature at ``frac`` fraction bits
+    (float64, exact: every product and sum stays below 2**52), or None for the int64 path."""
+
+    frac: int
+    mult: np.ndarray | None
+    add: np.ndarray | None
+    bounds: tuple[int, int]
+
+
+def _scale_params(lay: Layer, src: Fixed) -> _PerFeature:
+    """``(x * x_mult - offset) * mult`` as one ``x * (x_mult * mult) - offset * mult`` (powers
+    of two: the same integers)."""
     o_fmt = lay.array_formats["offset"]
     shift = lay.arrays["shift"].astype(np.int64)
     base = max(src.frac_bits, o_fmt.frac_bits)
@@ -135,18 +167,12 @@ def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
     bound = (max(abs(src.min_int), abs(src.max_int)) * x_mult + np.abs(offset).max()) * mult.max()
     if bound >= FLOAT64_EXACT:
         raise DataFormatError(f"layer {lay.name!r}: scaled inputs exceed 52 bits")
-    bounds = scale_range(src, lay.arrays["offset"], o_fmt, shift)[:2]
-
-    def step(x: np.ndarray) -> np.ndarray:
-        y = x * x_mult
-        y -= offset
-        y *= mult
-        return requantize(y, frac, dst, lay.rounding, lay.overflow, bounds=bounds)
-
-    return step
+    lo, hi = scale_range(src, lay.arrays["offset"], o_fmt, shift)[:2]
+    return _PerFeature(frac, x_mult * mult, -offset * mult, (lo, hi))
 
 
-def _affine_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+def _affine_params(lay: Layer, src: Fixed) -> tuple[_PerFeature, np.ndarray, np.ndarray]:
+    """The affine layer per feature, and its int64 multipliers and addends (at ``frac``)."""
     m_fmt, a_fmt = lay.array_formats["mult"], lay.array_formats["add"]
     frac = max(src.frac_bits + m_fmt.frac_bits, a_fmt.frac_bits)
     mult = lay.arrays["mult"].astype(np.int64) * (1 << (frac - src.frac_bits - m_fmt.frac_bits))
@@ -155,10 +181,35 @@ def _affine_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
     bound = int(np.abs(mult).max()) * xmax + int(np.abs(add).max())
     if bound >= 2**62:
         raise DataFormatError(f"layer {lay.name!r}: x * mult + add needs more than 62 bits")
-    bounds = affine_range(src, lay.arrays["mult"], m_fmt, lay.arrays["add"], a_fmt)[:2]
+    lo, hi = affine_range(src, lay.arrays["mult"], m_fmt, lay.arrays["add"], a_fmt)[:2]
+    exact = bound < FLOAT64_EXACT
+    per = _PerFeature(
+        frac,
+        mult.astype(np.float64) if exact else None,
+        add.astype(np.float64) if exact else None,
+        (lo, hi),
+    )
+    return per, mult, add
+
+
+def _scale_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+    p = _scale_params(lay, src)
+    frac, a, b, bounds = p.frac, p.mult, p.add, p.bounds
+
+    def step(x: np.ndarray) -> np.ndarray:
+        y = x * a
+        y += b
+        return requantize(y, frac, dst, lay.rounding, lay.overflow, bounds=bounds)
+
+    return step
+
+
+def _affine_step(lay: Layer, src: Fixed, dst: Fixed) -> Step:
+    p, mult, add = _affine_params(lay, src)
+    frac, bounds = p.frac, p.bounds
     rounding, overflow = lay.rounding, lay.overflow
-    if bound < FLOAT64_EXACT:
-        m64, a64 = mult.astype(np.float64), add.astype(np.float64)
+    if p.mult is not None and p.add is not None:
+        m64, a64 = p.mult, p.add
 
         def step(x: np.ndarray) -> np.ndarray:
             y = x * m64
@@ -187,6 +238,28 @@ def _sum_squares_step(lay: Layer, src: Fixed, dst: Fixed, size: int) -> Step:
     return step
 
 
+def _then(first: Step, second: Step) -> Step:
+    return lambda x: second(first(x))
+
+
+def _matmul_f32(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (x if x.dtype == np.float32 else x.astype(np.float32)) @ w
+
+
+def _matmul_f64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (x if x.dtype == np.float64 else x.astype(np.float64)) @ w
+
+
+def _sum_squares_f32(x: np.ndarray) -> np.ndarray:
+    x = x if x.dtype == np.float32 else x.astype(np.float32)
+    return np.einsum("ij,ij->i", x, x)[:, None]
+
+
+def _sum_squares_f64(x: np.ndarray) -> np.ndarray:
+    x = x if x.dtype == np.float64 else x.astype(np.float64)
+    return np.einsum("ij,ij->i", x, x)[:, None]
+
+
 class Emulator:
     """Runs a qnet IR on batches of integer inputs, bit for bit as the firmware does."""
 
@@ -208,7 +281,8 @@ class Emulator:
         self._pool: ThreadPoolExecutor | None = None
 
     def _fuse(self) -> list[_PlanStep]:
-        """The layers as plan steps, element-wise chains from narrow tensors as lookup tables."""
+        """The layers as plan steps: each fusable layer with the quantize/ReLU layers after it
+        (read by nothing else, not outputs) as one step; the others layer by layer."""
         layers, net = self.net.layers, self.net
         readers: dict[str, int] = {}
         for lay in layers:
@@ -216,25 +290,96 @@ class Emulator:
         plan, i = [], 0
         while i < len(layers):
             lay = layers[i]
-            src = net.tensors[lay.input]
-            if lay.op in ELEMENTWISE_OPS and src.fixed.width <= LUT_MAX_INPUT_BITS:
-                j = i
-                while (
-                    j + 1 < len(layers)
-                    and layers[j + 1].op in ELEMENTWISE_OPS
-                    and layers[j + 1].input == layers[j].output
-                    and readers.get(layers[j].output, 0) == 1
-                    and layers[j].output not in net.outputs
-                ):
-                    j += 1
-                fns = self._steps[i : j + 1]
-                step = _lookup_step(src.fixed, src.size, fns)
-                plan.append(_PlanStep(lay.input, layers[j].output, step, takes_int=True))
-                i = j + 1
-            else:
-                plan.append(_PlanStep(lay.input, lay.output, self._steps[i], takes_int=False))
+            head = self._head(lay)
+            if head is None:
+                kind = "int64" if lay.op in ("dense", "affine") else "float64"
+                plan.append(_PlanStep(lay.input, lay.output, self._steps[i], kind, (lay.name,)))
                 i += 1
+                continue
+            stages, j = [head.stage], i
+            while (
+                len(stages) < kernels.MAX_STAGES
+                and j + 1 < len(layers)
+                and layers[j + 1].op in FUSABLE_TAIL_OPS
+                and layers[j + 1].input == layers[j].output
+                and readers.get(layers[j].output, 0) == 1
+                and layers[j].output not in net.outputs
+            ):
+                j += 1
+                stages.append(self._tail_stage(layers[j]))
+            out_fmt = net.tensors[layers[j].output].fixed
+            fused = kernels.Fused(head.a, head.b, stages, out_fmt)
+            pre = head.pre
+            fn = fused if pre is None else _then(pre, fused)
+            names = tuple(lay.name for lay in layers[i : j + 1])
+            plan.append(_PlanStep(lay.input, layers[j].output, fn, head.kernel, names))
+            i = j + 1
         return plan
+
+    def _head(self, lay: Layer) -> _Head | None:
+        """``lay`` as the head of a fused step, or None when it runs layer by layer."""
+        src = self.net.tensors[lay.input]
+        fmt, dst = src.fixed, self.net.tensors[lay.output].fixed
+        n = src.size
+        ones, zeros = np.ones(n), np.zeros(n)
+
+        def stage(frac: int, bounds: tuple[float, float], relu: bool = False) -> kernels.Stage:
+            return kernels.stage(frac, dst, lay.rounding, lay.overflow, bounds, relu=relu)
+
+        whole = (float(fmt.min_int), float(fmt.max_int))
+        if lay.op == "quantize":
+            return _Head("fused", None, ones, zeros, stage(fmt.frac_bits, whole))
+        if lay.op == "relu":
+            pos = (max(whole[0], 0.0), max(whole[1], 0.0))
+            return _Head("fused", None, ones, zeros, stage(fmt.frac_bits, pos, relu=True))
+        if lay.op == "scale":
+            p = _scale_params(lay, fmt)
+            assert p.mult is not None and p.add is not None
+            return _Head("fused", None, p.mult, p.add, stage(p.frac, p.bounds))
+        if lay.op == "affine":
+            p, _, _ = _affine_params(lay, fmt)
+            if p.mult is None or p.add is None:
+                return None
+            return _Head("fused", None, p.mult, p.add, stage(p.frac, p.bounds))
+        if lay.op == "dense":
+            d = _dense_params(lay, fmt)
+            m = d.weight.shape[1]
+            if d.bound < FLOAT32_EXACT and _fits_float32(fmt):
+                w32 = d.weight.astype(np.float32)
+                pre: Step = functools.partial(_matmul_f32, w=w32)
+                kind = "sgemm_f32+fused"
+            elif d.bound < FLOAT64_EXACT:
+                pre = functools.partial(_matmul_f64, w=d.weight.astype(np.float64))
+                kind = "dgemm_f64+fused"
+            else:
+                return None
+            bias = d.bias.astype(np.float64)
+            return _Head(kind, pre, np.ones(m), bias, stage(d.frac, d.bounds))
+        if lay.op == "sum_squares":
+            lo, hi = sum_squares_range(fmt, n)[:2]
+            narrow = hi < FLOAT32_EXACT and _fits_float32(fmt)
+            pre = _sum_squares_f32 if narrow else _sum_squares_f64
+            kind = "sum_squares_f32+fused" if narrow else "sum_squares_f64+fused"
+            return _Head(kind, pre, np.ones(1), np.zeros(1), stage(2 * fmt.frac_bits, (lo, hi)))
+        return None
+
+    def _tail_stage(self, lay: Layer) -> kernels.Stage:
+        """The stage of a quantize or ReLU layer fused after the one before it."""
+        fmt = self.net.tensors[lay.input].fixed
+        dst = self.net.tensors[lay.output].fixed
+        lo, hi = float(fmt.min_int), float(fmt.max_int)
+        relu = lay.op == "relu"
+        bounds = (max(lo, 0.0), max(hi, 0.0)) if relu else (lo, hi)
+        return kernels.stage(fmt.frac_bits, dst, lay.rounding, lay.overflow, bounds, relu=relu)
+
+    def plan(self) -> list[dict[str, object]]:
+        """What runs each step: ``layers`` (fused together), ``kernel``: ``sgemm_f32+fused``
+        (float32 BLAS product, exact below 2**24, then one compiled pass for bias,
+        re-quantization and the layers after it), ``dgemm_f64+fused`` (the same in float64),
+        ``fused`` (one compiled element-wise pass), ``sum_squares_f32/f64+fused``, or
+        ``int64`` / ``float64`` (layer by layer in numpy, for bounds the fast kernels cannot
+        hold)."""
+        return [{"layers": list(st.layers), "kernel": st.kernel} for st in self._plan]
 
     def _compile(self, lay: Layer) -> Step:
         src = self.net.tensors[lay.input]
@@ -278,7 +423,8 @@ class Emulator:
     def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
         self._check_range(x)
         name = self.net.inputs[0]
-        vals = {name: x if self._plan[0].takes_int else x.astype(np.float64)}
+        fast = self._plan[0].kernel not in ("int64", "float64")  # compiled steps take integers
+        vals = {name: x if fast else x.astype(np.float64)}
         for i, st in enumerate(self._plan):
             vals[st.dst] = st.fn(vals[st.src])
             vals = {k: v for k, v in vals.items() if k in self._keep[i]}

@@ -149,6 +149,7 @@ class Collector:
         self.t_last: float | None = None
         self.tap_batches = 0  # b"mon" messages published
         self.tap_events = 0
+        self.cpu_s = 0.0  # CPU seconds of the collector thread, set when its loop ends
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -182,6 +183,7 @@ class Collector:
         poller = zmq.Poller()
         poller.register(self.pair, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
+        cpu0 = time.thread_time()
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(50))
@@ -203,6 +205,7 @@ class Collector:
                 if reply is not None:
                     self.pair.send_multipart([reply, U64.pack(seq)])
         finally:
+            self.cpu_s = time.thread_time() - cpu0
             self.pair.close(0)
 
     def _result(

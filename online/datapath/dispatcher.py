@@ -151,6 +151,7 @@ class Dispatcher:
         self.setup_errors: dict[str, str] = {}  # worker -> why it could not load the setup
         self.firmware: dict[str, dict] = {}  # worker -> its register banks' seed status (W_STATS)
         self.max_inflight = 0
+        self.cpu_s = 0.0  # CPU seconds of the dispatcher thread, set when its loop ends
 
     # ---- called from other threads ----
 
@@ -236,6 +237,7 @@ class Dispatcher:
         poller.register(self.collector, zmq.POLLIN)
         source_polled = False
         next_beat = time.monotonic()
+        cpu0 = time.thread_time()
         try:
             while not self._stop.is_set():
                 want_source = (
@@ -267,6 +269,7 @@ class Dispatcher:
                 for w in list(self.workers.values()):
                     self._send(w.ident, [D_STOP])
         finally:
+            self.cpu_s = time.thread_time() - cpu0
             for b in self._broadcasts.values():
                 b.done.set()
             self.router.close(0)

@@ -95,11 +95,14 @@ def test_input_validation():
     assert out.shape == (3, 2) and out.dtype == np.float64
 
 
-def test_lookup_tables_equal_the_layer_by_layer_path():
-    # random_mlp's input quantizer reads a 16-bit word: it runs as a lookup table
+def test_fused_kernels_equal_the_layer_by_layer_path():
+    # random_mlp: input quantizer, then dense + ReLU pairs, then the score, each one fused step
     net = random_mlp(57, (16,), 3, score=True, seed=8)
     emu = Emulator(net, threads=1)
-    assert emu._plan[0].takes_int and emu._plan[0].dst == "x_q"
+    plan = emu.plan()
+    assert plan[0] == {"layers": ["x_q"], "kernel": "fused"} and emu._plan[0].dst == "x_q"
+    assert plan[1]["kernel"] in ("sgemm_f32+fused", "dgemm_f64+fused")
+    assert len(plan[1]["layers"]) == 2
     fmt = net.input_specs[0].fixed
     x = np.concatenate(
         [
@@ -126,9 +129,9 @@ def test_affine_in_every_mode(rounding, overflow):
     net = b.build()
     x = np.concatenate([rng.integers(-512, 512, (3000, 6)), corners(Fixed(True, 10, 4), 6)])
     emu = Emulator(net, chunk_size=300)
-    assert emu._plan[0].takes_int  # a 10-bit input: the chain runs as a lookup table
+    assert [st["kernel"] for st in emu.plan()] == ["fused", "fused"]  # compiled passes
     assert_array_equal(emu.run(x), ref_run(net, x))
-    assert_array_equal(emu.run(x), emu.trace(x)["q"])  # layer by layer, no table
+    assert_array_equal(emu.run(x), emu.trace(x)["q"])  # layer by layer in numpy
 
 
 @pytest.mark.parametrize("overflow", OVERFLOW_MODES)

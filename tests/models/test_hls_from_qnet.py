@@ -20,9 +20,9 @@ from l1forge.models.vectors import bitexact_vectors
 def _codesign_ir():
     import torch
 
-    from l1forge.offline.network import NetConfig, QuantMLP
+    from l1forge.offline.network import QuantMLP, QuantMLPConfig
 
-    net = QuantMLP(18, NetConfig(hidden=8, weight_frac_bits=5.0), seed=4)
+    net = QuantMLP(18, QuantMLPConfig(hidden=8, weight_frac_bits=5.0), seed=4)
     opt = torch.optim.Adam(net.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(4)
     for _ in range(10):
