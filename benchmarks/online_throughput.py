@@ -317,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=os.environ.get("L1FORGE_CACHE", "~/.cache/l1forge"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from l1forge.online.datapath.menu import default_menu
-    from l1forge.online.datapath.pipeline import zero_bias_scores
+    from l1forge.online.datapath.menu import default_menu, zero_bias_scores
     from l1forge.sim.dataset import read_events
 
     cache = Path(args.cache).expanduser()

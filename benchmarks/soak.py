@@ -80,6 +80,7 @@ class Settings:
     fill_hold_s: float = 30.0
     events_per_lumisection: int = 1 << 22
     rss_bound_mb: float = 64.0
+    dqm: bool = True  # the daemon's DQM service on the tap
     tmpfs_size: str = "4g"  # one run's files (about 1 GB at 1M events/s; deleted once verified)
 
     @classmethod
@@ -374,7 +375,7 @@ class Soak:
                 "full_wait_s": 600.0,
             },
             "network": {"monitor_port": self.monitor_port},
-            "monitor": {"fraction": 0.05},
+            "monitor": {"fraction": 0.05, "dqm_enabled": self.s.dqm},
             "batch_size": BATCH_SIZE,
             "state_dir": str(self.state_dir),
         }
@@ -497,7 +498,9 @@ class Soak:
                     self.rss.append((self.now(), _rss_mb(daemon.pid)))
                     time.sleep(RSS_SAMPLE_S)
                 summary = client.stop()
+                rss_at_stop = _rss_mb(daemon.pid)
                 self._verify(run, run_dir, summary, tap)
+                self.runs[-1]["daemon_rss_mb_at_stop"] = round(rss_at_stop, 1)
             client.shutdown()
             daemon.wait(60)
         finally:
@@ -565,6 +568,9 @@ class Soak:
             "rss_growth_mb": growth,
             "rss_bound_mb": self.s.rss_bound_mb,
             "rss_mb_first_last": [float(rss[0]), float(rss[-1])] if len(rss) else None,
+            "rss_mb_per_minute": [  # the daemon's RSS, the first sample of each minute
+                round(float(rss[i]), 1) for i in np.unique((t // 60).astype(int), True)[1]
+            ],
             "tap_drops": sum(r["tap_published"] - r["tap_received"] for r in runs),
             "tap_published": sum(r["tap_published"] for r in runs),
             "storage_mode": self.mode,
@@ -606,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--network", help="a qnet IR with an input scale op instead")
     ap.add_argument("--events", help="replay this HDF5 (default: the reference sample)")
     ap.add_argument("--no-tmpfs", action="store_true", help="use the quota-like guard")
+    ap.add_argument("--no-dqm", action="store_true", help="the daemon's DQM off (memory hunts)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(message)s")
@@ -613,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("minutes", "run_minutes", "kill_every_s", "freeze_every_s", "swap_every_s"):
         if getattr(args, key) is not None:
             setattr(s, key, getattr(args, key))
+    s.dqm = not args.no_dqm
     for key in ("fill_hold_s", "rss_bound_mb"):
         if getattr(args, key) is not None:
             setattr(s, key, getattr(args, key))

