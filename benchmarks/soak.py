@@ -65,6 +65,7 @@ SEEDS = (  # a tighter menu than the demo's, so an hour of files stays small
 HEARTBEAT_S, TIMEOUT_S = 0.5, 3.0
 FREEZE_S = TIMEOUT_S + 3.0  # longer than the heartbeat timeout: the worker is declared dead
 GUARD_RESERVE_MB = 2048.0  # quota-like guard: min_free_mb this far below the free space
+FILL_BELOW_GUARD_MB = 32.0  # the filler leaves this much less than min_free_mb
 VERIFY_CHUNK = 1 << 22
 RSS_SAMPLE_S = 2.0
 
@@ -428,13 +429,13 @@ class Soak:
     def fill(self, client) -> None:
         """Fill the storage until the daemon's guard trips, hold, free; record what it saw."""
         free = shutil.disk_usage(self.store).free
-        size = max(0, int(free - (self.min_free_mb / 2) * 2**20))
+        size = max(0, int(free - (self.min_free_mb - FILL_BELOW_GUARD_MB) * 2**20))
         filler = self.store / "filler.bin"
         t = self.now()
         with open(filler, "wb") as fh:
-            if self.mode == "guard":
+            try:  # blocks without writing them, where the filesystem can
                 os.posix_fallocate(fh.fileno(), 0, size)
-            else:
+            except OSError:
                 chunk = b"\0" * (16 << 20)
                 left = size
                 while left > 0:
