@@ -29,7 +29,8 @@ from l1forge.offline.detector import DetectorParams, detector_cost_eur, geometry
 from l1forge.offline.lut_model import DEFAULT_LUT_MODEL
 from l1forge.offline.network import QuantMLP
 from l1forge.offline.reevaluate import evaluate_network
-from l1forge.sim import calo, calo_torch
+from l1forge.sim import calo, calo_torch, surrogate
+from l1forge.sim.materials import ABSORBERS
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Study:
         self.rng = np.random.default_rng(cfg.train.seed)
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.state = FitState()
+        self.surrogate = load_surrogate(cfg) if cfg.train.model == "surrogate" else None
 
     def sample(self, theta: dict[str, torch.Tensor], n: int) -> Batch:
         """A batch of half photons, half π0 through the differentiable detector model."""
@@ -87,6 +89,17 @@ class Study:
         ev = torch.as_tensor(np.concatenate([single, k, k]))
         cells = calo_torch.event_cells(theta, self.ro, e_sh, x, y, ev, n, self.gen)
         return Batch(t(e), torch.as_tensor(is_pi0), cells)
+
+    def sample_surrogate(self, theta: dict[str, torch.Tensor], n: int) -> Batch:
+        """The same batch through the learned surrogate (impacts and π0 decays are inside it)."""
+        assert self.surrogate is not None
+        u = self.cfg.utility
+        e = torch.as_tensor(self.rng.uniform(u.e_min_gev, u.e_max_gev, n), dtype=torch.float64)
+        is_pi0 = torch.as_tensor(np.arange(n) % 2 == 1)
+        dep = self.surrogate.sample(theta, e, is_pi0, self.gen)
+        eps = torch.randn(dep.shape, generator=self.gen, dtype=torch.float64)
+        cells = surrogate.measured_cells(dep, self.ro, theta["readout_bits"], eps)
+        return Batch(e, is_pi0, cells)
 
     def losses(self, theta: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Training objective: energy regression + γ/π0 separation + budget penalties."""
@@ -140,7 +153,10 @@ class Study:
         tr = self.cfg.train
         phase = self.phase()
         theta = self.det.theta()
-        batch = self.sample(theta, tr.batch)
+        if self.surrogate is not None:
+            batch = self.sample_surrogate(theta, tr.batch)
+        else:
+            batch = self.sample(theta, tr.batch)
         if phase == "theta":
             terms = self.classical_losses(theta, batch)
         else:
@@ -199,6 +215,36 @@ class Study:
         self.gen.set_state(torch.as_tensor(arrays["gen_state"]))
         self.rng.bit_generator.state = meta["rng_state"]
         self.state = FitState(**meta["state"])
+
+
+def load_surrogate(cfg: StudyConfig) -> surrogate.CaloSurrogate:
+    """The study's surrogate, frozen, after checking it was trained for this detector space."""
+    model = surrogate.load(cfg.train.surrogate)
+    r, d, u = model.spec.range, cfg.detector, cfg.utility
+    where = f"train.surrogate {cfg.train.surrogate}"
+    for key, mine, theirs in (("n_cells", d.n_cells, r.n_cells),
+                              ("n_segments", d.n_segments, r.n_segments),
+                              ("active", d.active, r.active),
+                              ("distance_mm", u.distance_mm, r.distance_mm)):  # fmt: skip
+        if mine != theirs:
+            raise ConfigError(f"{where}: trained with {key}={theirs!r}, the study has {mine!r}")
+    for key, (lo, hi) in r.bounds.items():
+        s_lo, s_hi = d.bounds[key]
+        if s_lo < lo or s_hi > hi:
+            raise ConfigError(
+                f"{where}: detector.bounds.{key} [{s_lo}, {s_hi}] leaves its training range "
+                f"[{lo}, {hi}]; narrow the bounds or train the surrogate over them"
+            )
+    if not (r.e_min_gev <= u.e_min_gev and u.e_max_gev <= r.e_max_gev):
+        raise ConfigError(f"{where}: utility energies leave its range "
+                          f"[{r.e_min_gev}, {r.e_max_gev}] GeV")  # fmt: skip
+    needed = set(ABSORBERS) if d.optimize_material else {d.absorber}
+    if not needed <= set(r.absorbers):
+        raise ConfigError(f"{where}: trained on absorbers {list(r.absorbers)}, "
+                          f"the study needs {sorted(needed)}")  # fmt: skip
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def run(cfg: StudyConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from l1forge.offline.network import QuantMLPConfig
 from l1forge.sim.materials import ABSORBERS, ACTIVE
 
 METHODS = ("joint", "factorized", "reference")
+MODELS = ("analytic", "surrogate")  # the differentiable detector model the optimizer uses
 
 # continuous detector parameters: name -> (lower bound, upper bound)
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
@@ -141,6 +142,10 @@ class ScheduleConfig(Section):
     best resolution of a sum-of-cells reconstruction, then the network on that fixed θ; the
     same number of simulated events in all) or ``reference`` (θ fixed at ``detector.init``).
     ``warmup_steps`` >= ``steps`` keeps θ fixed.
+
+    ``model``: the differentiable detector model, ``analytic`` (:mod:`l1forge.sim.calo_torch`)
+    or ``surrogate`` (the learned flows of :mod:`l1forge.sim.surrogate`, loaded from the folder
+    ``surrogate``; their training range must cover ``detector.bounds``).
     """
 
     steps: Count = 200
@@ -156,6 +161,8 @@ class ScheduleConfig(Section):
     eval_events: Count = 2000
     method: Annotated[str, one_of(METHODS)] = "joint"
     factorized_fraction: Annotated[Real, Field(gt=0.0, lt=1.0)] = 0.5
+    model: Annotated[str, one_of(MODELS)] = "analytic"
+    surrogate: str = "out/calo_surrogate/model"
 
     def __post_init__(self) -> None:
         check_fields(self, "train")

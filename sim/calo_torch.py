@@ -227,27 +227,42 @@ def gradient_check(
 ) -> dict[str, float]:
     """Relative error |g_torch - g_fd| / |g_fd| per parameter over three observables.
 
-    g_fd: central finite differences of the stochastic simulator's mean cell energies, with
-    common random numbers (same seed, inverse-CDF depths, fixed spot count) so that the
-    difference is smooth; g_torch: autograd of :func:`expected_cells`. ``n_layers`` is
-    compared with the discrete difference at +-1 layer.
+    g_fd: :func:`reference_gradients`; g_torch: autograd of :func:`expected_cells`.
     """
-    import dataclasses
-
-    from l1forge.sim import calo
-
     ro = FixedReadout(geom.active, geom.n_cells, geom.n_segments, geom.full_scale_gev)
     theta = theta_from_geometry(geom)
     for k in GRADIENT_PARAMS:
         theta[k].requires_grad_(True)
     zero = torch.zeros(1, dtype=torch.float64)
     mean = expected_cells(theta, ro, torch.tensor([e_gev], dtype=torch.float64), zero, zero)[0]
-    obs = _observables_at(mean, geom.n_cells)
-    g_torch: dict[str, list[float]] = {k: [] for k in GRADIENT_PARAMS}
+    g_torch = observable_gradients(observables(mean, geom.n_cells), theta)
+    fd = reference_gradients(geom, e_gev, n_events, spots, seed, impact="center")
+    return {k: float(np.linalg.norm(g_torch[k] - fd[k]) / np.linalg.norm(fd[k])) for k in fd}
+
+
+def observable_gradients(obs: list[torch.Tensor], theta: dict) -> dict[str, np.ndarray]:
+    """d(observable)/d(θ_k) for each of :data:`GRADIENT_PARAMS`, by autograd."""
+    g: dict[str, list[float]] = {k: [] for k in GRADIENT_PARAMS}
     for f in obs:
         grads = torch.autograd.grad(f, [theta[k] for k in GRADIENT_PARAMS], retain_graph=True)
-        for k, g in zip(GRADIENT_PARAMS, grads, strict=True):
-            g_torch[k].append(float(g))
+        for k, v in zip(GRADIENT_PARAMS, grads, strict=True):
+            g[k].append(float(v))
+    return {k: np.array(v) for k, v in g.items()}
+
+
+def reference_gradients(
+    geom: Geometry, e_gev: float, n_events: int, spots: int, seed: int, impact: str
+) -> dict[str, np.ndarray]:
+    """Central finite differences of the stochastic simulator's mean observables.
+
+    Common random numbers (same seed, inverse-CDF depths, fixed spot count, no sampling
+    fluctuations, none of which moves the mean) keep the difference smooth; ``n_layers`` is
+    the discrete difference at +-1 layer.
+    """
+    import dataclasses
+
+    from l1forge.sim import calo
+
     opt = calo.SimOptions(sampling_fluctuations=False, smooth_depths=True, spots_per_shower=spots)
     out = {}
     for k in GRADIENT_PARAMS:
@@ -256,16 +271,14 @@ def gradient_check(
         for sign in (1, -1):
             shifted = dataclasses.replace(geom, **{k: getattr(geom, k) + sign * h})
             ev = calo.simulate(
-                shifted, np.full(n_events, e_gev), seed=seed, impact="center", options=opt
+                shifted, np.full(n_events, e_gev), seed=seed, impact=impact, options=opt
             )
-            means.append(
-                [float(v) for v in _observables_at(ev.deposited_gev.mean(0), shifted.n_cells)]
-            )
-        fd = (np.array(means[0]) - np.array(means[1])) / (2 * h)
-        out[k] = float(np.linalg.norm(np.array(g_torch[k]) - fd) / np.linalg.norm(fd))
+            means.append([float(v) for v in observables(ev.deposited_gev.mean(0), shifted.n_cells)])
+        out[k] = (np.array(means[0]) - np.array(means[1])) / (2 * h)
     return out
 
 
-def _observables_at(cells, n_cells: int):
+def observables(cells, n_cells: int):
+    """Front-segment energy, central-column energy (all segments) and total energy."""
     c = n_cells // 2
     return [cells[0].sum(), cells[:, c, c].sum(), cells.sum()]

@@ -1,4 +1,4 @@
-"""`l1forge sim events|summary`: generate Level-1 event datasets and look at them."""
+"""`l1forge sim events|summary|surrogate`: Level-1 event datasets, the calorimeter surrogate."""
 
 from __future__ import annotations
 
@@ -36,6 +36,24 @@ def register(subparsers: Any) -> None:
     su.add_argument("file", help="HDF5 event file")
     su.add_argument("--plots", help="folder for the plots (default: beside the file)")
     su.set_defaults(func=_summary)
+
+    sg = sub.add_parser("surrogate", help="the learned calorimeter surrogate (train, validate)")
+    sgs = sg.add_subparsers(dest="surrogate_command", required=True)
+    tr = sgs.add_parser("train", help="simulate reference showers over θ and train the flows")
+    tr.add_argument("--out", required=True, help="folder for the model (data cached in OUT/data)")
+    tr.add_argument("--points", type=int, default=320, help="θ points (Sobol over the range)")
+    tr.add_argument("--events-per-point", type=int, default=600)
+    tr.add_argument("--epochs", type=int, default=40, help="epochs of the shape flow")
+    tr.add_argument("--energy-epochs", type=int, default=150, help="epochs of the energy flow")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    tr.set_defaults(func=_surrogate_train)
+    va = sgs.add_parser("validate", help="W1 and classifier AUC on held-out θ points, plots")
+    va.add_argument("model", help="folder of a trained surrogate")
+    va.add_argument("--report", help="folder for validation.json and plots (default MODEL/report)")
+    va.add_argument("--events-per-point", type=int, default=4000)
+    va.add_argument("--seed", type=int, default=1)
+    va.set_defaults(func=_surrogate_validate)
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -102,4 +120,59 @@ def _summary(args: argparse.Namespace) -> int:
         "plots": [str(p) for p in plots],
     }
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _surrogate_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from l1forge.errors import ConfigError
+    from l1forge.sim import surrogate
+    from l1forge.sim.surrogate_data import ThetaRange, cached_showers, training_points
+
+    if args.points < 2 or args.events_per_point < 10:
+        raise ConfigError("--points must be >= 2 and --events-per-point >= 10")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    rng_ = ThetaRange()
+    data = out / "data" / "train.npz"
+    points = training_points(rng_, args.points, args.seed)
+    sh = cached_showers(data, rng_, points, args.events_per_point, args.seed)
+    cfg = surrogate.TrainConfig(
+        epochs=args.epochs, energy_epochs=args.energy_epochs, seed=args.seed
+    )
+    model, info = surrogate.train(sh, surrogate.SurrogateSpec(range=rng_), cfg)
+    info["data"] = {
+        "file": str(data),
+        "provenance": json.loads(data.with_suffix(".json").read_text()),
+    }
+    surrogate.save(model, out, info)
+    last = {k: h[-1] for k, h in info["history"].items()}
+    print(json.dumps({"out": str(out), "showers": len(sh.e_gev), "final": last,
+                      "train_s": info["train_s"]}, indent=1))  # fmt: skip
+    return 0
+
+
+def _surrogate_validate(args: argparse.Namespace) -> int:
+    from l1forge.sim import surrogate
+    from l1forge.sim.surrogate_data import cached_showers, heldout_points, simulate_like
+    from l1forge.sim.surrogate_report import validate
+
+    model = surrogate.load(args.model)
+    rng_ = model.spec.range
+    report = Path(args.report) if args.report else Path(args.model) / "report"
+    ref = cached_showers(report / "data" / "heldout.npz", rng_, heldout_points(rng_),
+                         args.events_per_point, args.seed)  # fmt: skip
+    ref_b = simulate_like(rng_, ref, args.seed + 1)
+    summary = validate(model, ref, ref_b, report, seed=args.seed)
+    brief = {}
+    for p in summary["points"]:
+        sur, floor = p["surrogate"], p["reference_floor"]
+        brief[p["point"]["name"]] = {
+            "auc_high": round(sur["classifier_auc_high_level"], 3),
+            "auc_low": round(sur["classifier_auc_low_level"], 3),
+            "floor_auc_high": round(floor["classifier_auc_high_level"], 3),
+        }
+    print(json.dumps({"report": str(report / "validation.json"), "points": brief}, indent=1))
     return 0

@@ -78,3 +78,24 @@ def general_bn_ir(general_bn_model):
     from l1forge.models.qkeras_import import import_qkeras, parse_format
 
     return import_qkeras(general_bn_model, parse_format(JET_TAGGER_INPUT_FORMAT), name="bn_net")
+
+
+@pytest.fixture(scope="session")
+def tiny_surrogate(tmp_path_factory):
+    """(model, folder, training showers) of a surrogate for 3×3 cells: 8 θ points × 60 showers,
+    a few epochs. Plumbing only; its fidelity is not meant to be good."""
+    import torch
+
+    from l1forge.sim import surrogate as sur
+    from l1forge.sim.surrogate_data import ThetaRange, simulate_points, training_points
+
+    torch.set_num_threads(1)
+    rng_ = ThetaRange(n_cells=3)
+    spec = sur.SurrogateSpec(range=rng_, transforms=2, hidden=16, energy_transforms=2,
+                             energy_hidden=16)  # fmt: skip
+    cfg = sur.TrainConfig(epochs=2, energy_epochs=3, batch=128, energy_batch=128)
+    sh = simulate_points(rng_, training_points(rng_, 8, seed=3), 60, seed=3)
+    model, info = sur.train(sh, spec, cfg)
+    d = tmp_path_factory.mktemp("surrogate")
+    sur.save(model, d, info)
+    return model, d, sh

@@ -135,3 +135,45 @@ def test_exported_design_is_accepted_by_firmware_build(tmp_path):
     assert main(args) == 0
     manifest = json.loads((fw / "manifest.json").read_text())
     assert manifest["network"] == load(out / "net.json").name
+
+
+def test_the_surrogate_drives_a_study_and_theta_follows_its_gradient(tmp_path, tiny_surrogate):
+    _, folder, _ = tiny_surrogate
+    doc = {**TINY, "train": {**TINY["train"], "model": "surrogate", "surrogate": str(folder),
+                             "steps": 8, "warmup_steps": 2, "eval_events": 200}}  # fmt: skip
+    cfg = from_dict(doc)
+    study = codesign.Study(cfg)
+    assert study.surrogate is not None
+    assert not any(p.requires_grad for p in study.surrogate.parameters())
+    before = study.det.values()
+    for _ in range(4):
+        study.train_step()
+    after = study.det.values()
+    for k in ("n_layers", "absorber_mm", "active_mm", "cell_mm"):
+        assert after[k] != before[k], k  # moved by gradients through the surrogate
+    summary = codesign.run(cfg, tmp_path / "run")
+    assert summary["config"]["train"]["model"] == "surrogate"
+    assert 0.0 <= summary["evaluation"]["photon_efficiency"] <= 1.0  # on the reference simulator
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"detector": {"n_cells": 5}}, "n_cells"),
+     ({"detector": {"n_cells": 3, "bounds": {"cell_mm": [4, 60]}}}, "bounds.cell_mm"),
+     ({"utility": {"e_max_gev": 80}}, "utility energies")],
+)  # fmt: skip
+def test_a_surrogate_outside_its_training_range_is_refused(tiny_surrogate, change, match):
+    from l1forge.errors import ConfigError
+
+    _, folder, _ = tiny_surrogate
+    doc = {**TINY, **change, "train": {**TINY["train"], "model": "surrogate",
+                                       "surrogate": str(folder)}}  # fmt: skip
+    with pytest.raises(ConfigError, match=match):
+        codesign.Study(from_dict(doc))
+
+
+def test_an_unknown_detector_model_is_a_config_error():
+    from l1forge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.model"):
+        from_dict({"train": {"model": "geant4"}})
