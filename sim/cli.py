@@ -41,11 +41,12 @@ def register(subparsers: Any) -> None:
     sgs = sg.add_subparsers(dest="surrogate_command", required=True)
     tr = sgs.add_parser("train", help="simulate reference showers over θ and train the flows")
     tr.add_argument("--out", required=True, help="folder for the model (data cached in OUT/data)")
-    tr.add_argument("--points", type=int, default=320, help="θ points (Sobol over the range)")
-    tr.add_argument("--events-per-point", type=int, default=600)
-    tr.add_argument("--epochs", type=int, default=40, help="epochs of the shape flow")
+    tr.add_argument("--points", type=int, default=512, help="θ points (Sobol over the range)")
+    tr.add_argument("--events-per-point", type=int, default=800)
+    tr.add_argument("--epochs", type=int, default=20, help="epochs of the shape flow")
     tr.add_argument("--energy-epochs", type=int, default=150, help="epochs of the energy flow")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--workers", type=int, default=2, help="processes simulating showers")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     tr.set_defaults(func=_surrogate_train)
     va = sgs.add_parser("validate", help="W1 and classifier AUC on held-out θ points, plots")
@@ -138,7 +139,7 @@ def _surrogate_train(args: argparse.Namespace) -> int:
     rng_ = ThetaRange()
     data = out / "data" / "train.npz"
     points = training_points(rng_, args.points, args.seed)
-    sh = cached_showers(data, rng_, points, args.events_per_point, args.seed)
+    sh = cached_showers(data, rng_, points, args.events_per_point, args.seed, args.workers)
     cfg = surrogate.TrainConfig(
         epochs=args.epochs, energy_epochs=args.energy_epochs, seed=args.seed
     )

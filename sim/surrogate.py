@@ -52,7 +52,7 @@ class SurrogateSpec:
     hidden: int = 128
     bins: int = 8
     energy_transforms: int = 4
-    energy_hidden: int = 64
+    energy_hidden: int = 128
     frac_floor: float = 1e-5  # cell fractions below this are zero (dequantization width)
     seg_floor: float = 1e-3  # offset of log(segment energy / E)
 
@@ -91,6 +91,19 @@ def point_theta(rng_: ThetaRange, point: dict[str, Any]) -> dict[str, torch.Tens
 
 class CaloSurrogate(nn.Module):
     """The two flows plus the standardization constants of their inputs (buffers)."""
+
+    feat_mean: torch.Tensor  # buffers, registered in __init__
+    feat_std: torch.Tensor
+    loge_mean: torch.Tensor
+    loge_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_lo: torch.Tensor
+    y_hi: torch.Tensor
+    x_lo: torch.Tensor
+    x_hi: torch.Tensor
 
     def __init__(self, spec: SurrogateSpec):
         super().__init__()
@@ -191,7 +204,7 @@ def measured_cells(
 class TrainConfig:
     """The two flows train separately: the small energy flow for many more epochs."""
 
-    epochs: int = 40
+    epochs: int = 20
     energy_epochs: int = 150
     batch: int = 512
     energy_batch: int = 2048

@@ -175,19 +175,41 @@ class Showers:
                        self.is_pi0[keep], self.deposited_gev[keep])  # fmt: skip
 
 
+def _simulate_point(
+    rng_: ThetaRange, point: dict[str, Any], i: int, events_per_point: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = np.random.default_rng([seed, i])  # one stream per point: any worker split agrees
+    e = r.uniform(rng_.e_min_gev, rng_.e_max_gev, events_per_point)
+    pi0 = np.arange(events_per_point) % 2 == 1
+    ev = calo.simulate(rng_.geometry(point), e, pi0, seed=r, distance_mm=rng_.distance_mm)
+    return e, pi0, ev.deposited_gev.astype(np.float32)
+
+
 def simulate_points(
     rng_: ThetaRange, points: list[dict[str, Any]], events_per_point: int, seed: int,
-    desc: str = "reference showers",
+    workers: int = 1, desc: str = "reference showers",
 ) -> Showers:  # fmt: skip
-    """Half photons, half π0 at each point; energies uniform; impact uniform in the central cell."""
-    parts = []
-    for i, p in enumerate(tqdm(points, desc=desc, unit="θ", leave=False)):
-        r = np.random.default_rng([seed, i])
-        e = r.uniform(rng_.e_min_gev, rng_.e_max_gev, events_per_point)
-        pi0 = np.arange(events_per_point) % 2 == 1
-        ev = calo.simulate(rng_.geometry(p), e, pi0, seed=r, distance_mm=rng_.distance_mm)
-        parts.append((np.full(events_per_point, i), e, pi0, ev.deposited_gev.astype(np.float32)))
-    idx, e, pi0, dep = (np.concatenate(x) for x in zip(*parts, strict=True))
+    """Half photons, half π0 at each point; energies uniform; impact uniform in the central
+    cell. ``workers`` > 1 simulates points in that many processes (same result)."""
+    args = [(rng_, p, i, events_per_point, seed) for i, p in enumerate(points)]
+    bar = tqdm(total=len(points), desc=desc, unit="θ", leave=False)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for part in pool.map(_simulate_point, *zip(*args, strict=True), chunksize=4):
+                parts.append(part)
+                bar.update()
+    else:
+        for a in args:
+            parts.append(_simulate_point(*a))
+            bar.update()
+    bar.close()
+    idx = np.repeat(np.arange(len(points)), events_per_point)
+    e, pi0, dep = (np.concatenate(x) for x in zip(*parts, strict=True))
     return Showers(points, idx, e, pi0, dep)
 
 
@@ -213,8 +235,9 @@ def _git_commit() -> str | None:
 
 
 def cached_showers(
-    path: Path, rng_: ThetaRange, points: list[dict[str, Any]], events_per_point: int, seed: int
-) -> Showers:
+    path: Path, rng_: ThetaRange, points: list[dict[str, Any]], events_per_point: int, seed: int,
+    workers: int = 1,
+) -> Showers:  # fmt: skip
     """Load ``path`` (.npz + .json) if it holds exactly this request, else simulate and write it."""
     request = {"format": FORMAT, "range": rng_.to_json(), "points": points,
                "events_per_point": events_per_point, "seed": seed}  # fmt: skip
@@ -228,7 +251,7 @@ def cached_showers(
                 )
         log.info("%s: cached request differs, simulating again", path)
     t0 = time.perf_counter()
-    sh = simulate_points(rng_, points, events_per_point, seed)
+    sh = simulate_points(rng_, points, events_per_point, seed, workers=workers)
     dt = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

@@ -195,3 +195,12 @@ def test_cli_trains_and_validates(tmp_path, capsys, monkeypatch):
         assert (out / "report" / f"{p['point']['name']}.png").is_file()
     assert main(["sim", "surrogate", "train", "--out", str(out), "--points", "1"]) != 0
     assert "--points must be >= 2" in capsys.readouterr().err
+
+
+def test_worker_processes_simulate_the_same_showers():
+    pts = training_points(RANGE, 3, seed=0)
+    one = simulate_points(RANGE, pts, 16, seed=5)
+    two = simulate_points(RANGE, pts, 16, seed=5, workers=2)
+    assert_array_equal(one.deposited_gev, two.deposited_gev)
+    assert_array_equal(one.theta_index, two.theta_index)
+    assert_array_equal(one.e_gev, two.e_gev)
