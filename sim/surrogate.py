@@ -52,7 +52,7 @@ class SurrogateSpec:
     hidden: int = 128
     bins: int = 8
     energy_transforms: int = 4
-    energy_hidden: int = 128
+    energy_hidden: int = 64
     frac_floor: float = 1e-5  # cell fractions below this are zero (dequantization width)
     seg_floor: float = 1e-3  # offset of log(segment energy / E)
 
@@ -204,8 +204,8 @@ def measured_cells(
 class TrainConfig:
     """The two flows train separately: the small energy flow for many more epochs."""
 
-    epochs: int = 20
-    energy_epochs: int = 150
+    epochs: int = 12
+    energy_epochs: int = 40
     batch: int = 512
     energy_batch: int = 2048
     lr: float = 1e-3
