@@ -39,8 +39,8 @@ from l1forge.sim.surrogate_data import Showers, ThetaRange
 
 log = logging.getLogger(__name__)
 
-FORMAT = "l1forge-calo-surrogate-1"
-N_THETA_FEATURES = 11 + len(ABSORBERS)
+FORMAT = "l1forge-calo-surrogate-2"  # 2: the front-segment depth feature
+N_THETA_FEATURES = 12 + len(ABSORBERS)
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,27 @@ class SurrogateSpec:
         return cls(**d)
 
 
-def theta_features(theta: dict[str, torch.Tensor], active: str) -> torch.Tensor:
+def front_layers(n_layers: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Layers in the first readout segment as the reference gangs them, ceil(n / S) for the
+    nearest integer n (odd counts give the front segment the extra layer), with the gradient
+    1/S of the continuous relaxation n / S."""
+    relaxed = n_layers / n_segments
+    exact = torch.ceil(torch.round(n_layers) / n_segments)
+    return relaxed + (exact - relaxed).detach()
+
+
+def theta_features(
+    theta: dict[str, torch.Tensor], active: str, n_segments: int = 2
+) -> torch.Tensor:
     """Effective-medium features of θ, differentiable (float64, shape (N_THETA_FEATURES,))."""
     med = calo_torch.effective_medium(theta, FixedReadout(active=active))
     pitch = theta["absorber_mm"] + theta["active_mm"]
     depth_x0 = theta["n_layers"] * pitch / med["x0_mm"]
+    front_x0 = front_layers(theta["n_layers"], n_segments) * pitch / med["x0_mm"]
     f = [theta["n_layers"], theta["absorber_mm"], theta["active_mm"], theta["cell_mm"],
          torch.log(med["x0_mm"]), torch.log(med["rm_mm"]), med["z"], med["f_samp"],
-         med["sampling_term"], torch.log(depth_x0), theta["cell_mm"] / med["rm_mm"]]  # fmt: skip
+         med["sampling_term"], torch.log(depth_x0), torch.log(front_x0),
+         theta["cell_mm"] / med["rm_mm"]]  # fmt: skip
     return torch.cat([torch.stack(f), theta["material_weights"]])
 
 
@@ -165,7 +178,8 @@ class CaloSurrogate(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Deposited GeV (N, S, n, n), float64, reparameterized: differentiable in θ."""
-        feats = theta_features(theta, self.spec.range.active)
+        r = self.spec.range
+        feats = theta_features(theta, r.active, r.n_segments)
         return self.sample_features(feats, e_gev, is_pi0, generator)
 
     def sample_features(
@@ -216,7 +230,9 @@ class TrainConfig:
 
 def _point_features(sh: Showers, rng_: ThetaRange) -> torch.Tensor:
     with torch.no_grad():
-        return torch.stack([theta_features(point_theta(rng_, p), rng_.active) for p in sh.points])
+        return torch.stack(
+            [theta_features(point_theta(rng_, p), rng_.active, rng_.n_segments) for p in sh.points]
+        )
 
 
 def _fit(

@@ -204,3 +204,14 @@ def test_worker_processes_simulate_the_same_showers():
     assert_array_equal(one.deposited_gev, two.deposited_gev)
     assert_array_equal(one.theta_index, two.theta_index)
     assert_array_equal(one.e_gev, two.e_gev)
+
+
+@pytest.mark.parametrize("n_segments", [2, 3])
+def test_front_layers_count_as_the_reference_gangs_them(n_segments):
+    for n in range(n_segments, 41):
+        ganged = sum(1 for layer in range(n) if layer * n_segments // n == 0)
+        t = torch.tensor(float(n), dtype=torch.float64, requires_grad=True)
+        v = sur.front_layers(t, n_segments)
+        assert float(v.detach()) == ganged, n
+        (g,) = torch.autograd.grad(v, t)
+        assert float(g) == pytest.approx(1 / n_segments)
