@@ -32,8 +32,7 @@ from l1forge.offline import codesign
 from l1forge.offline.config import from_dict
 from l1forge.sim import calo, calo_torch
 from l1forge.sim import surrogate as sur
-from l1forge.sim.surrogate_data import cached_showers, heldout_points, simulate_like
-from l1forge.sim.surrogate_report import validate
+from l1forge.sim.surrogate_report import validate_heldout
 
 log = logging.getLogger("benchmarks.calo_surrogate")
 
@@ -90,10 +89,7 @@ def main() -> None:
     meta = json.loads((model_dir / "surrogate.json").read_text())
     rng_ = model.spec.range
     report = model_dir / "report"
-    ref = cached_showers(report / "data" / "heldout.npz", rng_, heldout_points(rng_),
-                         args.heldout_events, 1)  # fmt: skip
-    ref_b = simulate_like(rng_, ref, 2)
-    val = validate(model, ref, ref_b, report, seed=1)
+    val = validate_heldout(model, report, args.heldout_events, seed=1)
     pts = val["points"]
     names = list(pts[0]["surrogate"]["w1"])
 

@@ -75,6 +75,20 @@ class Study:
         u = self.cfg.utility
         e = self.rng.uniform(u.e_min_gev, u.e_max_gev, n)
         is_pi0 = np.arange(n) % 2 == 1
+        if self.surrogate is None:
+            return self._sample_analytic(theta, e, is_pi0)
+        # the surrogate draws impacts and π0 decays itself
+        et = torch.as_tensor(e, dtype=torch.float64)
+        dep = self.surrogate.sample(theta, et, torch.as_tensor(is_pi0), self.gen)
+        eps = torch.randn(dep.shape, generator=self.gen, dtype=torch.float64)
+        cells = calo_torch.measured_cells(theta, self.ro, dep, eps, sampling_fluctuations=False)
+        return Batch(et, torch.as_tensor(is_pi0), cells)
+
+    def _sample_analytic(
+        self, theta: dict[str, torch.Tensor], e: np.ndarray, is_pi0: np.ndarray
+    ) -> Batch:
+        """Impacts and π0 decays drawn here, showers through the analytic twin."""
+        u, n = self.cfg.utility, len(e)
         ux, uy = self.rng.random((2, n)) - 0.5
         k = np.flatnonzero(is_pi0)
         e1, e2, dx, dy = calo.pi0_photons(e[k], u.distance_mm, self.rng)
@@ -89,17 +103,6 @@ class Study:
         ev = torch.as_tensor(np.concatenate([single, k, k]))
         cells = calo_torch.event_cells(theta, self.ro, e_sh, x, y, ev, n, self.gen)
         return Batch(t(e), torch.as_tensor(is_pi0), cells)
-
-    def sample_surrogate(self, theta: dict[str, torch.Tensor], n: int) -> Batch:
-        """The same batch through the learned surrogate (impacts and π0 decays are inside it)."""
-        assert self.surrogate is not None
-        u = self.cfg.utility
-        e = torch.as_tensor(self.rng.uniform(u.e_min_gev, u.e_max_gev, n), dtype=torch.float64)
-        is_pi0 = torch.as_tensor(np.arange(n) % 2 == 1)
-        dep = self.surrogate.sample(theta, e, is_pi0, self.gen)
-        eps = torch.randn(dep.shape, generator=self.gen, dtype=torch.float64)
-        cells = surrogate.measured_cells(dep, self.ro, theta["readout_bits"], eps)
-        return Batch(e, is_pi0, cells)
 
     def losses(self, theta: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Training objective: energy regression + γ/π0 separation + budget penalties."""
@@ -153,10 +156,7 @@ class Study:
         tr = self.cfg.train
         phase = self.phase()
         theta = self.det.theta()
-        if self.surrogate is not None:
-            batch = self.sample_surrogate(theta, tr.batch)
-        else:
-            batch = self.sample(theta, tr.batch)
+        batch = self.sample(theta, tr.batch)
         if phase == "theta":
             terms = self.classical_losses(theta, batch)
         else:

@@ -189,12 +189,22 @@ def expected_cells(
 
 
 def measured_cells(
-    theta: dict, ro: FixedReadout, mean_cells: torch.Tensor, eps: torch.Tensor
+    theta: dict,
+    ro: FixedReadout,
+    mean_cells: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    sampling_fluctuations: bool = True,
 ) -> torch.Tensor:
-    """Reparameterized measurement: mean + sqrt(c_s^2 mean + noise^2 + lsb^2/12) * eps."""
-    med = effective_medium(theta, ro)
+    """Reparameterized measurement: mean + sqrt(c_s^2 mean + noise^2 + lsb^2/12) * eps.
+
+    ``sampling_fluctuations=False`` leaves out the c_s^2 term, for cell energies that already
+    carry them (the learned surrogate's samples).
+    """
     lsb = ro.full_scale_gev * torch.pow(2.0, -theta["readout_bits"])
-    var = med["sampling_term"] ** 2 * mean_cells.clamp(min=0) + ro.noise_gev**2 + lsb**2 / 12
+    var = ro.noise_gev**2 + lsb**2 / 12
+    if sampling_fluctuations:
+        var = effective_medium(theta, ro)["sampling_term"] ** 2 * mean_cells.clamp(min=0) + var
     return (mean_cells + torch.sqrt(var) * eps).clamp(0.0, ro.full_scale_gev)
 
 

@@ -157,16 +157,11 @@ def _surrogate_train(args: argparse.Namespace) -> int:
 
 def _surrogate_validate(args: argparse.Namespace) -> int:
     from l1forge.sim import surrogate
-    from l1forge.sim.surrogate_data import cached_showers, heldout_points, simulate_like
-    from l1forge.sim.surrogate_report import validate
+    from l1forge.sim.surrogate_report import validate_heldout
 
     model = surrogate.load(args.model)
-    rng_ = model.spec.range
     report = Path(args.report) if args.report else Path(args.model) / "report"
-    ref = cached_showers(report / "data" / "heldout.npz", rng_, heldout_points(rng_),
-                         args.events_per_point, args.seed)  # fmt: skip
-    ref_b = simulate_like(rng_, ref, args.seed + 1)
-    summary = validate(model, ref, ref_b, report, seed=args.seed)
+    summary = validate_heldout(model, report, args.events_per_point, args.seed)
     brief = {}
     for p in summary["points"]:
         sur, floor = p["surrogate"], p["reference_floor"]

@@ -11,7 +11,8 @@ sampling fraction and term, depth in X0, cell size in R_M, material weights), co
 torch from θ so that samples are differentiable in θ by reparameterization.
 
 The surrogate models deposited energies (shower and sampling fluctuations); electronic noise
-and the ADC are applied after it, as the reference simulator does (:func:`measured_cells`).
+and the ADC are applied after it, as the reference simulator does
+(:func:`l1forge.sim.calo_torch.measured_cells` without its sampling term).
 """
 
 from __future__ import annotations
@@ -198,19 +199,6 @@ class CaloSurrogate(nn.Module):
         y = torch.clamp(ys * self.y_std + self.y_mean, self.y_lo, self.y_hi)
         x = torch.clamp(xs * self.x_std + self.x_mean, self.x_lo, self.x_hi)
         return self.decode(y.to(torch.float64), x.to(torch.float64), e_gev.to(torch.float64))
-
-
-def measured_cells(
-    deposited: torch.Tensor, ro: FixedReadout, readout_bits: torch.Tensor, eps: torch.Tensor
-) -> torch.Tensor:
-    """Electronic noise and the ADC's rounding variance added to deposited energies.
-
-    The same measurement model as :func:`l1forge.sim.calo_torch.measured_cells` without its
-    sampling term, which the surrogate's samples already carry.
-    """
-    lsb = ro.full_scale_gev * torch.pow(2.0, -readout_bits)
-    var = ro.noise_gev**2 + lsb**2 / 12
-    return (deposited + torch.sqrt(var) * eps).clamp(0.0, ro.full_scale_gev)
 
 
 # -- training --

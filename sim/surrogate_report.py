@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from l1forge.sim import surrogate_metrics as metrics
 from l1forge.sim.surrogate import CaloSurrogate, point_theta
-from l1forge.sim.surrogate_data import Showers
+from l1forge.sim.surrogate_data import Showers, cached_showers, heldout_points, simulate_like
 
 
 def sample_like(model: CaloSurrogate, sh: Showers, seed: int) -> np.ndarray:
@@ -65,12 +65,11 @@ def validate(
     points = []
     for i, p in enumerate(tqdm(ref.points, desc="validate", unit="θ")):
         k = ref.theta_index == i
-        kb = ref_b.theta_index == i
         e, pi0 = ref.e_gev[k], ref.is_pi0[k]
         a = ref.deposited_gev[k].astype(np.float64)
         res = {"point": p, "showers": int(k.sum())}
         res["surrogate"] = _compare(a, gen[k], e, pi0, seed)
-        b = ref_b.deposited_gev[kb].astype(np.float64)
+        b = ref_b.deposited_gev[k].astype(np.float64)
         res["reference_floor"] = _compare(a, b, e, pi0, seed)
         metrics.plot_comparison(a, gen[k], e, f"{p['name']}: {_describe(p)}",
                                 out / f"{p['name']}.png")  # fmt: skip
@@ -88,6 +87,17 @@ def validate(
     }
     (out / "validation.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def validate_heldout(
+    model: CaloSurrogate, report: Path, events_per_point: int = 4000, seed: int = 1
+) -> dict[str, Any]:
+    """:func:`validate` on the held-out θ points: their reference showers cached in
+    ``report/data``, the floor's second sample simulated with ``seed + 1``."""
+    rng_ = model.spec.range
+    ref = cached_showers(report / "data" / "heldout.npz", rng_, heldout_points(rng_),
+                         events_per_point, seed)  # fmt: skip
+    return validate(model, ref, simulate_like(rng_, ref, seed + 1), report, seed=seed)
 
 
 def _describe(p: dict[str, Any]) -> str:
