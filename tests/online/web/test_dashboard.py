@@ -339,6 +339,11 @@ def test_dashboard_of_a_real_pipeline_run(
             "document.querySelector("
             f"'#alarm-table tr.sev-error[data-lumisection=\"{REPLAY_FAULT_LS}\"]')"
         )
+        # The page refreshes its alarms on a timer: the first faulty lumisection can be
+        # shown before the later ones, so wait until it shows at least as many as were raised.
+        page.wait_for(
+            f"document.querySelectorAll('#alarm-table tr.sev-error').length >= {len(errors)}"
+        )
         shown = page.evaluate(
             "[...document.querySelectorAll('#alarm-table tr.sev-error')]"
             ".map(r => [Number(r.getAttribute('data-lumisection')),"
