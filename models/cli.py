@@ -17,7 +17,15 @@ def register(subparsers: Any) -> None:
         k.add_argument("--data", required=True, help="background sim dataset (HDF5)")
         k.add_argument("--signals", nargs="+", required=True, help="signal sim datasets")
         k.add_argument("--out", required=True, help="output folder")
-        k.add_argument("--config", help="YAML with `network` and `training` sections")
+        k.add_argument(
+            "--config",
+            help="YAML with `network` and `training` sections"
+            + (
+                " (default: the shipped anomaly trigger, models/ad_shipped.yaml)"
+                if kind == "ad"
+                else ""
+            ),
+        )
         k.add_argument("--epochs", type=int, help="override training.epochs")
         k.add_argument("--seed", type=int, help="override training.seed")
         k.add_argument("--rate-hz", type=float, default=1000.0, help="target output rate")
@@ -34,11 +42,12 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from l1forge.models.config import load_config
+    from l1forge.models.config import SHIPPED_AD_CONFIG, load_config
     from l1forge.models.train import Inputs, read_inputs, train
 
     over = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
-    cfg = load_config(args.config, kind=args.kind, training=over)
+    path = args.config or (SHIPPED_AD_CONFIG if args.kind == "ad" else None)
+    cfg = load_config(path, kind=args.kind, training=over)
     bits = cfg.network.input_hw_bits
     bg = read_inputs(args.data, bits, args.max_events)
     sig: dict = {}

@@ -33,3 +33,6 @@ BIT_CONFIGS: dict[str, dict[str, Any]] = {
     ),
 }
 KINDS = ("ad", "classifier")
+# The shipped anomaly trigger's hardware network (models/ad_shipped.yaml: the student, a
+# classifier-shaped 57 -> 16 -> 1 network), read from the file so the tests follow it.
+SHIPPED = "shipped"

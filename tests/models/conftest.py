@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .configs import BIT_CONFIGS
+from .configs import BIT_CONFIGS, SHIPPED
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _train_a_few_steps(cfg, scaling, x, seed):
 def built(tmp_path_factory):
     """(config name, kind) -> Built, each trained for a few steps and compiled once per session."""
     from l1forge.models import hls, networks
-    from l1forge.models.config import NetConfig
+    from l1forge.models.config import SHIPPED_AD_CONFIG, NetConfig, load_config
     from l1forge.models.export import export_qnet
 
     cache: dict[tuple[str, str], Built] = {}
@@ -53,7 +53,11 @@ def built(tmp_path_factory):
     def get(config_name: str, kind: str) -> Built:
         key = (config_name, kind)
         if key not in cache:
-            cfg = dataclasses.replace(NetConfig(kind=kind), **BIT_CONFIGS[config_name])
+            if config_name == SHIPPED:
+                cfg = load_config(SHIPPED_AD_CONFIG).network.hardware()
+                assert cfg.kind == kind, f"the shipped hardware network is a {cfg.kind}"
+            else:
+                cfg = dataclasses.replace(NetConfig(kind=kind), **BIT_CONFIGS[config_name])
             rng = np.random.default_rng(7)
             x = np.rint(
                 rng.normal(0, 200, (1536, cfg.n_inputs)) + rng.integers(-50, 50, cfg.n_inputs)

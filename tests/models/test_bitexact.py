@@ -10,10 +10,10 @@ from l1forge.models import hls, networks
 from l1forge.models.emulator import Emulator
 from l1forge.models.vectors import bitexact_vectors, relu_boundary_hits, relu_boundary_vectors
 
-from .configs import BIT_CONFIGS, KINDS
+from .configs import BIT_CONFIGS, KINDS, SHIPPED
 
 N_VECTORS = 100_000
-CASES = [(c, k) for c in BIT_CONFIGS for k in KINDS]
+CASES = [(c, k) for c in BIT_CONFIGS for k in KINDS] + [(SHIPPED, "classifier")]
 
 
 @pytest.mark.parametrize(("config_name", "kind"), CASES, ids=[f"{c}-{k}" for c, k in CASES])

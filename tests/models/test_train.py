@@ -126,3 +126,30 @@ def _scaling():
     from l1forge.models.networks import InputScaling
 
     return InputScaling(offset=np.zeros(57, np.int64), shift=np.zeros(57, np.int64))
+
+
+def test_train_ad_without_config_trains_the_shipped_network(tmp_path):
+    """`l1forge train ad` with no --config trains models/ad_shipped.yaml (the demo does too)."""
+    from l1forge.cli import main
+    from l1forge.models.config import SHIPPED_AD_CONFIG, config_to_dict, load_config
+    from l1forge.sim.dataset import write_events
+    from l1forge.sim.generate import generate_events
+
+    bg = write_events(tmp_path / "bg.h5", generate_events("minbias", 600, 3, 0.0, progress=False))
+    sig = write_events(tmp_path / "sig.h5", generate_events("ato4l", 100, 4, 0.0, progress=False))
+    args = ["train", "ad", "--data", str(bg), "--signals", str(sig), "--epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "ad")]) == 0
+    summary = json.loads((tmp_path / "ad" / "summary.json").read_text())
+    shipped = json.loads(json.dumps(config_to_dict(load_config(SHIPPED_AD_CONFIG, kind="ad"))))
+    shipped["training"]["epochs"] = 1
+    assert summary["config"] == shipped
+    assert summary["config"]["network"]["score"] == "student"
+    ir = load(tmp_path / "ad" / "encoder.qnet.json")
+    assert ir.output_specs[0].size == 1
+    # a file given with --config still wins
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("network:\n  hidden: [8]\n  decoder: [8]\n")
+    assert main([*args, "--out", str(tmp_path / "mine"), "--config", str(mine)]) == 0
+    summary = json.loads((tmp_path / "mine" / "summary.json").read_text())
+    assert summary["config"]["network"]["score"] == "latent_mu2"
+    assert summary["config"]["network"]["hidden"] == [8]
