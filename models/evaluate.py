@@ -23,14 +23,14 @@ FPR_POINTS = (1e-5, 1e-4)
 MIN_EVENTS_ABOVE = 10
 
 
-def fpr_resolvable(n_background: int, fpr: float) -> bool:
-    """Whether ``n_background`` events put at least ``MIN_EVENTS_ABOVE`` above an FPR cut."""
-    return n_background * fpr >= MIN_EVENTS_ABOVE - 1e-9  # float products like 1e6 * 1e-5
+def fpr_resolvable(n_background: int, fpr: float, min_events: int = MIN_EVENTS_ABOVE) -> bool:
+    """Whether ``n_background`` events put at least ``min_events`` above an FPR cut."""
+    return n_background * fpr >= min_events - 1e-9  # float products like 1e6 * 1e-5
 
 
-def smallest_resolvable_fpr(n_background: int) -> float | None:
+def smallest_resolvable_fpr(n_background: int, min_events: int = MIN_EVENTS_ABOVE) -> float | None:
     """The smallest FPR a background sample of this size resolves (None for an empty one)."""
-    return MIN_EVENTS_ABOVE / n_background if n_background > 0 else None
+    return min_events / n_background if n_background > 0 else None
 
 
 def roc_auc(bg: np.ndarray, sig: np.ndarray) -> float:
