@@ -337,6 +337,22 @@ def _shard_with_library(spec: ShardSpec, library: PileupLibrary | None) -> Shard
     return generate_shard(replace(spec, pileup=library))
 
 
+def _worker_environ() -> dict[str, Any]:
+    """dask's environment for the local workers, without its ``MALLOC_TRIM_THRESHOLD_``.
+
+    dask sets the trim threshold to 64 kB, so glibc hands every large numpy temporary of the
+    pile-up overlay and the Level-1 reduction back to the kernel and faults it in again: measured
+    here, a shard ran at 262-279 events/s in such a worker against 308 events/s in-process
+    (7 % of it from the variable alone); without it, 285-315 events/s.
+    """
+    import dask
+    import distributed  # noqa: F401  (loads distributed's configuration defaults)
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
+
+
 def _run_shards(
     specs: list[ShardSpec], n_workers: int, scheduler: str | None, progress: bool
 ) -> list[ShardResult]:
@@ -344,13 +360,15 @@ def _run_shards(
 
     if scheduler is None and n_workers == 1:
         return [generate_shard(s, progress=progress) for s in specs]
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+            cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
     try:
         with Client(scheduler or cluster) as client:
             library = specs[0].pileup if specs else None

@@ -180,3 +180,18 @@ def test_pileup_library_is_made_once_cached_and_named_in_provenance(tmp_path, mo
     assert list((tmp_path / "pythia").glob("pileup-*.npz")) == files
     with pytest.raises(ConfigError, match="pileup_library_events"):
         generate_events("zll", 5, 1, 5.0, progress=False, pileup_library_events=0)
+
+
+def test_local_workers_keep_glibc_trimming_as_it_is():
+    """dask's 64 kB MALLOC_TRIM_THRESHOLD_ slowed every shard by ~10 %; the generation's own
+    LocalCluster drops it and keeps the rest of dask's worker environment."""
+    import dask
+    import distributed  # noqa: F401
+
+    from l1forge.sim.generate import _worker_environ
+
+    theirs = dask.config.get("distributed.nanny.pre-spawn-environ")
+    ours = _worker_environ()
+    assert "MALLOC_TRIM_THRESHOLD_" in theirs and "MALLOC_TRIM_THRESHOLD_" not in ours
+    assert ours == {k: v for k, v in theirs.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    assert ours  # OMP_NUM_THREADS and the others stay
