@@ -23,6 +23,7 @@ from l1forge.sim.generate import (
     PILEUP_LIBRARY_EVENTS,
     _make_pythia,
     generate_events,
+    local_cluster,
 )
 from l1forge.sim.processes import get_process
 
@@ -72,16 +73,11 @@ def rate(process: str, n: int, workers: int, library: int, shard_events: int) ->
 
 
 def cluster_startup(workers: int) -> float:
-    """Seconds to start and close a LocalCluster like ``generate_events`` does (no tasks)."""
-    from dask.distributed import Client, LocalCluster
+    """Seconds to start and close the LocalCluster ``generate_events`` starts (no tasks)."""
+    from dask.distributed import Client
 
     t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(lambda: None)
     return time.perf_counter() - t0
 

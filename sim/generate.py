@@ -353,6 +353,18 @@ def _worker_environ() -> dict[str, Any]:
     return env
 
 
+def local_cluster(n_workers: int):
+    """The LocalCluster the generation starts: one single-threaded process per worker, started
+    with ``_worker_environ``."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+        return LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+
+
 def _run_shards(
     specs: list[ShardSpec], n_workers: int, scheduler: str | None, progress: bool
 ) -> list[ShardResult]:
@@ -360,15 +372,9 @@ def _run_shards(
 
     if scheduler is None and n_workers == 1:
         return [generate_shard(s, progress=progress) for s in specs]
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
-    cluster = None
-    if scheduler is None:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-            cluster = LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-            )
+    cluster = local_cluster(n_workers) if scheduler is None else None
     try:
         with Client(scheduler or cluster) as client:
             library = specs[0].pileup if specs else None
