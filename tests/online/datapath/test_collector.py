@@ -100,7 +100,9 @@ def test_full_disk_stops_the_run_and_holds_every_accepted_event(
     # lumisection 1's file goes to /dev/full: the kernel refuses the write
     (run_dir / "run000015_ls00001.root.part").symlink_to("/dev/full")
     n_max = 2_000_000
-    cfg = run_cfg(source={"n_events": n_max})
+    # one worker returns batches in order, so lumisection 0 is complete (and written) before
+    # lumisection 1; with two, a slow first batch can leave lumisection 0 open when 1 fails
+    cfg = run_cfg(source={"n_events": n_max}, workers={"n": 1})
     pipe = running_pipeline(cfg, 15, run_dir)
     wait_for(lambda: pipe.status()["state"] == "error", what="the storage error")
     status = pipe.status()
