@@ -70,12 +70,6 @@ def _floats_of(
     return out
 
 
-def _tpr(bg: np.ndarray, sig: np.ndarray, fpr: float, min_events: int) -> float | None:
-    if not evaluate.fpr_resolvable(len(bg), fpr, min_events):
-        return None
-    return evaluate.tpr_at_fpr(bg, sig, fpr)[0]
-
-
 def _tpr_detail(bg: np.ndarray, sig: np.ndarray, fpr: float, min_events: int) -> dict | None:
     """The cut's background events above, its achieved FPR and the TPR's binomial error."""
     if not evaluate.fpr_resolvable(len(bg), fpr, min_events):
@@ -243,21 +237,21 @@ def main() -> int:
             return vals[top], top
 
         auc_f, auc_name = best(evaluate.roc_auc)
-        t5_f, t5_name = best(lambda b, s: _tpr(b, s, 1e-5, m))
-        t4_f, t4_name = best(lambda b, s: _tpr(b, s, 1e-4, m))
-        t3_f, _ = best(lambda b, s: _tpr(b, s, 1e-3, m))
+        t5_f, t5_name = best(lambda b, s: evaluate.resolved_tpr(b, s, 1e-5, m))
+        t4_f, t4_name = best(lambda b, s: evaluate.resolved_tpr(b, s, 1e-4, m))
+        t3_f, _ = best(lambda b, s: evaluate.resolved_tpr(b, s, 1e-3, m))
         bg_f, sig_f = pairs[auc_name]
         signals[name] = {
             "auc_hardware": evaluate.roc_auc(bg_hw, sig_hw),
             "auc_float_best": auc_f,
             "float_best": auc_name,
-            "tpr_1e-5_hardware": _tpr(bg_hw, sig_hw, 1e-5, m),
+            "tpr_1e-5_hardware": evaluate.resolved_tpr(bg_hw, sig_hw, 1e-5, m),
             "tpr_1e-5_float_best": t5_f,
             "tpr_1e-5_float_best_name": t5_name,
-            "tpr_1e-4_hardware": _tpr(bg_hw, sig_hw, 1e-4, m),
+            "tpr_1e-4_hardware": evaluate.resolved_tpr(bg_hw, sig_hw, 1e-4, m),
             "tpr_1e-4_float_best": t4_f,
             "tpr_1e-4_float_best_name": t4_name,
-            "tpr_1e-3_hardware": _tpr(bg_hw, sig_hw, 1e-3, m),
+            "tpr_1e-3_hardware": evaluate.resolved_tpr(bg_hw, sig_hw, 1e-3, m),
             "tpr_1e-3_float_best": t3_f,
             "cut_1e-5_hardware": _tpr_detail(bg_hw, sig_hw, 1e-5, m),
             "cut_1e-5_float_best": _tpr_detail(*pairs[t5_name], 1e-5, m),

@@ -28,6 +28,15 @@ def fpr_resolvable(n_background: int, fpr: float, min_events: int = MIN_EVENTS_A
     return n_background * fpr >= min_events - 1e-9  # float products like 1e6 * 1e-5
 
 
+def resolved_tpr(
+    bg: np.ndarray, sig: np.ndarray, fpr: float, min_events: int = MIN_EVENTS_ABOVE
+) -> float | None:
+    """TPR at ``fpr``, or None when the background sample cannot resolve that FPR."""
+    if not fpr_resolvable(len(bg), fpr, min_events):
+        return None
+    return tpr_at_fpr(bg, sig, fpr)[0]
+
+
 def smallest_resolvable_fpr(n_background: int, min_events: int = MIN_EVENTS_ABOVE) -> float | None:
     """The smallest FPR a background sample of this size resolves (None for an empty one)."""
     return min_events / n_background if n_background > 0 else None

@@ -50,3 +50,16 @@ def test_resolvable_tpr_counts_the_events_above_the_threshold(tmp_path):
     assert m["achieved_fpr_1e-04"] == 20 / 200_000
     assert m["tpr_at_fpr_1e-04"] == 0.5  # 199979 is the threshold itself: it does not fire
     assert m["tpr_at_fpr_1e-05"] is None  # 2 events above: unresolved
+
+
+def test_resolved_tpr_is_none_below_the_sample_resolution():
+    bg = np.arange(100_000, dtype=float)
+    sig = np.arange(1_000, dtype=float) + 99_990.5  # the 10 highest background events lie above
+    # FPR 1e-4 keeps 10 background events above the cut: resolved with 5 or 10 required
+    assert evaluate.resolved_tpr(bg, sig, 1e-4, 5) == evaluate.tpr_at_fpr(bg, sig, 1e-4)[0]
+    assert evaluate.resolved_tpr(bg, sig, 1e-4, 10) is not None
+    # FPR 1e-5 would keep 1 event: no TPR is quoted, whatever the signal does
+    assert evaluate.resolved_tpr(bg, sig, 1e-5, 5) is None
+    assert evaluate.fpr_resolvable(100_000, 5e-5, 5) and not evaluate.fpr_resolvable(
+        99_999, 5e-5, 5
+    )
