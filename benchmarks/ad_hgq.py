@@ -35,6 +35,36 @@ def _reach(bg: np.ndarray, sigs: dict[str, np.ndarray], m: int) -> dict[str, Any
     }
 
 
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """TPR at FPR 1e-5 (and 1e-4) against LUTs, one panel per signal; the shipped point is
+    the square. A TPR the sample does not resolve is left out, not drawn as 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows[0]["reach"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for key, color in (("tpr_1e-5", "C0"), ("tpr_1e-4", "C1")):
+            pts = [(r["lut"], r["reach"][name][key]) for r in rows[1:]]
+            pts = sorted(p for p in pts if p[1] is not None and p[0] is not None)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", color=color, label=f"HGQ, {key}")
+            ship = rows[0]["reach"][name][key]
+            if ship is not None and rows[0]["lut"] is not None:
+                ax.plot(rows[0]["lut"], ship, "s", color=color, ms=9, label=f"shipped, {key}")
+        ax.set_xlabel("LUT (yosys synth_xilinx, 2 cycles at 40 MHz)")
+        ax.set_ylabel("TPR")
+        ax.set_yscale("log")
+        ax.set_title(name)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _weight_formats(ir, what: str) -> list:
     """Per dense layer: the weight format's fractional bits or its HLS type."""
     fmts = [lay.array_formats["weight"] for lay in ir.layers if lay.op == "dense"]
@@ -180,6 +210,14 @@ def main() -> int:
         "epochs": args.epochs,
         "rows": rows,
     }
+    plot = out / "hgq_tpr_vs_lut.png"
+    title = (
+        f"HGQ fine-tunes of {src / 'encoder.qnet.json'} (seed {args.seed}), "
+        f"{len(bg_test)} held-out minimum-bias events, "
+        f"{min(len(v) for v in sig.by_process.values())} or more per signal"
+    )
+    _plot(rows, plot, title)
+    result["plots"] = [str(plot)]
     (out / "ad_hgq.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0 if all(r.get("bit_exact_torch_vs_emulator", True) for r in rows) else 1
