@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from l1forge.measure import mean_std
 from l1forge.offline import codesign
 from l1forge.offline.config import from_dict
 from l1forge.sim import calo, calo_torch
@@ -35,11 +36,6 @@ from l1forge.sim import surrogate as sur
 from l1forge.sim.surrogate_report import validate_heldout
 
 log = logging.getLogger("benchmarks.calo_surrogate")
-
-
-def _mean_std(xs: list[float]) -> dict:
-    return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
-            "n": len(xs), "values": [float(x) for x in xs]}  # fmt: skip
 
 
 def _speeds(model: sur.CaloSurrogate, n: int) -> dict:
@@ -113,7 +109,7 @@ def main() -> None:
             util[kind].append(s["evaluation"]["utility"])
             designs[kind].append({"design": s["design"], "evaluation": s["evaluation"]})
             log.info("seed %d %s: %s", seed, kind, s["evaluation"])
-    ua, us = _mean_std(util["analytic"]), _mean_std(util["surrogate"])
+    ua, us = mean_std(util["analytic"]), mean_std(util["surrogate"])
     combined = float(np.hypot(ua["std"] or 0.0, us["std"] or 0.0))
     out = {
         # the co-design part trains its own e/gamma network per design, as benchmarks/codesign.py

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from l1forge.measure import mean_std
 from l1forge.offline import codesign
 from l1forge.offline.bayesopt import run_bayesopt
 from l1forge.offline.config import StudyConfig, from_dict
@@ -25,11 +26,6 @@ from l1forge.offline.reevaluate import evaluate_network
 from l1forge.sim import calo, calo_torch
 
 log = logging.getLogger("benchmarks.codesign")
-
-
-def _mean_std(xs: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0,
-            "n": len(xs), "values": [float(x) for x in xs]}  # fmt: skip
 
 
 # (inputs, hidden, weight fractional bits, input bits) of the networks synthesized by yosys
@@ -104,13 +100,13 @@ def main() -> None:
         # each method trains its own e/gamma trigger network for its detector design
         "network_source": "trained",
         "network_description": "e/gamma networks trained per design by each method in this run",
-        "utility": {m: _mean_std(v) for m, v in util.items()},
+        "utility": {m: mean_std(v) for m, v in util.items()},
         "designs": {
-            m: {k: _mean_std([float(x) for x in v]) for k, v in d.items()} for m, d in extra.items()
+            m: {k: mean_std([float(x) for x in v]) for k, v in d.items()} for m, d in extra.items()
         },
         "gradient_rel_error": {"max": max(grad.values()), **grad},
-        "joint_events": _mean_std(joint_events),
-        "optimizer_events_per_s": _mean_std(rates),
+        "joint_events": mean_std(joint_events),
+        "optimizer_events_per_s": mean_std(rates),
         "optimizer_speed_vs_reference_sim": float(np.mean(rates)) / ref_rate,
         "settings": vars(args),
     }
@@ -120,7 +116,7 @@ def main() -> None:
         out["lut_model"] = {"k_mul": lut.k_mul, "k_add": lut.k_add, "points": lut.points,
                             "error": "leave-one-out mean relative error"}  # fmt: skip
     if len(ratios) == args.seeds:
-        out["events_ratio_bo_to_joint"] = _mean_std(ratios)
+        out["events_ratio_bo_to_joint"] = mean_std(ratios)
     else:
         # BO did not reach the joint utility in some seeds: only a lower bound is known there
         out["events_ratio_bo_to_joint_reached"] = ratios

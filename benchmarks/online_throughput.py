@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from l1forge.measure import rss_mb
+
 DATASET_EVENTS = 3000  # the replay sample of --random runs (cached)
 DATASET_SEED = 11
 BATCH_SIZE = 16384
@@ -44,16 +46,6 @@ CHAOS_KILL_AT = 0.4  # fraction of the run's events processed when a worker is k
 VERIFY_CHUNK = 1 << 20
 
 log = logging.getLogger("online_throughput")
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -243,7 +235,7 @@ def _run(
     killed: dict | None = None
     while not pipe.dispatcher.drained.wait(0.05 if chaos and killed is None else 0.2):
         pids = {me} | {w["pid"] for w in pipe.status()["workers"].values()}  # restarts too
-        peak = max(peak, sum(_rss_mb(p) for p in pids))
+        peak = max(peak, sum(rss_mb(p) for p in pids))
         for p in pids:
             cpu1[p] = max(cpu1.get(p, 0.0), _cpu_s(p))
         if chaos and killed is None:

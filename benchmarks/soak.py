@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from l1forge.measure import rss_mb
+
 log = logging.getLogger("soak")
 
 BATCH_SIZE = 16384
@@ -254,16 +256,6 @@ def verify_run(run_dir: Path, run: int, n_sent: int, pairs: tuple[Pair, Pair], p
 
 
 # ---- the daemon and the faults --------------------------------------------------------------
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _free_port() -> int:
@@ -496,10 +488,10 @@ class Soak:
                     st = client.status()
                     if st["state"] == "error":
                         raise SystemExit(f"run {run} went to error: {st.get('error')}")
-                    self.rss.append((self.now(), _rss_mb(daemon.pid)))
+                    self.rss.append((self.now(), rss_mb(daemon.pid)))
                     time.sleep(RSS_SAMPLE_S)
                 summary = client.stop()
-                rss_at_stop = _rss_mb(daemon.pid)
+                rss_at_stop = rss_mb(daemon.pid)
                 self._verify(run, run_dir, summary, tap)
                 self.runs[-1]["daemon_rss_mb_at_stop"] = round(rss_at_stop, 1)
             client.shutdown()

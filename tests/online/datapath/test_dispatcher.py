@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from l1forge.measure import rss_mb
 from l1forge.online.datapath.dispatcher import is_sampled
 from l1forge.online.datapath.sources import Chunk, Sequencer
 from l1forge.online.datapath.storage import AcceptedWriter, verify_run_files
@@ -150,13 +150,6 @@ class SlowWriter(AcceptedWriter):
     def write(self, *args, **kwargs) -> None:
         time.sleep(self.delay_s)
         super().write(*args, **kwargs)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_slow_sink_throttles_the_source_with_bounded_memory(
