@@ -6,7 +6,8 @@ with per-layer learnable weight bits and a resource penalty (EBOPs, `models/hgq.
 penalty; each result is exported to the IR, scored by the emulator on the same held-out
 minimum-bias half and signals as the shipped network, checked bit for bit against its torch
 twin, and sized by yosys `synth_xilinx` at 2 cycles / 40 MHz. Prints one JSON object; the
-shipped network's own figures are the first row. About 3 min per penalty here (2 cores).
+shipped network's own figures are the first row. One penalty took 44 s here (2 cores), set-up
+included; the five default penalties take a few minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("ad_hgq")
 
 
 def _reach(bg: np.ndarray, sigs: dict[str, np.ndarray], m: int) -> dict[str, Any]:
@@ -65,16 +68,14 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _weight_formats(ir, what: str) -> list:
-    """Per dense layer: the weight format's fractional bits or its HLS type."""
-    fmts = [lay.array_formats["weight"] for lay in ir.layers if lay.op == "dense"]
-    return [f.frac_bits if what == "frac_bits" else f.hls_type() for f in fmts]
+def _weight_formats(ir) -> list:
+    """The weight format of each dense layer."""
+    return [lay.array_formats["weight"] for lay in ir.layers if lay.op == "dense"]
 
 
-def _teacher_targets(src: Path, cfg, scaling, xs: list[np.ndarray]) -> tuple[list, list]:
-    """The shipped teacher VAE (its last training checkpoint) and the student's targets."""
+def _teacher(src: Path, cfg, scaling):
+    """The shipped teacher VAE (its last training checkpoint): x -> reconstruction MSE."""
     from l1forge.models import networks
-    from l1forge.models.train import student_target
 
     m = networks.vae_models(cfg.network, scaling, cfg.training.beta_kl)
     ckpt = src / "checkpoints" / f"epoch{cfg.training.epochs:03d}.weights.h5"
@@ -83,9 +84,9 @@ def _teacher_targets(src: Path, cfg, scaling, xs: list[np.ndarray]) -> tuple[lis
     m.vae.load_weights(str(ckpt))
 
     def recon(x: np.ndarray) -> np.ndarray:
-        return m.recon_score.predict(x.astype(np.float32), batch_size=8192, verbose=0)
+        return m.recon_score.predict(x.astype(np.float32), batch_size=8192, verbose=0).ravel()
 
-    return [recon(x) for x in xs], [np.asarray(student_target(recon(x))).ravel() for x in xs]
+    return recon
 
 
 def main() -> int:
@@ -116,7 +117,7 @@ def main() -> int:
     from l1forge.models.config import make_config
     from l1forge.models.emulator import Emulator
     from l1forge.models.hgq import HGQStudent, fine_tune
-    from l1forge.models.train import TEST_SCORES, _split, read_inputs
+    from l1forge.models.train import TEST_SCORES, _split, read_inputs, student_target
     from l1forge.models.vectors import bitexact_vectors
 
     src, out = Path(args.src), Path(args.out)
@@ -139,17 +140,19 @@ def main() -> int:
             raise SystemExit(f"{src}: the held-out events differ from its training's split")
     scaling = networks.fit_input_scaling(bg_fit)
     with contextlib.redirect_stdout(sys.stderr):
-        (mse_test,), _ = _teacher_targets(src, cfg, scaling, [bg_test[:20_000]])
-        if not np.allclose(mse_test.ravel(), stored["recon_mse/background"][:20_000], rtol=1e-4):
+        recon = _teacher(src, cfg, scaling)
+        if not np.allclose(
+            recon(bg_test[:20_000]), stored["recon_mse/background"][:20_000], rtol=1e-4
+        ):
             raise SystemExit(f"{src}: the teacher checkpoint is not the training's final VAE")
-        _, (y_fit, y_val) = _teacher_targets(src, cfg, scaling, [bg_fit, bg_val])
+        y_fit, y_val = (student_target(recon(x)) for x in (bg_fit, bg_val))
 
     m = args.min_events_above
     rows: list[dict[str, Any]] = [
         {
             "network": "shipped (QKeras, fixed AXOL1TL bits)",
             "qnet": str(src / "encoder.qnet.json"),
-            "weight_frac_bits": _weight_formats(shipped, "frac_bits"),
+            "weight_frac_bits": [f.frac_bits for f in _weight_formats(shipped)],
             "reach": {
                 k: {
                     "auc": v["auc_hardware"],
@@ -181,8 +184,8 @@ def main() -> int:
             {
                 "network": f"HGQ fine-tune, penalty {penalty:g}",
                 "qnet": str(path),
-                "weight_frac_bits": _weight_formats(res.ir, "frac_bits"),
-                "weight_formats": _weight_formats(res.ir, "hls_type"),
+                "weight_frac_bits": [f.frac_bits for f in _weight_formats(res.ir)],
+                "weight_formats": [f.hls_type() for f in _weight_formats(res.ir)],
                 "ebops": res.ebops,
                 "ebops_start": res.ebops_start,
                 "val_mse_last": res.history[-1][2],
@@ -195,7 +198,6 @@ def main() -> int:
                 "bit_exact_vectors": len(x),
             }
         )
-        log = logging.getLogger("ad_hgq")
         log.info("penalty %g: bits %s, %s LUT", penalty, res.weight_bits, fw["lut"])
     result = {
         "network_source": "trained",

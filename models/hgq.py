@@ -31,9 +31,9 @@ STUDENT_OPS = ("scale", "quantize", "dense", "relu", "dense", "quantize")
 
 @dataclass(frozen=True)
 class HGQConfig:
-    """Bounds and starting point of the learned fractional bits; weights keep their integer
-    bits (``weight_int_bits`` including the sign, as ap_fixed<W, I>), biases ``bias_int_bits``
-    and the fractional bits of the network they start from."""
+    """Bounds of the learned fractional bits (they start at the network's own); weights keep
+    ``weight_int_bits`` integer bits (including the sign, as ap_fixed<W, I>), biases
+    ``bias_int_bits`` and the fractional bits of the network they start from."""
 
     weight_int_bits: int = 3
     bias_int_bits: int = 6
@@ -67,6 +67,7 @@ class HGQStudent(nn.Module):
         self.scale_layer, self.d0_name, self.d1_name = scale, d0.name, d1.name
         self.in_fixed = ir.tensors[x_q.output].fixed
         self.x_q_layer, self.relu_layer, self.out_layer = x_q, relu, out
+        self.x_spec = ir.input_specs[0]
         self.act_fixed = ir.tensors[relu.output].fixed
         self.out_fixed = ir.tensors[out.output].fixed
 
@@ -76,10 +77,8 @@ class HGQStudent(nn.Module):
 
         self.w0, self.b0 = nn.Parameter(real(d0, "weight")), nn.Parameter(real(d0, "bias"))
         self.w1, self.b1 = nn.Parameter(real(d1, "weight")), nn.Parameter(real(d1, "bias"))
-        start = [
-            float(np.clip(lay.array_formats["weight"].frac_bits, 0, self.cfg.max_frac_bits))
-            for lay in (d0, d1)
-        ]
+        lo, hi = self.cfg.min_frac_bits, self.cfg.max_frac_bits
+        start = [min(max(lay.array_formats["weight"].frac_bits, lo), hi) for lay in (d0, d1)]
         self.frac_bits = nn.Parameter(torch.tensor(start, dtype=torch.float64))
         # biases cost adders, not multipliers: their fractional bits stay those of ``ir``
         self.bias_frac_bits = tuple(lay.array_formats["bias"].frac_bits for lay in (d0, d1))
@@ -107,7 +106,7 @@ class HGQStudent(nn.Module):
         lay = self.scale_layer
         off = lay.arrays["offset"] * lay.array_formats["offset"].lsb
         xs = (
-            torch.as_tensor(np.asarray(x), dtype=torch.float64) * self.ir.tensors["x"].fixed.lsb
+            torch.as_tensor(np.asarray(x), dtype=torch.float64) * self.x_spec.fixed.lsb
             - torch.as_tensor(off, dtype=torch.float64)
         ) * torch.exp2(-torch.as_tensor(lay.arrays["shift"], dtype=torch.float64))
         q = self.x_q_layer
@@ -148,7 +147,8 @@ class HGQStudent(nn.Module):
         def ints(p: torch.Tensor, f: Fixed) -> np.ndarray:
             return quantize_int(p, f, "RND_CONV", "SAT").numpy().astype(np.int64)
 
-        b = NetBuilder(name or ir.name, ir.tensors["x"].size, ir.tensors["x"].fixed)
+        x = self.x_spec
+        b = NetBuilder(name or ir.name, x.size, x.fixed, input_name=x.name)
         b.scale(
             s.name,
             s.arrays["offset"],
@@ -168,7 +168,7 @@ class HGQStudent(nn.Module):
         b.quantize(
             self.out_layer.name, self.out_fixed, self.out_layer.rounding, self.out_layer.overflow
         )
-        bits = [int(f.width) for f, _ in (self.layer_formats())]
+        bits = [wf0.width, wf1.width]
         return b.build(provenance={**dict(ir.provenance), "hgq_weight_bits": bits, **provenance})
 
 
