@@ -32,8 +32,8 @@ def _run(args: argparse.Namespace) -> int:
     from l1forge.offline.config import load_config
 
     summary = run(load_config(args.config), args.out, resume=args.resume)
-    keys = ("design", "evaluation", "cost_eur", "ebops", "lut_estimate", "within_budget",
-            "train_events", "steps")  # fmt: skip
+    keys = ("design", "evaluation", "classical_evaluation", "cost_eur", "ebops", "lut_estimate",
+            "delay_ns", "latency_stages", "within_budget", "train_events", "steps")  # fmt: skip
     print(json.dumps({k: summary[k] for k in keys} | {"out": str(args.out)}, indent=1))
     return 0
 
@@ -51,6 +51,9 @@ def _scan(args: argparse.Namespace) -> int:
         n_workers=args.workers,
     )
     front = [res["points"][i] for i in res["pareto"]]
-    keys = ("detector_budget_eur", "ebops_budget", "utility", "cost_eur", "ebops", "lut_estimate")
-    print(json.dumps({"pareto": [{k: p[k] for k in keys} for p in front], "out": args.out}))
+    keys = ("detector_budget_eur", "ebops_budget", "utility", "cost_eur", "ebops", "lut_estimate",
+            "latency_stages", "at_detector_budget")  # fmt: skip
+    doc = {"pareto": [{k: p[k] for k in keys} for p in front],
+           "detector_budget_binds": res["detector_budget_binds"], "out": args.out}  # fmt: skip
+    print(json.dumps(doc))
     return 0

@@ -24,8 +24,10 @@ from tqdm import tqdm
 from l1forge.errors import ConfigError
 from l1forge.models.qnet import save as save_qnet
 from l1forge.models.torch_quant import ste_round
+from l1forge.offline.classical import classical_utility, evaluate_classical
 from l1forge.offline.config import StudyConfig
 from l1forge.offline.detector import DetectorParams, detector_cost_eur, geometry_theta
+from l1forge.offline.latency_model import DEFAULT_DELAY_MODEL, alkaid_delay_ns, stages_at
 from l1forge.offline.lut_model import DEFAULT_LUT_MODEL
 from l1forge.offline.network import QuantMLP
 from l1forge.offline.reevaluate import evaluate_network
@@ -35,7 +37,7 @@ from l1forge.sim.materials import ABSORBERS
 log = logging.getLogger(__name__)
 
 
-TERMS = ("loss", "loss_energy", "loss_class", "cost_eur", "ebops", "penalty")
+TERMS = ("loss", "loss_energy", "loss_class", "cost_eur", "ebops", "delay_ns", "penalty")
 
 
 @dataclass
@@ -119,27 +121,40 @@ class Study:
         )
         cost = detector_cost_eur(theta, self.ro, c)
         ebops = self.net.ebops(bits)
+        delay = DEFAULT_DELAY_MODEL.predict_terms(self.net.delay_terms(bits))
         pen = c.penalty * (
             torch.relu(cost / c.detector_budget_eur - 1) ** 2
             + torch.relu(ebops / c.ebops_budget - 1) ** 2
+            + torch.relu(delay / latency_budget_ns(c) - 1) ** 2
         )
         total = tr.w_energy * loss_e + tr.w_class * loss_c + pen
         return {"loss": total, "loss_energy": loss_e, "loss_class": loss_c,
-                "cost_eur": cost, "ebops": ebops, "penalty": pen}  # fmt: skip
+                "cost_eur": cost, "ebops": ebops, "delay_ns": delay, "penalty": pen}  # fmt: skip
 
     def classical_losses(
         self, theta: dict[str, torch.Tensor], batch: Batch
     ) -> dict[str, torch.Tensor]:
-        """Factorized stage 1: relative resolution of the calibrated sum of cells + cost penalty."""
+        """Factorized stage 1, no network: θ for the classical trigger + the cost penalty.
+
+        ``factorized_resolution``: the relative resolution of the calibrated sum of cells.
+        ``factorized_fair``: minus the classical trigger's utility (sum-of-cells resolution and
+        a shower-width cut at the study's π0 acceptance, :mod:`l1forge.offline.classical`).
+        """
         c = self.cfg.cost
         bits = theta["readout_bits"]
         lsb = self.ro.full_scale_gev * torch.exp2(-bits)
         counts = torch.minimum(ste_round(batch.cells / lsb), torch.exp2(bits) - 1)
+        cost = detector_cost_eur(theta, self.ro, c)
+        pen = c.penalty * torch.relu(cost / c.detector_budget_eur - 1) ** 2
+        if self.cfg.train.method == "factorized_fair":
+            cl = classical_utility(
+                counts * lsb, batch.e_gev, batch.is_pi0, theta["cell_mm"], self.cfg.utility
+            )
+            return {"loss": -cl["utility"] + pen, "loss_energy": cl["resolution"] ** 2,
+                    "cost_eur": cost, "penalty": pen}  # fmt: skip
         photon = ~batch.is_pi0
         rel = (counts.flatten(1).sum(1) * lsb / batch.e_gev)[photon]
         resolution = rel.std() / rel.mean()  # a calibration constant removes the mean
-        cost = detector_cost_eur(theta, self.ro, c)
-        pen = c.penalty * torch.relu(cost / c.detector_budget_eur - 1) ** 2
         return {"loss": resolution + pen, "loss_energy": resolution**2, "cost_eur": cost,
                 "penalty": pen}  # fmt: skip
 
@@ -148,7 +163,7 @@ class Study:
         tr = self.cfg.train
         if tr.method == "reference":
             return "net"
-        if tr.method == "factorized":
+        if tr.method.startswith("factorized"):
             return "theta" if self.state.step < tr.factorized_fraction * tr.steps else "net"
         return "both" if self.state.step >= tr.warmup_steps else "net"
 
@@ -215,6 +230,11 @@ class Study:
         self.gen.set_state(torch.as_tensor(arrays["gen_state"]))
         self.rng.bit_generator.state = meta["rng_state"]
         self.state = FitState(**meta["state"])
+
+
+def latency_budget_ns(cost) -> float:
+    """The delay the network may take: the stage budget times the clock period."""
+    return cost.latency_stages_budget * 1000.0 / cost.clock_mhz
 
 
 def load_surrogate(cfg: StudyConfig) -> surrogate.CaloSurrogate:
@@ -293,6 +313,9 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
         cost = float(detector_cost_eur(geometry_theta(geom), study.ro, cfg.cost))
         ebops = float(study.net.ebops(geom.readout_bits))
     (out / "trajectory.json").write_text(json.dumps(study.state.trajectory, indent=1))
+    c = cfg.cost
+    delay = alkaid_delay_ns(qnet)
+    stages = stages_at(delay, c.clock_mhz)
     summary = {
         "method": cfg.train.method,
         "design": dataclasses.asdict(geom),
@@ -301,11 +324,21 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
         "cost_eur": cost,
         "ebops": ebops,
         "lut_estimate": DEFAULT_LUT_MODEL.predict(qnet),
-        "within_budget": cost <= cfg.cost.detector_budget_eur and ebops <= cfg.cost.ebops_budget,
+        "delay_ns": delay,
+        "delay_model_ns": DEFAULT_DELAY_MODEL.predict(qnet),
+        "latency_stages": stages,
+        "clock_mhz": c.clock_mhz,
+        "within_budget": cost <= c.detector_budget_eur
+        and ebops <= c.ebops_budget
+        and stages <= c.latency_stages_budget,
         "train_events": study.state.events,
         "train_events_per_s": new_events / train_s if train_s > 0 else None,
         "steps": study.state.step,
         "config": cfg.to_json(),
+        # the same θ with no network: sum of cells and a shower-width cut, on the same events
+        "classical_evaluation": evaluate_classical(
+            geom, cfg.utility, cfg.train.eval_events, seed=10_000 + cfg.train.seed
+        ).to_json(),
         "files": ["net.json", "net.npz", "design.yaml", "trajectory.json", "trajectories.png"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -28,7 +28,7 @@ from l1forge.errors import ConfigError
 from l1forge.offline.network import QuantMLPConfig
 from l1forge.sim.materials import ABSORBERS, ACTIVE
 
-METHODS = ("joint", "factorized", "reference")
+METHODS = ("joint", "factorized_fair", "factorized_resolution", "reference")
 MODELS = ("analytic", "surrogate")  # the differentiable detector model the optimizer uses
 
 # continuous detector parameters: name -> (lower bound, upper bound)
@@ -121,12 +121,18 @@ class UtilityConfig(Section):
 
 @dataclass(frozen=True)
 class CostConfig(Section):
-    """Currency and FPGA costs with budgets enforced as steep quadratic penalties."""
+    """Currency and FPGA costs with budgets enforced as steep quadratic penalties.
+
+    Latency: the network's estimated combinational delay must fit ``latency_stages_budget``
+    pipeline stages at ``clock_mhz`` (:mod:`l1forge.offline.latency_model`).
+    """
 
     channel_eur: NonNegative = 5.0
     channel_eur_per_bit: NonNegative = 0.5
     detector_budget_eur: NonNegative = 4000.0
     ebops_budget: NonNegative = 60000.0
+    clock_mhz: Annotated[Real, Field(gt=0.0)] = 40.0
+    latency_stages_budget: Count = 2
     penalty: Real = 100.0
     material_eur_per_kg: dict[str, Real] = field(default_factory=dict)
 
@@ -138,9 +144,11 @@ class CostConfig(Section):
 class ScheduleConfig(Section):
     """Optimization schedule: warm-up trains the network alone before θ moves.
 
-    ``method``: ``joint`` (θ, weights and bits together), ``factorized`` (first θ alone for the
-    best resolution of a sum-of-cells reconstruction, then the network on that fixed θ; the
-    same number of simulated events in all) or ``reference`` (θ fixed at ``detector.init``).
+    ``method``: ``joint`` (θ, weights and bits together); ``factorized_fair`` (first θ alone
+    for the best classical trigger, the sum-of-cells energy and a shower-width cut at the same
+    π0 acceptance (:mod:`l1forge.offline.classical`), then the network on that fixed θ);
+    ``factorized_resolution`` (the same, θ chosen for the sum-of-cells resolution alone); or
+    ``reference`` (θ fixed at ``detector.init``). All see the same number of simulated events.
     ``warmup_steps`` >= ``steps`` keeps θ fixed.
 
     ``model``: the differentiable detector model, ``analytic`` (:mod:`l1forge.sim.calo_torch`)

@@ -114,6 +114,18 @@ class QuantMLP(nn.Module):
         in_bits = torch.as_tensor(input_bits, dtype=torch.float64)
         return self.n_in * c.hidden * in_bits * wbits[0] + c.hidden * 2 * c.act_width * wbits[1]
 
+    def delay_terms(
+        self, input_bits: torch.Tensor | float
+    ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(inputs, input width, weight width) of each dense layer, as the exported IR has them
+        (the scaled input is ``max(input_bits, input_scale_bits)`` wide), differentiable in the
+        bit widths: the terms of :class:`l1forge.offline.latency_model.DelayModel`."""
+        c = self.cfg
+        wbits = c.weight_int_bits + self.frac_bits.clamp(c.min_frac_bits, c.max_frac_bits)
+        in_bits = torch.as_tensor(input_bits, dtype=torch.float64).clamp(min=c.input_scale_bits)
+        act = torch.as_tensor(float(c.act_width), dtype=torch.float64)
+        return [(self.n_in, in_bits, wbits[0]), (c.hidden, act, wbits[1])]
+
     def output_frac_bits(self) -> int:
         (_, _), (wf1, bf1) = self.layer_formats()
         return max(self.cfg.act_fixed.frac_bits + wf1.frac_bits, bf1.frac_bits)

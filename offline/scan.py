@@ -28,6 +28,8 @@ def run_point(config: dict[str, Any], out_dir: str) -> dict[str, Any]:
         "cost_eur": s["cost_eur"],
         "ebops": s["ebops"],
         "lut_estimate": s["lut_estimate"],
+        "delay_ns": s["delay_ns"],
+        "latency_stages": s["latency_stages"],
         "within_budget": s["within_budget"],
         "design": s["design"],
         "out": out_dir,
@@ -44,6 +46,16 @@ def pareto_front(points: list[dict[str, Any]]) -> list[int]:
         return ge and gt
 
     return [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+
+
+BINDS_WITHIN = 0.03  # a design within 3 % of its cost budget (or over it) sits at the budget
+
+
+def at_detector_budget(point: dict[str, Any]) -> bool:
+    """True when the point's design costs at least (1 - BINDS_WITHIN) of its detector budget:
+    the steep penalty lets a design end a little over its budget, never far under a binding
+    one."""
+    return point["cost_eur"] >= (1 - BINDS_WITHIN) * point["detector_budget_eur"]
 
 
 def scan(
@@ -83,7 +95,13 @@ def scan(
         cluster.close()
     results.sort(key=lambda r: r["out"])
     front = pareto_front(results)
-    summary = {"points": results, "pareto": front}
+    for p in results:
+        p["at_detector_budget"] = at_detector_budget(p)
+    summary = {
+        "points": results,
+        "pareto": front,
+        "detector_budget_binds": any(results[i]["at_detector_budget"] for i in front),
+    }
     (out / "scan.json").write_text(json.dumps(summary, indent=1))
     _plot(results, front, out / "pareto.png")
     return summary
@@ -101,9 +119,17 @@ def _plot(points: list[dict[str, Any]], front: list[int], path: Path) -> None:
         ax.scatter([p[key] for p in points], [p["utility"] for p in points], c="0.6", label="all")
         ax.scatter([points[i][key] for i in front], [points[i]["utility"] for i in front],
                    c="C3", label="Pareto front")  # fmt: skip
+        bound = [p for p in points if p["at_detector_budget"]]
+        ax.scatter([p[key] for p in bound], [p["utility"] for p in bound], s=120,
+                   facecolors="none", edgecolors="k", label="at its detector budget")  # fmt: skip
+        for p in points:
+            ax.annotate(f"{p['latency_stages']} st", (p[key], p["utility"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xlabel(label)
         ax.set_ylabel("utility")
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
+    fig.suptitle("budget scan: designs re-evaluated on the reference simulator "
+                 "(st: pipeline stages at the study clock)", fontsize=8)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

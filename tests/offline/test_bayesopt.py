@@ -20,3 +20,24 @@ def test_bayesopt_counts_events_and_returns_a_runnable_design():
     assert len({t.params["cell_mm"] for t in res.trials}) == 3
     g = res.best_geometry
     assert Emulator(res.best_net).input_spec.size == g.n_channels
+
+
+def test_bayesopt_stops_at_its_crossing_and_counts_the_reevaluation():
+    torch.set_num_threads(1)
+    cfg = from_dict({"detector": {"n_cells": 3}, "network": {"hidden": 4},
+                     "train": {"batch": 16}})  # fmt: skip
+    # a target every design reaches: the first trial is re-evaluated and crosses
+    res = run_bayesopt(cfg, n_trials=5, steps_per_trial=2, eval_events=100, seed=0, target=-10.0)
+    assert len(res.trials) == 1 and res.crossing_trial == 0
+    assert res.trials[0].reevaluated is not None
+    assert res.crossing_events == 132 + 100  # the trial's events plus its re-evaluation
+    # an unreachable target: every trial runs, only new best trials are re-evaluated
+    res = run_bayesopt(cfg, n_trials=4, steps_per_trial=2, eval_events=100, seed=0, target=10.0)
+    assert len(res.trials) == 4 and res.crossing_trial is None and res.crossing_events is None
+    running_best, expected = -float("inf"), []
+    for t in res.trials:
+        expected.append(t.utility - t.penalty > running_best)
+        running_best = max(running_best, t.utility - t.penalty)
+    assert [t.reevaluated is not None for t in res.trials] == expected
+    # the re-evaluation is the design scored on other events than its own scoring
+    assert res.trials[0].reevaluated != res.trials[0].utility

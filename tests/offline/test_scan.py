@@ -24,8 +24,16 @@ def test_scan_runs_every_budget_point_on_dask(tmp_path):
     torch.set_num_threads(1)
     train = {"steps": 3, "batch": 16, "warmup_steps": 1, "eval_events": 100}
     cfg = from_dict({"detector": {"n_cells": 3}, "network": {"hidden": 4}, "train": train})
-    res = scan(cfg, [300.0, 3000.0], [20000.0], tmp_path, n_workers=1, processes=False)
+    res = scan(cfg, [150.0, 3000.0], [20000.0], tmp_path, n_workers=1, processes=False)
     assert len(res["points"]) == 2
-    assert {p["detector_budget_eur"] for p in res["points"]} == {300.0, 3000.0}
+    assert {p["detector_budget_eur"] for p in res["points"]} == {150.0, 3000.0}
     assert res["pareto"] and (tmp_path / "pareto.png").is_file()
     assert json.loads((tmp_path / "scan.json").read_text()) == res
+    for p in res["points"]:
+        assert p["latency_stages"] >= 1 and p["delay_ns"] > 0
+        assert p["at_detector_budget"] == (p["cost_eur"] >= 0.97 * p["detector_budget_eur"])
+    # 150 EUR barely buys 18 channels at 4 bits (126 EUR) plus the stack: at (or over) its budget
+    low = next(p for p in res["points"] if p["detector_budget_eur"] == 150.0)
+    assert low["at_detector_budget"]
+    assert res["detector_budget_binds"] == any(res["points"][i]["at_detector_budget"]
+                                               for i in res["pareto"])  # fmt: skip
