@@ -107,7 +107,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     # the latency term: the joint study again, its network held to a tighter budget
     cost = dataclasses.replace(base.cost, clock_mhz=args.latency_clock_mhz,
                                latency_stages_budget=args.latency_stages)  # fmt: skip
-    s, net = _run(dataclasses.replace(base, cost=cost))
+    # the fractional bits move at most about their learning rate per step under Adam: at
+    # lr_net they could fall 1.5 bits in 150 steps, not enough for a budget this tight
+    tr = dataclasses.replace(base.train, lr_bits=args.latency_lr_bits)
+    s, net = _run(dataclasses.replace(base, cost=cost, train=tr))
     res["nets"].append(net)
     res["latency_budget_run"] = {"utility": s["evaluation"]["utility"],
                                  "design": s["design"], **{k: s[k] for k in DESIGN_KEYS},
@@ -158,9 +161,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--eval-events", type=int, default=2000)
     ap.add_argument("--bo-max-trials", type=int, default=40, help="cap of the BO search per seed")
-    ap.add_argument("--latency-clock-mhz", type=float, default=50.0,
+    ap.add_argument("--latency-clock-mhz", type=float, default=40.0,
                     help="clock of the latency-budget run")  # fmt: skip
     ap.add_argument("--latency-stages", type=int, default=1, help="its stage budget")
+    ap.add_argument("--latency-lr-bits", type=float, default=0.05,
+                    help="learning rate of the bits in the latency-budget run")  # fmt: skip
     ap.add_argument("--scan-detector-budgets", type=float, nargs="*",
                     default=[450.0, 525.0, 600.0, 650.0, 4000.0])  # fmt: skip
     ap.add_argument("--scan-ebops-budgets", type=float, nargs="+", default=[60000.0])
@@ -226,7 +231,11 @@ def main() -> None:
                 "clock_mhz": StudyConfig().cost.clock_mhz,
                 "stages": StudyConfig().cost.latency_stages_budget,
             },
-            "tight": {"clock_mhz": args.latency_clock_mhz, "stages": args.latency_stages},
+            "tight": {
+                "clock_mhz": args.latency_clock_mhz,
+                "stages": args.latency_stages,
+                "lr_bits": args.latency_lr_bits,
+            },
             "joint_tight_utility": mean_std([r["latency_budget_run"]["utility"] for r in seeds]),
             "joint_tight_delay_ns": [r["latency_budget_run"]["delay_ns"] for r in seeds],
             "joint_tight_stages": [r["latency_budget_run"]["latency_stages"] for r in seeds],
@@ -242,6 +251,7 @@ def main() -> None:
                 "methods": r["methods"],
                 "bayesopt": r["bayesopt"],
                 "latency_budget_run": r["latency_budget_run"],
+                "fair_theta_full_network": r["fair_theta_full_network"],
             }
             for r in seeds
         ],

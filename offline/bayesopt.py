@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from l1forge.models.qnet import QNet
-from l1forge.offline.codesign import Study
+from l1forge.offline.codesign import Study, latency_budget_ns
 from l1forge.offline.config import DEFAULT_BOUNDS, StudyConfig
 from l1forge.offline.detector import detector_cost_eur, geometry_theta
 from l1forge.offline.latency_model import DEFAULT_DELAY_MODEL
@@ -73,7 +73,7 @@ def _trial_config(cfg: StudyConfig, params: dict[str, Any], steps: int) -> Study
 def budget_penalty(cost_eur: float, ebops: float, delay_ns: float, cfg: StudyConfig) -> float:
     """The joint optimizer's steep budget penalties, for a finished design."""
     c = cfg.cost
-    budget_ns = c.latency_stages_budget * 1000.0 / c.clock_mhz
+    budget_ns = latency_budget_ns(c)
     return c.penalty * (
         max(cost_eur / c.detector_budget_eur - 1, 0) ** 2
         + max(ebops / c.ebops_budget - 1, 0) ** 2

@@ -124,7 +124,8 @@ class CostConfig(Section):
     """Currency and FPGA costs with budgets enforced as steep quadratic penalties.
 
     Latency: the network's estimated combinational delay must fit ``latency_stages_budget``
-    pipeline stages at ``clock_mhz`` (:mod:`l1forge.offline.latency_model`).
+    pipeline stages at ``clock_mhz`` (:mod:`l1forge.offline.latency_model`); training aims
+    under the budget by the delay model's mean error.
     """
 
     channel_eur: NonNegative = 5.0
@@ -160,6 +161,7 @@ class ScheduleConfig(Section):
     batch: Count = 256
     lr_net: Real = 0.01
     lr_theta: Real = 0.03
+    lr_bits: NonNegative = 0.0  # the layers' fractional bits; 0: lr_net
     warmup_steps: Annotated[Int, Field(ge=0)] = 50
     w_energy: Real = 1.0
     w_class: Real = 1.0
