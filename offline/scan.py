@@ -122,14 +122,17 @@ def _plot(points: list[dict[str, Any]], front: list[int], path: Path) -> None:
         bound = [p for p in points if p["at_detector_budget"]]
         ax.scatter([p[key] for p in bound], [p["utility"] for p in bound], s=120,
                    facecolors="none", edgecolors="k", label="at its detector budget")  # fmt: skip
-        for p in points:
-            ax.annotate(f"{p['latency_stages']} st", (p[key], p["utility"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        for i, p in enumerate(sorted(points, key=lambda q: q[key])):
+            text = f"{p['detector_budget_eur']:.0f} EUR, {p['latency_stages']} st"
+            # neighbours' labels alternate above and below their points
+            ax.annotate(text, (p[key], p["utility"]), fontsize=7,
+                        xytext=(3, 4 if i % 2 else -10), textcoords="offset points")  # fmt: skip
         ax.set_xlabel(label)
         ax.set_ylabel("utility")
     axes[0].legend(fontsize=7)
-    fig.suptitle("budget scan: designs re-evaluated on the reference simulator "
-                 "(st: pipeline stages at the study clock)", fontsize=8)  # fmt: skip
+    title = ("budget scan: designs re-evaluated on the reference simulator "
+             "(labels: detector budget, pipeline stages at the study clock)")  # fmt: skip
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
