@@ -28,7 +28,7 @@ from l1forge.models.qnet import QNet
 from l1forge.offline.codesign import Study, latency_budget_ns
 from l1forge.offline.config import DEFAULT_BOUNDS, StudyConfig
 from l1forge.offline.detector import detector_cost_eur, geometry_theta
-from l1forge.offline.latency_model import DEFAULT_DELAY_MODEL
+from l1forge.offline.latency_model import alkaid_delay_ns
 from l1forge.offline.reevaluate import evaluate_network
 from l1forge.sim.calo import Geometry
 from l1forge.sim.materials import ABSORBERS
@@ -126,8 +126,9 @@ def run_bayesopt(
         with torch.no_grad():
             cost = float(detector_cost_eur(geometry_theta(geom), s.ro, cfg.cost))
             ebops = float(s.net.ebops(geom.readout_bits))
-        # the same steep budget penalties the joint optimizer sees
-        penalty = budget_penalty(cost, ebops, DEFAULT_DELAY_MODEL.predict(net), cfg)
+        # the same steep budget penalties the joint optimizer sees; the design is finished, so
+        # its delay is alkaid's estimate itself rather than the model of it
+        penalty = budget_penalty(cost, ebops, alkaid_delay_ns(net), cfg)
         study.tell(ot, ev.utility - penalty)
         fresh: float | None = None
         if best is None or ev.utility - penalty > best[0]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from l1forge.models.emulator import Emulator
@@ -41,3 +42,18 @@ def test_bayesopt_stops_at_its_crossing_and_counts_the_reevaluation():
     assert [t.reevaluated is not None for t in res.trials] == expected
     # the re-evaluation is the design scored on other events than its own scoring
     assert res.trials[0].reevaluated != res.trials[0].utility
+
+
+def test_bayesopt_penalizes_a_design_over_its_latency_budget():
+    from l1forge.offline.latency_model import alkaid_delay_ns
+
+    torch.set_num_threads(1)
+    doc = {"detector": {"n_cells": 3}, "network": {"hidden": 4}, "train": {"batch": 16}}
+    free = run_bayesopt(from_dict(doc), n_trials=1, steps_per_trial=2, eval_events=100)
+    assert free.trials[0].penalty == 0.0  # far inside every default budget
+    # 1 ns in one stage: no network meets it; the penalty follows alkaid's delay estimate
+    tight = from_dict({**doc, "cost": {"clock_mhz": 1000.0, "latency_stages_budget": 1}})
+    res = run_bayesopt(tight, n_trials=1, steps_per_trial=2, eval_events=100)
+    delay = alkaid_delay_ns(res.best_net)
+    expected = 100.0 * (delay / (0.95 * 1.0) - 1) ** 2
+    assert res.trials[0].penalty == pytest.approx(expected, rel=1e-9)
