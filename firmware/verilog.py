@@ -157,6 +157,13 @@ def to_comb(net: QNet) -> Any:
     return trace(inp, out)
 
 
+def optimize_comb(comb: Any) -> Any:
+    """alkaid's passes before pipelining; the result's ``latency[1]`` is its delay estimate."""
+    from alkaid.trace.passes import add_surrogate, dead_code_elimin, fuse_ternary_adders
+
+    return add_surrogate(dead_code_elimin(fuse_ternary_adders(comb)), _skip_op8_cost=True)
+
+
 def output_scale(net: QNet) -> np.ndarray:
     """2**frac_bits of every output element, to turn alkaid's real outputs into IR integers."""
     return np.concatenate(
@@ -295,7 +302,6 @@ def write_verilog(
     """Write ``out_dir/rtl/*.v`` for ``net``; ``latency_cycles=None`` picks the fewest stages whose
     estimated delay fits the clock period. Raises if alkaid's interpreter disagrees with the IR."""
     from alkaid.codegen import RTLModel
-    from alkaid.trace.passes import add_surrogate, dead_code_elimin, fuse_ternary_adders
     from alkaid.trace.pipeline import to_pipeline
 
     if clock_mhz <= 0 or not math.isfinite(clock_mhz):
@@ -308,7 +314,7 @@ def write_verilog(
     comb = to_comb(net)
     check = check_interpreter(comb, net, n_check)
     log.info("alkaid interpreter == emulator on %d vectors", check.vectors_compared)
-    comb = add_surrogate(dead_code_elimin(fuse_ternary_adders(comb)), _skip_op8_cost=True)
+    comb = optimize_comb(comb)
     total_ns = float(comb.latency[1])
     if latency_cycles is None:
         latency_cycles = max(1, math.ceil(total_ns / period_ns))

@@ -19,6 +19,7 @@ import torch
 
 from l1forge.offline.config import UtilityConfig
 from l1forge.offline.reevaluate import Evaluation, sample_events, utility_from
+from l1forge.sim import calo
 from l1forge.sim.calo import Geometry
 
 
@@ -70,7 +71,14 @@ def classical_utility(
 
 def evaluate_classical(geom: Geometry, u: UtilityConfig, n_events: int, seed: int) -> Evaluation:
     """The classical trigger's utility on fresh reference events (hard cut, as the network's)."""
-    ev = sample_events(geom, u, n_events, seed)
+    return evaluate_classical_on(sample_events(geom, u, n_events, seed), geom, u, seed)
+
+
+def evaluate_classical_on(
+    ev: calo.CaloEvents, geom: Geometry, u: UtilityConfig, seed: int
+) -> Evaluation:
+    """The classical trigger's utility on given events (``seed``: the one they were drawn with)."""
+    n_events = len(ev.e_true_gev)
     cells = torch.as_tensor(ev.energy_gev, dtype=torch.float64)
     width = tower_width_mm(cells, geom.cell_mm).numpy()
     e_sum = ev.energy_gev.reshape(n_events, -1).sum(1)

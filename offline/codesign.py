@@ -24,13 +24,13 @@ from tqdm import tqdm
 from l1forge.errors import ConfigError
 from l1forge.models.qnet import save as save_qnet
 from l1forge.models.torch_quant import ste_round
-from l1forge.offline.classical import classical_utility, evaluate_classical
+from l1forge.offline.classical import classical_utility, evaluate_classical_on
 from l1forge.offline.config import CostConfig, StudyConfig
 from l1forge.offline.detector import DetectorParams, detector_cost_eur, geometry_theta
 from l1forge.offline.latency_model import DEFAULT_DELAY_MODEL, alkaid_delay_ns, stages_at
 from l1forge.offline.lut_model import DEFAULT_LUT_MODEL
 from l1forge.offline.network import QuantMLP
-from l1forge.offline.reevaluate import evaluate_network
+from l1forge.offline.reevaluate import evaluate_network_on, sample_events
 from l1forge.sim import calo, calo_torch, surrogate
 from l1forge.sim.materials import ABSORBERS
 
@@ -342,9 +342,10 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
     qnet = study.net.export(geom.readout_bits)
     save_qnet(qnet, out / "net.json")
     (out / "design.yaml").write_text(yaml.safe_dump(dataclasses.asdict(geom), sort_keys=False))
-    ev = evaluate_network(
-        geom, qnet, cfg.utility, cfg.train.eval_events, seed=10_000 + cfg.train.seed
-    )
+    seed = 10_000 + cfg.train.seed
+    # one sample of fresh reference events scores the network and the classical trigger
+    events = sample_events(geom, cfg.utility, cfg.train.eval_events, seed)
+    ev = evaluate_network_on(events, qnet, cfg.utility, seed)
     with torch.no_grad():
         cost = float(detector_cost_eur(geometry_theta(geom), study.ro, cfg.cost))
         ebops = float(study.net.ebops(geom.readout_bits))
@@ -372,9 +373,7 @@ def finish(study: Study, out: Path, new_events: int, train_s: float) -> dict[str
         "steps": study.state.step,
         "config": cfg.to_json(),
         # the same θ with no network: sum of cells and a shower-width cut, on the same events
-        "classical_evaluation": evaluate_classical(
-            geom, cfg.utility, cfg.train.eval_events, seed=10_000 + cfg.train.seed
-        ).to_json(),
+        "classical_evaluation": evaluate_classical_on(events, geom, cfg.utility, seed).to_json(),
         "files": ["net.json", "net.npz", "design.yaml", "trajectory.json", "trajectories.png"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

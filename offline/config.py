@@ -125,7 +125,7 @@ class CostConfig(Section):
 
     Latency: the network's estimated combinational delay must fit ``latency_stages_budget``
     pipeline stages at ``clock_mhz`` (:mod:`l1forge.offline.latency_model`); training aims
-    under the budget by the delay model's mean error.
+    ``LATENCY_MARGIN`` (5 %) under it (:mod:`l1forge.offline.codesign`).
     """
 
     channel_eur: NonNegative = 5.0

@@ -25,12 +25,9 @@ from l1forge.models.qnet import QNet
 
 def alkaid_delay_ns(net: QNet) -> float:
     """alkaid's estimated combinational delay of the whole network (the firmware's passes)."""
-    from alkaid.trace.passes import add_surrogate, dead_code_elimin, fuse_ternary_adders
+    from l1forge.firmware.verilog import optimize_comb, to_comb
 
-    from l1forge.firmware.verilog import to_comb
-
-    comb = add_surrogate(dead_code_elimin(fuse_ternary_adders(to_comb(net))), _skip_op8_cost=True)
-    return float(comb.latency[1])
+    return float(optimize_comb(to_comb(net)).latency[1])
 
 
 def stages_at(delay_ns: float, clock_mhz: float) -> int:

@@ -57,7 +57,12 @@ def evaluate_network(
     geom: Geometry, net: QNet, u: UtilityConfig, n_events: int, seed: int
 ) -> Evaluation:
     """Run the exported network through the bit-exact emulator on fresh reference events."""
-    ev = sample_events(geom, u, n_events, seed)
+    return evaluate_network_on(sample_events(geom, u, n_events, seed), net, u, seed)
+
+
+def evaluate_network_on(ev: calo.CaloEvents, net: QNet, u: UtilityConfig, seed: int) -> Evaluation:
+    """The network's utility on given events (``seed``: the one they were drawn with)."""
+    n_events = len(ev.e_true_gev)
     with Emulator(net) as emu:
         out = emu.run_float(ev.adc.reshape(n_events, -1))
     scale = float(net.provenance.get("energy_scale_gev", 1.0))
