@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from l1forge.models.qnet import QNet
-from l1forge.offline.codesign import Study, latency_budget_ns
+from l1forge.offline.codesign import Study, budget_penalty
 from l1forge.offline.config import DEFAULT_BOUNDS, StudyConfig
 from l1forge.offline.detector import detector_cost_eur, geometry_theta
 from l1forge.offline.latency_model import alkaid_delay_ns
@@ -68,17 +68,6 @@ def _trial_config(cfg: StudyConfig, params: dict[str, Any], steps: int) -> Study
     det = dataclasses.replace(det, init=init, absorber=params["absorber"], optimize_material=False)
     tr = dataclasses.replace(cfg.train, method="reference", steps=steps)
     return dataclasses.replace(cfg, detector=det, train=tr)
-
-
-def budget_penalty(cost_eur: float, ebops: float, delay_ns: float, cfg: StudyConfig) -> float:
-    """The joint optimizer's steep budget penalties, for a finished design."""
-    c = cfg.cost
-    budget_ns = latency_budget_ns(c)
-    return c.penalty * (
-        max(cost_eur / c.detector_budget_eur - 1, 0) ** 2
-        + max(ebops / c.ebops_budget - 1, 0) ** 2
-        + max(delay_ns / budget_ns - 1, 0) ** 2
-    )
 
 
 def run_bayesopt(
@@ -128,7 +117,7 @@ def run_bayesopt(
             ebops = float(s.net.ebops(geom.readout_bits))
         # the same steep budget penalties the joint optimizer sees; the design is finished, so
         # its delay is alkaid's estimate itself rather than the model of it
-        penalty = budget_penalty(cost, ebops, alkaid_delay_ns(net), cfg)
+        penalty = float(budget_penalty(cost, ebops, alkaid_delay_ns(net), cfg.cost))
         study.tell(ot, ev.utility - penalty)
         fresh: float | None = None
         if best is None or ev.utility - penalty > best[0]:

@@ -139,11 +139,7 @@ class Study:
         delay = self.state.delay_scale * DEFAULT_DELAY_MODEL.predict_terms(
             self.net.delay_terms(bits)
         )
-        pen = c.penalty * (
-            torch.relu(cost / c.detector_budget_eur - 1) ** 2
-            + torch.relu(ebops / c.ebops_budget - 1) ** 2
-            + torch.relu(delay / latency_budget_ns(c) - 1) ** 2
-        )
+        pen = budget_penalty(cost, ebops, delay, c)
         total = tr.w_energy * loss_e + tr.w_class * loss_c + pen
         return {"loss": total, "loss_energy": loss_e, "loss_class": loss_c,
                 "cost_eur": cost, "ebops": ebops, "delay_ns": delay, "penalty": pen}  # fmt: skip
@@ -271,6 +267,25 @@ def latency_budget_ns(cost: CostConfig) -> float:
     """The delay the training aims under: the stage budget times the clock period, less
     ``LATENCY_MARGIN``."""
     return (1.0 - LATENCY_MARGIN) * cost.latency_stages_budget * 1000.0 / cost.clock_mhz
+
+
+def budget_penalty(
+    cost_eur: torch.Tensor | float,
+    ebops: torch.Tensor | float,
+    delay_ns: torch.Tensor | float,
+    c: CostConfig,
+) -> torch.Tensor:
+    """The steep budget penalties: detector cost, EBOPs and the latency budget (tensors in
+    training, floats for a finished design)."""
+
+    def over(x: torch.Tensor | float, budget: float) -> torch.Tensor:
+        return torch.relu(torch.as_tensor(x, dtype=torch.float64) / budget - 1) ** 2
+
+    return c.penalty * (
+        over(cost_eur, c.detector_budget_eur)
+        + over(ebops, c.ebops_budget)
+        + over(delay_ns, latency_budget_ns(c))
+    )
 
 
 def load_surrogate(cfg: StudyConfig) -> surrogate.CaloSurrogate:
