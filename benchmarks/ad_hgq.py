@@ -73,22 +73,6 @@ def _weight_formats(ir) -> list:
     return [lay.array_formats["weight"] for lay in ir.layers if lay.op == "dense"]
 
 
-def _teacher(src: Path, cfg, scaling):
-    """The shipped teacher VAE (its last training checkpoint): x -> reconstruction MSE."""
-    from l1forge.models import networks
-
-    m = networks.vae_models(cfg.network, scaling, cfg.training.beta_kl)
-    ckpt = src / "checkpoints" / f"epoch{cfg.training.epochs:03d}.weights.h5"
-    if not ckpt.exists():
-        raise SystemExit(f"{ckpt} is missing: run benchmarks/ad_reach.py --tag {src.name} first")
-    m.vae.load_weights(str(ckpt))
-
-    def recon(x: np.ndarray) -> np.ndarray:
-        return m.recon_score.predict(x.astype(np.float32), batch_size=8192, verbose=0).ravel()
-
-    return recon
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -113,11 +97,17 @@ def main() -> int:
     import torch
 
     from l1forge.firmware.report import build_and_size
-    from l1forge.models import networks, qnet
+    from l1forge.models import qnet
     from l1forge.models.config import make_config
     from l1forge.models.emulator import Emulator
     from l1forge.models.hgq import HGQStudent, fine_tune
-    from l1forge.models.train import TEST_SCORES, _split, read_inputs, student_target
+    from l1forge.models.train import (
+        TEST_SCORES,
+        _split,
+        load_recon_score,
+        read_inputs,
+        student_target,
+    )
     from l1forge.models.vectors import bitexact_vectors
 
     src, out = Path(args.src), Path(args.out)
@@ -138,9 +128,8 @@ def main() -> int:
     with Emulator(shipped) as emu:  # the split is the shipped training's, checked event by event
         if not np.array_equal(emu.run(bg_test)[:, 0], stored["score_ir/background"]):
             raise SystemExit(f"{src}: the held-out events differ from its training's split")
-    scaling = networks.fit_input_scaling(bg_fit)
     with contextlib.redirect_stdout(sys.stderr):
-        recon = _teacher(src, cfg, scaling)
+        recon, _ = load_recon_score(src)  # the teacher: the VAE's last training checkpoint
         if not np.allclose(
             recon(bg_test[:20_000]), stored["recon_mse/background"][:20_000], rtol=1e-4
         ):

@@ -208,6 +208,46 @@ def _train_student(cfg: Config, scaling, teacher, bg_fit, bg_val, out_dir: Path)
     return student
 
 
+def _config_and_scaling(d: Path, also: tuple[str, ...] = ()):
+    """A training folder's config and the input scaling it was trained with (``also``: other
+    files the caller needs, checked to be there with them)."""
+    from l1forge.models import networks
+    from l1forge.models.config import make_config
+
+    missing = [n for n in ("summary.json", *also, INPUT_SCALING) if not (d / n).is_file()]
+    if missing:
+        raise DataFormatError(f"{d}: not a complete training folder, missing {missing}")
+    cfg = make_config(json.loads((d / "summary.json").read_text())["config"])
+    raw = json.loads((d / INPUT_SCALING).read_text())
+    scaling = networks.InputScaling(
+        offset=np.asarray(raw["offset"], np.int64), shift=np.asarray(raw["shift"], np.int64)
+    )
+    return cfg, scaling
+
+
+def load_recon_score(train_dir: str | Path):
+    """The float score of an ``ad`` training folder: x (hardware integers, saturated to the
+    folder's input word as ``read_inputs`` does) -> reconstruction MSE of its VAE, rebuilt from
+    the last epoch's checkpoint (for a student, the teacher). Returns ``(score, config)``.
+    """
+    from l1forge.models import networks
+
+    d = Path(train_dir)
+    cfg, scaling = _config_and_scaling(d)
+    if cfg.network.kind != "ad":
+        raise DataFormatError(f"{d}: a {cfg.network.kind} training has no reconstruction score")
+    ckpt = d / "checkpoints" / f"epoch{cfg.training.epochs:03d}.weights.h5"
+    if not ckpt.is_file():
+        raise DataFormatError(f"{d}: the VAE's last checkpoint {ckpt.name} is missing")
+    m = networks.vae_models(cfg.network, scaling, cfg.training.beta_kl)
+    m.vae.load_weights(str(ckpt))
+
+    def score(x: np.ndarray) -> np.ndarray:
+        return m.recon_score.predict(x.astype(np.float32), batch_size=8192, verbose=0).ravel()
+
+    return score, cfg
+
+
 def load_deploy_model(train_dir: str | Path):
     """The QKeras deploy network of a `train` output folder (config, scaling, trained weights).
 
@@ -216,20 +256,11 @@ def load_deploy_model(train_dir: str | Path):
     import numpy.testing
 
     from l1forge.models import networks, qnet
-    from l1forge.models.config import make_config
     from l1forge.models.emulator import Emulator
     from l1forge.models.vectors import bitexact_vectors
 
     d = Path(train_dir)
-    needed = ("summary.json", "encoder.qnet.json", HARDWARE_WEIGHTS, INPUT_SCALING)
-    missing = [n for n in needed if not (d / n).is_file()]
-    if missing:
-        raise DataFormatError(f"{d}: not a complete training folder, missing {missing}")
-    cfg = make_config(json.loads((d / "summary.json").read_text())["config"])
-    raw = json.loads((d / INPUT_SCALING).read_text())
-    scaling = networks.InputScaling(
-        offset=np.asarray(raw["offset"], np.int64), shift=np.asarray(raw["shift"], np.int64)
-    )
+    cfg, scaling = _config_and_scaling(d, ("encoder.qnet.json", HARDWARE_WEIGHTS))
     trained = networks.hardware_model(cfg.network.hardware(), scaling)
     trained.load_weights(str(d / HARDWARE_WEIGHTS))
     deploy = networks.deploy_model(cfg.network.hardware(), scaling, trained)

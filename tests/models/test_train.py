@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
+from l1forge.errors import DataFormatError
 from l1forge.models import evaluate
 from l1forge.models.config import make_config
 from l1forge.models.emulator import Emulator
 from l1forge.models.qnet import load
-from l1forge.models.train import Inputs, train
+from l1forge.models.train import TEST_SCORES, Inputs, load_recon_score, train
 
 
 def test_auc_and_thresholds():
@@ -51,6 +52,15 @@ def test_train_exports_ir_and_evaluates_on_emulator(tmp_path, kind):
 
     deploy = load_deploy_model(tmp_path)
     assert_array_equal(exact_predict(deploy, bg[:500]), Emulator(ir).run_float(bg[:500]))
+    # the float score rebuilt from the folder is the training's: the stored test scores
+    if kind == "ad":
+        recon, cfg = load_recon_score(tmp_path)
+        assert cfg.network.kind == "ad"
+        with np.load(tmp_path / TEST_SCORES) as z:
+            np.testing.assert_allclose(recon(sig), z["recon_mse/sig"], rtol=1e-5)
+    else:
+        with pytest.raises(DataFormatError, match="no reconstruction score"):
+            load_recon_score(tmp_path)
 
 
 def test_load_deploy_model_names_what_is_missing(tmp_path):
@@ -93,6 +103,12 @@ def test_student_score_is_the_exported_bit_exact_network(tmp_path):
         assert len(scores["recon_mse/sig"]) == len(sig)
         teacher = np.log(scores["recon_mse/background"])
         assert np.corrcoef(scores["score_ir/background"], teacher)[0, 1] > 0.2
+        # the teacher rebuilt from the last checkpoint is the final VAE, not an earlier epoch's
+        recon, _ = load_recon_score(tmp_path)
+        np.testing.assert_allclose(recon(sig), scores["recon_mse/sig"], rtol=1e-5)
+        (tmp_path / "checkpoints" / "epoch012.weights.h5").unlink()
+        with pytest.raises(DataFormatError, match="epoch012"):
+            load_recon_score(tmp_path)
 
 
 def test_kl_warmup_raises_beta_linearly(tmp_path):
