@@ -7,8 +7,9 @@ fused steps (`Emulator.plan`): a dense layer is one matrix product (float32 BLAS
 provably stay below 2**24, float64 below 2**52) whose bias, re-quantization and the ReLU /
 quantize layers after it run in one compiled pass (`models.kernels`); a scale, affine, quantize
 or ReLU layer and those after it are one such pass too. Layers whose bounds do not allow that
-run in int64, layer by layer. Batches are cut into cache-sized chunks that run on a thread pool
-(with the BLAS library held to one thread each, so the two do not compete).
+run in int64, layer by layer. Batches are cut into cache-sized chunks that run on a pool of
+``threads`` threads, each product on one BLAS thread (so the two do not compete, and an
+emulator of one thread uses one core, as a worker process that owns one core expects).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from l1forge.errors import DataFormatError
 from l1forge.models import kernels
@@ -260,6 +261,12 @@ def _sum_squares_f64(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)[:, None]
 
 
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The process's BLAS thread pools, found once (each limit then costs about 30 us)."""
+    return ThreadpoolController()
+
+
 class Emulator:
     """Runs a qnet IR on batches of integer inputs, bit for bit as the firmware does."""
 
@@ -437,13 +444,13 @@ class Emulator:
         x = self.check_input(x)
         starts = range(0, max(len(x), 1), self.chunk_size)
         chunks = [x[s : s + self.chunk_size] for s in starts]
-        if self.threads > 1 and len(chunks) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="qnet-emu")
-            with threadpool_limits(1, user_api="blas"):
+        with _blas().limit(limits=1, user_api="blas"):
+            if self.threads > 1 and len(chunks) > 1:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="qnet-emu")
                 parts = list(self._pool.map(self._run_chunk, chunks))
-        else:
-            parts = [self._run_chunk(c) for c in chunks]
+            else:
+                parts = [self._run_chunk(c) for c in chunks]
         return {
             name: np.concatenate([p[name] for p in parts]).astype(np.int64)
             for name in self.net.outputs

@@ -83,6 +83,28 @@ def test_chunking_and_threads_do_not_change_results():
     assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_product_runs_on_one_blas_thread(monkeypatch, threads):
+    """An emulator of n threads uses n cores: its BLAS products run one BLAS thread each (the
+    process's own setting is back after the run), single-threaded emulators included, as a
+    worker process that owns one core relies on."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():  # numpy's BLAS, the one its matrix products run on
+        pools = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        return {i["num_threads"] for i in pools if "numpy" in i["filepath"]}
+
+    before = blas_threads()
+    emu = Emulator(random_mlp(57, (16,), 3, score=True, seed=4), chunk_size=500, threads=threads)
+    seen = []
+    run_chunk = emu._run_chunk
+    monkeypatch.setattr(emu, "_run_chunk", lambda c: (seen.append(blas_threads()), run_chunk(c))[1])
+    emu.run(np.zeros((2000, 57), dtype=np.int64))
+    emu.close()
+    assert seen and all(s == {1} for s in seen)
+    assert blas_threads() == before
+
+
 def test_input_validation():
     emu = Emulator(random_mlp(8, (4,), 2))
     with pytest.raises(DataFormatError, match="shape"):
