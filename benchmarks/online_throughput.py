@@ -18,7 +18,9 @@ from their sum ``hosts_for_40mhz`` = 40e6 / (cores / CPU seconds per event), the
 hosts of this kind a 40 MHz stream needs when its parts share the cores (beside it,
 ``hosts_for_40mhz_measured_rate`` from the measured events/s, and ``one_broker_max_events_per_s``,
 the stream one dispatcher thread can broker before the stream must be split).
-Prints one JSON object; exits 1 unless every run verifies with 0 lost, duplicated, mismatched.
+The scale-out runs (``--scale-out``, default 1-4 workers) carry every batch over tcp on
+loopback, as remote workers do, and are verified the same way; ``--plot`` shows their events/s
+and CPU per part. Prints one JSON object; exits 1 unless every run verifies with 0 lost, duplicated, mismatched.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ BATCH_SIZE = 16384
 EVENTS_PER_LUMISECTION = 1 << 22
 CHAOS_KILL_AT = 0.4  # fraction of the run's events processed when a worker is killed
 VERIFY_CHUNK = 1 << 20
+PARTS = ("workers", "broker", "collector", "daemon")  # CPU is measured per part
 
 log = logging.getLogger("online_throughput")
 
@@ -206,6 +209,7 @@ def _run(
     n_events: int,
     run: int,
     chaos: bool = False,
+    transport: str = "ipc",
 ) -> dict:
     from l1forge.online.config import run_config_from_dict
     from l1forge.online.datapath.pipeline import Pipeline
@@ -214,7 +218,7 @@ def _run(
         {
             "source": {"kind": "replay", "path": str(h5), "loop": True, "n_events": n_events},
             "backend": {"kind": "emulator", "models": {"ad": str(ir)}},
-            "workers": {"n": n_workers, "credits": 4, "transport": "ipc"},
+            "workers": {"n": n_workers, "credits": 4, "transport": transport},
             "storage": {"out_dir": str(tmp), "events_per_lumisection": EVENTS_PER_LUMISECTION},
             "monitor": {"fraction": 0.05},
             "batch_size": BATCH_SIZE,
@@ -256,6 +260,7 @@ def _run(
     lost_collector = summary.lost + summary.n_failed_events  # failed batches count as lost
     out = {
         "workers": n_workers,
+        "transport": transport,
         "events": summary.n_processed,
         "seconds": seconds,
         "events_per_s": summary.n_processed / seconds,
@@ -301,13 +306,74 @@ def _ok(r: dict) -> bool:
     )
 
 
+def _scale_row(r: dict) -> dict:
+    """A scale-out run in brief: events/s and CPU seconds per million events by part."""
+    mev = r["events"] / 1e6
+    return {
+        "workers": r["workers"],
+        "transport": r["transport"],
+        "events_per_s": r["events_per_s"],
+        "p99_latency_ms": r["p99_latency_ms"],
+        **{f"{p}_cpu_s_per_mevent": r[f"cpu_s_{p}"] / mev for p in PARTS},
+        "verified_ok": _ok(r),
+    }
+
+
+def _scale_plot(rows: list[dict], emu_alone: float, network: str, path: Path) -> str:
+    """Events/s against workers, and where the CPU goes per million events, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["workers"] for r in rows]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.plot(n, [r["events_per_s"] / 1e6 for r in rows], "o-", label="whole chain (tcp loopback)")
+    ax.axhline(emu_alone / 1e6, ls="--", c="gray", label="emulator alone, 2 threads")
+    ax.set_xlabel("local workers")
+    ax.set_ylabel("M events/s")
+    ax.set_xticks(n)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{os.cpu_count()} cores", fontsize=9)
+    bottom = np.zeros(len(rows))
+    for part in ("workers", "broker", "collector"):
+        v = np.array([r[f"cpu_s_{part}"] / (r["events"] / 1e6) for r in rows])
+        bx.bar(n, v, bottom=bottom, label=part)
+        bottom += v
+    other = np.array(
+        [
+            (r["cpu_s_daemon"] - r["cpu_s_broker"] - r["cpu_s_collector"]) / (r["events"] / 1e6)
+            for r in rows
+        ]
+    )
+    bx.bar(n, other, bottom=bottom, label="daemon, rest (source, tap)")
+    bx.set_xlabel("local workers")
+    bx.set_ylabel("CPU s per million events")
+    bx.set_xticks(n)
+    bx.legend(fontsize=8)
+    fig.suptitle(network[:110], fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=10_000_000, help="events per run")
     ap.add_argument("--random", action="store_true", help="a random-weight network instead")
     ap.add_argument("--no-chaos", action="store_true", help="skip the worker-kill run")
     ap.add_argument("--cache", default=os.environ.get("L1FORGE_CACHE", "~/.cache/l1forge"))
+    ap.add_argument(
+        "--scale-out",
+        default="1,2,3,4",
+        help="worker counts of the scale-out runs over tcp on loopback ('' for none)",
+    )
+    ap.add_argument("--plot", default="out/online_throughput/scale_out.png")
     args = ap.parse_args(argv)
+    scale_out = [int(n) for n in args.scale_out.split(",") if n.strip()]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     from l1forge.online.datapath.menu import default_menu, zero_bias_scores
     from l1forge.sim.dataset import read_events
@@ -332,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
         chaos = None
         if not args.no_chaos:
             chaos = _run(tmp, h5, ir, menu, expected, 2, args.events, run=3, chaos=True)
+        scaled = [
+            _run(tmp, h5, ir, menu, expected, n, args.events, run=10 + n, transport="tcp")
+            for n in scale_out
+        ]
         n_dataset = expected.n
     best = max(runs, key=lambda r: r["events_per_s"])
     per_mevent = {  # CPU seconds per million events of the best run, by part
-        part: best[f"cpu_s_{part}"] / (best["events"] / 1e6)
-        for part in ("workers", "broker", "collector", "daemon")
+        part: best[f"cpu_s_{part}"] / (best["events"] / 1e6) for part in PARTS
     }
     # A host of this kind (os.cpu_count() cores) processes cores / (CPU s per event) events/s
     # when the parts share its cores; a 40 MHz stream then needs 40e6 / that many hosts. The
@@ -371,12 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         "hosts_for_40mhz": math.ceil(40e6 / host_rate),
         "hosts_for_40mhz_measured_rate": math.ceil(40e6 / best["events_per_s"]),
         "one_broker_max_events_per_s": 1e6 / per_mevent["broker"] if per_mevent["broker"] else None,
+        "scale_out": [_scale_row(r) for r in scaled],
+        "scale_out_plot": _scale_plot(scaled, emu2, network_desc, Path(args.plot))
+        if scaled
+        else None,
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
         "seconds": time.perf_counter() - t_start,
     }
     print(json.dumps(result))
-    ok = all(_ok(r) for r in runs) and (chaos is None or _ok(chaos))
+    ok = all(_ok(r) for r in [*runs, *scaled]) and (chaos is None or _ok(chaos))
     return 0 if ok else 1
 
 

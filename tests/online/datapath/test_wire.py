@@ -291,7 +291,8 @@ def test_payload_defects(good):
     for col, value in ((0, 4096), (0, -1), (1, 128), (1, -129), (2, 72), (2, -73)):
         wrong = bad.copy()
         wrong[3, 5, col] = value
-        rejected("range", decode_batch, repayload(good, 2, wrong.tobytes()))
+        err = rejected("range", decode_batch, repayload(good, 2, wrong.tobytes()))
+        assert f"{('pT', 'eta', 'phi')[col]} outside" in str(err)
 
 
 def test_result_defects(good_results):
