@@ -279,6 +279,7 @@ class Emulator:
         self.chunk_size = chunk_size
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._steps = [self._compile(lay) for lay in net.layers]
+        self._input_checked = False  # whether the plan's first pass checks the input range
         self._plan = self._fuse()
         # Tensors still needed after each plan step: the outputs and later steps' inputs.
         self._keep = []
@@ -315,8 +316,12 @@ class Emulator:
                 j += 1
                 stages.append(self._tail_stage(layers[j]))
             out_fmt = net.tensors[layers[j].output].fixed
-            fused = kernels.Fused(head.a, head.b, stages, out_fmt)
             pre = head.pre
+            # the pass that reads the network's input first also checks its range
+            first = i == 0 and pre is None and lay.input == net.inputs[0]
+            check = (self.input_spec.fixed, self._range_message()) if first else None
+            fused = kernels.Fused(head.a, head.b, stages, out_fmt, check)
+            self._input_checked = self._input_checked or first
             fn = fused if pre is None else _then(pre, fused)
             names = tuple(lay.name for lay in layers[i : j + 1])
             plan.append(_PlanStep(lay.input, layers[j].output, fn, head.kernel, names))
@@ -420,15 +425,17 @@ class Emulator:
             raise DataFormatError(f"emulator input must be integers, got {x.dtype}")
         return x
 
-    def _check_range(self, x: np.ndarray) -> None:
+    def _range_message(self) -> str:
         f = self.input_spec.fixed
-        if not f.contains(x):
-            raise DataFormatError(
-                f"emulator input outside {f.hls_type()} (integers {f.min_int}..{f.max_int})"
-            )
+        return f"emulator input outside {f.hls_type()} (integers {f.min_int}..{f.max_int})"
+
+    def _check_range(self, x: np.ndarray) -> None:
+        if not self.input_spec.fixed.contains(x):
+            raise DataFormatError(self._range_message())
 
     def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        self._check_range(x)
+        if not self._input_checked:  # else the first fused pass checks it as it reads it
+            self._check_range(x)
         name = self.net.inputs[0]
         fast = self._plan[0].kernel not in ("int64", "float64")  # compiled steps take integers
         vals = {name: x if fast else x.astype(np.float64)}

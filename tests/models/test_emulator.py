@@ -105,6 +105,26 @@ def test_every_product_runs_on_one_blas_thread(monkeypatch, threads):
     assert blas_threads() == before
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_range_is_checked_in_every_chunk_by_the_first_pass(threads):
+    """The first fused pass checks the input range as it reads the input: a value one LSB
+    outside the format in any chunk is refused, the bounds themselves are not."""
+    net = random_mlp(57, (16,), 3, score=True, seed=5)
+    emu = Emulator(net, chunk_size=1000, threads=threads)
+    assert emu._input_checked  # the plan's first pass reads the input (else numpy checks it)
+    fmt = net.input_specs[0].fixed
+    x = np.random.default_rng(2).integers(fmt.min_int, fmt.max_int + 1, (5000, 57))
+    x[10, 3], x[4321, 56] = fmt.min_int, fmt.max_int
+    assert_array_equal(emu.run(x), ref_run(net, x))
+    for value in (fmt.min_int - 1, fmt.max_int + 1):
+        for row in (0, 2500, 4999):
+            bad = x.copy()
+            bad[row, 17] = value
+            with pytest.raises(DataFormatError, match="outside"):
+                emu.run(bad)
+    emu.close()
+
+
 def test_input_validation():
     emu = Emulator(random_mlp(8, (4,), 2))
     with pytest.raises(DataFormatError, match="shape"):

@@ -93,3 +93,26 @@ def test_wide_results_are_float64():
 def test_unknown_mode_is_refused():
     with pytest.raises(DataFormatError, match="unknown rounding"):
         kernels.stage(4, Fixed(True, 8, 2), "ROUND_UP", "SAT", (0, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64])
+def test_checked_pass_rejects_inputs_outside_the_format_and_computes_the_same(dtype):
+    """A pass with ``check`` (the emulator's first one) refuses any input value outside the
+    input format, one LSB beyond either bound anywhere in the array, and otherwise returns
+    exactly what the unchecked pass returns."""
+    fmt, dst = Fixed(True, 10, 6), Fixed(True, 8, 4)
+    st = kernels.stage(4, dst, "RND", "SAT", (fmt.min_int, fmt.max_int))
+    a, b = np.full(5, 3.0), np.arange(5.0)
+    checked = kernels.Fused(a, b, [st], dst, check=(fmt, "input outside ap_fixed<10,6>"))
+    plain = kernels.Fused(a, b, [st], dst)
+    rng = np.random.default_rng(7)
+    x = rng.integers(fmt.min_int, fmt.max_int + 1, (3000, 5)).astype(dtype)
+    x[0], x[1] = fmt.min_int, fmt.max_int  # the bounds themselves are inside
+    assert_array_equal(checked(x), plain(x))
+    for value in (fmt.min_int - 1, fmt.max_int + 1):
+        for where in ((0, 0), (1777, 3), (2999, 4)):
+            bad = x.copy()
+            bad[where] = value
+            with pytest.raises(DataFormatError, match="outside ap_fixed<10,6>"):
+                checked(bad)
+            plain(bad)  # the unchecked pass does not look
