@@ -20,7 +20,9 @@ hosts of this kind a 40 MHz stream needs when its parts share the cores (beside 
 the stream one dispatcher thread can broker before the stream must be split).
 The scale-out runs (``--scale-out``, default 1-4 workers) carry every batch over tcp on
 loopback, as remote workers do, and are verified the same way; ``--plot`` shows their events/s
-and CPU per part. Prints one JSON object; exits 1 unless every run verifies with 0 lost, duplicated, mismatched.
+and CPU per part. A fourth run paces the source at ``--paced-fraction`` of the best unpaced
+rate, so its latency is the chain's own rather than a queue's (``paced_p99_latency_ms``).
+Prints one JSON object; exits 1 unless every run verifies with 0 lost, duplicated, mismatched.
 """
 
 from __future__ import annotations
@@ -210,13 +212,20 @@ def _run(
     run: int,
     chaos: bool = False,
     transport: str = "ipc",
+    rate_hz: float | None = None,
 ) -> dict:
     from l1forge.online.config import run_config_from_dict
     from l1forge.online.datapath.pipeline import Pipeline
 
     cfg = run_config_from_dict(
         {
-            "source": {"kind": "replay", "path": str(h5), "loop": True, "n_events": n_events},
+            "source": {
+                "kind": "replay",
+                "path": str(h5),
+                "loop": True,
+                "n_events": n_events,
+                "rate_hz": rate_hz,
+            },
             "backend": {"kind": "emulator", "models": {"ad": str(ir)}},
             "workers": {"n": n_workers, "credits": 4, "transport": transport},
             "storage": {"out_dir": str(tmp), "events_per_lumisection": EVENTS_PER_LUMISECTION},
@@ -261,6 +270,7 @@ def _run(
     out = {
         "workers": n_workers,
         "transport": transport,
+        "rate_hz": rate_hz,
         "events": summary.n_processed,
         "seconds": seconds,
         "events_per_s": summary.n_processed / seconds,
@@ -372,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         help="worker counts of the scale-out runs over tcp on loopback ('' for none)",
     )
     ap.add_argument("--plot", default="out/online_throughput/scale_out.png")
+    ap.add_argument(
+        "--paced-fraction",
+        type=float,
+        default=0.7,
+        help="a run of 2 workers whose source is paced at this fraction of the best unpaced "
+        "events/s: the added latency of a stream the chain keeps up with (0: none)",
+    )
     args = ap.parse_args(argv)
     scale_out = [int(n) for n in args.scale_out.split(",") if n.strip()]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -402,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
             _run(tmp, h5, ir, menu, expected, n, args.events, run=10 + n, transport="tcp")
             for n in scale_out
         ]
+        paced = None
+        if args.paced_fraction > 0:
+            rate = args.paced_fraction * max(r["events_per_s"] for r in runs)
+            paced = _run(tmp, h5, ir, menu, expected, 2, args.events, run=4, rate_hz=rate)
         n_dataset = expected.n
     best = max(runs, key=lambda r: r["events_per_s"])
     per_mevent = {  # CPU seconds per million events of the best run, by part
@@ -429,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         "one_worker": runs[0],
         "two_workers": runs[1],
         "chaos": chaos,
+        "paced": paced,
+        "paced_p99_latency_ms": paced["p99_latency_ms"] if paced else None,
         "emulator_alone_events_per_s": emu2,
         "emulator_alone_1thread_events_per_s": emu1,
         "ratio_to_emulator_alone": best["events_per_s"] / emu2,
@@ -449,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t_start,
     }
     print(json.dumps(result))
-    ok = all(_ok(r) for r in [*runs, *scaled]) and (chaos is None or _ok(chaos))
+    ok = all(_ok(r) for r in [*runs, *scaled, *([paced] if paced else [])])
+    ok = ok and (chaos is None or _ok(chaos))
     return 0 if ok else 1
 
 

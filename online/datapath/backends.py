@@ -22,6 +22,7 @@ from l1forge.models.emulator import Emulator
 from l1forge.models.fixed import Fixed
 from l1forge.models.qnet import QNet
 from l1forge.online.config import BACKEND_KINDS
+from l1forge.online.datapath.wire import DTYPE_CODES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,15 @@ class EmulatorBackend:
         self._chunk_size = chunk_size
         self._threads = threads
         self._net = load_net(net)
-        self._emulator = Emulator(self._net, chunk_size=chunk_size, threads=threads)
+        self._emulator = self._warm(Emulator(self._net, chunk_size=chunk_size, threads=threads))
+
+    def _warm(self, emulator: Emulator) -> Emulator:
+        """``emulator`` after one event of each wire dtype: its compiled passes are loaded (and
+        specialized for that dtype) now, about 1 s the first time in a process, not during
+        the run's first batches."""
+        for dtype in DTYPE_CODES.values():
+            emulator.run(np.zeros((1, emulator.input_spec.size), dtype))
+        return emulator
 
     @property
     def net(self) -> QNet:
@@ -118,7 +127,7 @@ class EmulatorBackend:
                 f"{self._net.name!r} has {_layout(self._net)}: export it with the same layout "
                 "or restart the run"
             )
-        emulator = Emulator(new, chunk_size=self._chunk_size, threads=self._threads)
+        emulator = self._warm(Emulator(new, chunk_size=self._chunk_size, threads=self._threads))
         with self._lock:
             old, self._emulator, self._net = self._emulator, emulator, new
         old.close()
