@@ -49,6 +49,32 @@ def test_emulator_backend_is_the_emulator(tiny_ir_path, tiny_classifier_ir_path,
             be.close()
 
 
+def test_emulator_backend_warms_up_on_each_wire_dtype(monkeypatch, tiny_ir_path, inputs):
+    """Made, and after a swap, the backend has already run one event of each dtype the wire
+    carries (its compiled passes loaded before the run's first batch), and it still computes
+    what the emulator computes."""
+    from l1forge.online.datapath import backends
+    from l1forge.online.datapath.wire import DTYPE_CODES
+
+    calls = []
+
+    class Spy(Emulator):
+        def run(self, x):
+            calls.append((np.asarray(x).dtype, len(x)))
+            return super().run(x)
+
+    monkeypatch.setattr(backends, "Emulator", Spy)
+    want = {(dt, 1) for dt in DTYPE_CODES.values()}
+    be = EmulatorBackend(tiny_ir_path)
+    assert set(calls) == want
+    calls.clear()
+    be.swap(random_mlp(score=True, seed=43, name="tiny_ad_v3"))
+    assert set(calls) == want
+    be.swap(tiny_ir_path)
+    assert_array_equal(be.infer(inputs), Emulator(qnet.load(tiny_ir_path)).run(inputs))
+    be.close()
+
+
 def test_outputs_float_uses_each_output_format():
     net = random_mlp(8, (4,), 3, seed=3)
     y = Emulator(net).run(np.arange(80).reshape(10, 8))
