@@ -10,7 +10,7 @@ TPRs at an FPR the test sample cannot resolve (fewer than ``MIN_EVENTS_ABOVE`` b
 events above the threshold, the rule of ``models.evaluate``) are null. Writes ROC curves
 (both scores per signal) and score distributions as PNG; prints one JSON object.
 ``--extra-signals`` scores larger signal samples of other seeds with the same networks, for
-TPRs of 1e-4 that 20,000 events cannot resolve.
+TPRs near 1e-4 at FPR 1e-5, which 20,000 signal events cannot resolve.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def _score_extra(
     from l1forge.models.emulator import Emulator
     from l1forge.models.train import load_recon_score, read_inputs
 
+    if not files:  # nothing to score: no VAE is rebuilt, no file read
+        return {}
     known = {k.split("/", 1)[1] for k in scores} - {"background"}
     floats = {prefix: load_recon_score(folder) for prefix, folder in folders.items()}
     source: dict[str, str] = {}

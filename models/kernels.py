@@ -189,7 +189,8 @@ class Fused:
         self.dtype = np.float32 if narrow else np.float64
         self._k = kernel(tuple(s.key for s in stages), check is not None)
         fmt, self._message = check if check is not None else (None, "")
-        self._lim = np.array([fmt.min_int, fmt.max_int] if fmt else [0, 0], dtype=np.float64)
+        lim = [0, 0] if fmt is None else [fmt.min_int, fmt.max_int]  # unread when unchecked
+        self._lim = np.array(lim, dtype=np.float64)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         # a new array: writing into ``x`` measured 25 % slower (the loop no longer vectorizes)
