@@ -330,7 +330,8 @@ def _scale_row(r: dict) -> dict:
 
 
 def _scale_plot(rows: list[dict], emu_alone: float, network: str, path: Path) -> str:
-    """Events/s against workers, and where the CPU goes per million events, as a PNG."""
+    """Events/s against workers, and where the CPU goes per million events, as a PNG (``rows``
+    from `_scale_row`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,17 +347,12 @@ def _scale_plot(rows: list[dict], emu_alone: float, network: str, path: Path) ->
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.set_title(f"{os.cpu_count()} cores", fontsize=9)
+    per = {p: np.array([r[f"{p}_cpu_s_per_mevent"] for r in rows]) for p in PARTS}
     bottom = np.zeros(len(rows))
     for part in ("workers", "broker", "collector"):
-        v = np.array([r[f"cpu_s_{part}"] / (r["events"] / 1e6) for r in rows])
-        bx.bar(n, v, bottom=bottom, label=part)
-        bottom += v
-    other = np.array(
-        [
-            (r["cpu_s_daemon"] - r["cpu_s_broker"] - r["cpu_s_collector"]) / (r["events"] / 1e6)
-            for r in rows
-        ]
-    )
+        bx.bar(n, per[part], bottom=bottom, label=part)
+        bottom += per[part]
+    other = per["daemon"] - per["broker"] - per["collector"]  # the threads are the daemon's
     bx.bar(n, other, bottom=bottom, label="daemon, rest (source, tap)")
     bx.set_xlabel("local workers")
     bx.set_ylabel("CPU s per million events")
@@ -425,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             paced = _run(tmp, h5, ir, menu, expected, 2, args.events, run=4, rate_hz=rate)
         n_dataset = expected.n
     best = max(runs, key=lambda r: r["events_per_s"])
+    scale_rows = [_scale_row(r) for r in scaled]
     per_mevent = {  # CPU seconds per million events of the best run, by part
         part: best[f"cpu_s_{part}"] / (best["events"] / 1e6) for part in PARTS
     }
@@ -463,9 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         "hosts_for_40mhz": math.ceil(40e6 / host_rate),
         "hosts_for_40mhz_measured_rate": math.ceil(40e6 / best["events_per_s"]),
         "one_broker_max_events_per_s": 1e6 / per_mevent["broker"] if per_mevent["broker"] else None,
-        "scale_out": [_scale_row(r) for r in scaled],
-        "scale_out_plot": _scale_plot(scaled, emu2, network_desc, Path(args.plot))
-        if scaled
+        "scale_out": scale_rows,
+        "scale_out_plot": _scale_plot(scale_rows, emu2, network_desc, Path(args.plot))
+        if scale_rows
         else None,
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
